@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod error;
+mod load;
+mod model;
+mod secret;
+pub mod units;
+mod validate;
+
+pub use error::{ConfigError, Origin, Problem};
+pub use load::{CONFIG_FILE_VAR, ConfigLoader, ENV_ALIASES, ENV_PREFIX, Loaded};
+pub use model::{
+    CircuitBreakerConfig, FallbackConfig, HealthConfig, MetricsConfig, PoolConfig, RedisConfig,
+};
+pub use secret::{REDACTED, RedisUrl, Secret, URL_SCHEMES};
+pub use validate::{CONNECT_TIMEOUT_RANGE, MAX_RETRIES_LIMIT};

@@ -1,0 +1,253 @@
+//! The configuration data: plain serde structs with documented defaults.
+//!
+//! Every field can be set in the TOML file (`[pool] max_size = 32`) and by the environment as
+//! `REDIS_<SECTION>__<FIELD>` (`REDIS_POOL__MAX_SIZE=32`) or `REDIS_<FIELD>` for top-level fields.
+//! The seed design's variable names ([`crate::ENV_ALIASES`]) work as well.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{RedisUrl, Secret};
+use crate::units;
+
+/// Everything resilient-redis needs to know, one section per component.
+///
+/// Build it with [`RedisConfig::load`] (defaults < TOML file < environment) or start from
+/// [`RedisConfig::default`] and change fields. `Debug`, `Display` and `Serialize` never show a
+/// password.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Server address. Default `redis://127.0.0.1:6379`. Env `REDIS_URL`.
+    pub url: RedisUrl,
+    /// ACL user name; overrides one in the URL. Env `REDIS_USERNAME`.
+    pub username: Option<String>,
+    /// Password; overrides one in the URL. Env `REDIS_PASSWORD`.
+    pub password: Option<Secret>,
+    /// File holding the password (a mounted secret); its trailing newline is trimmed.
+    /// Env `REDIS_PASSWORD_FILE`. Set this or `password`, not both.
+    pub password_file: Option<PathBuf>,
+    /// Time allowed to open a connection. Default 5 s, range 1 s ..= 60 s.
+    /// Env `REDIS_CONNECT_TIMEOUT`.
+    #[serde(with = "units::millis")]
+    pub connect_timeout: Duration,
+    /// Time allowed for one command's reply. Default 2 s. Env `REDIS_SOCKET_TIMEOUT`.
+    #[serde(with = "units::millis")]
+    pub socket_timeout: Duration,
+    /// First delay between retries of an idempotent command; later ones grow exponentially with
+    /// jitter. Default 100 ms. Env `REDIS_RETRY_DELAY`.
+    #[serde(with = "units::millis")]
+    pub retry_delay: Duration,
+    /// Retries of an idempotent command after the first try (0 = none). Default 3, at most 100.
+    /// Env `REDIS_MAX_RETRIES`.
+    pub max_retries: u32,
+    /// Connection pool.
+    pub pool: PoolConfig,
+    /// Health monitor.
+    pub health: HealthConfig,
+    /// Circuit breaker.
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// In-memory fallback store.
+    pub fallback: FallbackConfig,
+    /// Metrics collection.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: RedisUrl::default(),
+            username: None,
+            password: None,
+            password_file: None,
+            connect_timeout: Duration::from_secs(5),
+            socket_timeout: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(100),
+            max_retries: 3,
+            pool: PoolConfig::default(),
+            health: HealthConfig::default(),
+            circuit_breaker: CircuitBreakerConfig::default(),
+            fallback: FallbackConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl std::fmt::Display for RedisConfig {
+    /// One line a person can read in a log: the server and the main limits, never a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "redis {} (user {}, password {}), connect {}, socket {}, retries {}, pool {}..={}, \
+             breaker after {} failures, fallback {}, metrics {}",
+            self.url,
+            self.username.as_deref().unwrap_or("-"),
+            if self.password.is_some() || self.password_file.is_some() { "set" } else { "unset" },
+            units::format_duration(self.connect_timeout),
+            units::format_duration(self.socket_timeout),
+            self.max_retries,
+            self.pool.min_size,
+            self.pool.max_size,
+            self.circuit_breaker.failure_threshold,
+            if self.fallback.enabled { "on" } else { "off" },
+            if self.metrics.enabled { "on" } else { "off" },
+        )
+    }
+}
+
+/// Connection pool limits and lifecycle (`[pool]`, `REDIS_POOL__*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Connections kept open from start. Default 2; at most `max_size`.
+    /// Env `REDIS_POOL_MIN_SIZE`.
+    pub min_size: u32,
+    /// Most connections open at once. Default 16, at least 1. Env `REDIS_POOL_MAX_SIZE`.
+    pub max_size: u32,
+    /// Longest wait for a connection before `PoolError::Timeout`. Default 2 s.
+    #[serde(with = "units::millis")]
+    pub acquire_timeout: Duration,
+    /// First delay between attempts to create a connection. Default 200 ms.
+    #[serde(with = "units::millis")]
+    pub create_retry_interval: Duration,
+    /// Attempts to create a connection before giving up. Default 3, at least 1.
+    pub create_retry_count: u32,
+    /// A connection idle this long is closed by the reaper (down to `min_size`). Default 5 min.
+    #[serde(with = "units::millis")]
+    pub idle_timeout: Duration,
+    /// How often the reaper looks for idle connections. Default 30 s.
+    #[serde(with = "units::millis")]
+    pub reap_interval: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_size: 2,
+            max_size: 16,
+            acquire_timeout: Duration::from_secs(2),
+            create_retry_interval: Duration::from_millis(200),
+            create_retry_count: 3,
+            idle_timeout: Duration::from_secs(300),
+            reap_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Health probe schedule and thresholds (`[health]`, `REDIS_HEALTH__*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// Time between PING probes. Default 5 s. Env `REDIS_HEALTH_CHECK_INTERVAL`.
+    #[serde(with = "units::millis")]
+    pub check_interval: Duration,
+    /// Time allowed for one probe; at most `check_interval`. Default 1 s.
+    #[serde(with = "units::millis")]
+    pub timeout: Duration,
+    /// Consecutive failed probes that make a healthy server unhealthy. Default 3, at least 1.
+    pub failure_threshold: u32,
+    /// Consecutive good probes that make an unhealthy server healthy. Default 2, at least 1.
+    pub success_threshold: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            check_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+            success_threshold: 2,
+        }
+    }
+}
+
+/// Circuit breaker thresholds (`[circuit_breaker]`, `REDIS_CIRCUIT_BREAKER__*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failures that open the breaker. Default 5, at least 1.
+    /// Env `REDIS_CIRCUIT_BREAKER_THRESHOLD`.
+    pub failure_threshold: u32,
+    /// Time the breaker stays open before it lets trial calls through. Default 30 s.
+    #[serde(with = "units::millis")]
+    pub reset_timeout: Duration,
+    /// Length of the time window over which failure rates are measured. Default 60 s.
+    #[serde(with = "units::millis")]
+    pub monitoring_period: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            reset_timeout: Duration::from_secs(30),
+            monitoring_period: Duration::from_secs(60),
+        }
+    }
+}
+
+/// In-memory fallback store (`[fallback]`, `REDIS_FALLBACK__*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FallbackConfig {
+    /// Serve from memory while Redis is down. Default `true`. Env `REDIS_FALLBACK_ENABLED`.
+    pub enabled: bool,
+    /// Bytes the store may hold (keys, values and overhead). Default 64 MiB; more than 0 when
+    /// enabled. Accepts `"64MiB"`.
+    #[serde(with = "units::bytes")]
+    pub max_memory_size: u64,
+    /// How often a pending journal is retried against Redis. Default 5 s.
+    #[serde(with = "units::millis")]
+    pub sync_interval: Duration,
+    /// Write pending journal entries out on shutdown so the next process replays them.
+    /// Default `false`.
+    pub persist_on_shutdown: bool,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_memory_size: 64 * 1024 * 1024,
+            sync_interval: Duration::from_secs(5),
+            persist_on_shutdown: false,
+        }
+    }
+}
+
+/// Metrics collection (`[metrics]`, `REDIS_METRICS__*`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MetricsConfig {
+    /// Record metrics. Default `true`. Env `REDIS_METRICS_ENABLED`.
+    pub enabled: bool,
+    /// How often gauges (pool, breaker, fallback) are sampled. Default 10 s.
+    #[serde(with = "units::millis")]
+    pub collection_interval: Duration,
+    /// How long operation samples count towards percentiles and rates. Default 5 min; at least
+    /// `collection_interval`.
+    #[serde(with = "units::millis")]
+    pub retention_period: Duration,
+    /// Operations slower than this are counted as slow and flagged in reports. Default 100 ms.
+    #[serde(with = "units::millis")]
+    pub reporting_threshold: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            collection_interval: Duration::from_secs(10),
+            retention_period: Duration::from_secs(300),
+            reporting_threshold: Duration::from_millis(100),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The rules a configuration must meet. Every rule runs; every broken one is reported.
+
+use std::time::Duration;
+
+use crate::error::{ConfigError, Problem};
+use crate::model::RedisConfig;
+use crate::units::format_duration;
+
+/// Range the seed design allows for `connect_timeout`.
+pub const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(60));
+
+/// Largest `max_retries` accepted: more would keep a caller waiting through an outage.
+pub const MAX_RETRIES_LIMIT: u32 = 100;
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, field: &str, value: Option<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(field, value, message));
+    }
+
+    fn positive(&mut self, field: &str, d: Duration) {
+        if d.is_zero() {
+            self.fail(field, Some(format_duration(d)), "must be more than 0");
+        }
+    }
+
+    fn at_least_one(&mut self, field: &str, n: u32) {
+        if n < 1 {
+            self.fail(field, Some(n.to_string()), "must be at least 1");
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Checks every rule and returns all problems at once, each naming its field and value.
+    ///
+    /// [`RedisConfig::load`] calls this and adds where each bad value came from.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    pub(crate) fn problems(&self) -> Vec<Problem> {
+        let mut c = Checker { problems: Vec::new() };
+
+        if let Err(why) = self.url.check() {
+            c.fail("url", Some(self.url.redacted()), why);
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            c.fail("password", None, "is set together with `password_file`; set one of them");
+        }
+        let (lo, hi) = CONNECT_TIMEOUT_RANGE;
+        if self.connect_timeout < lo || self.connect_timeout > hi {
+            c.fail(
+                "connect_timeout",
+                Some(format_duration(self.connect_timeout)),
+                format!(
+                    "is out of range: must be between {} and {} (integers are milliseconds)",
+                    format_duration(lo),
+                    format_duration(hi)
+                ),
+            );
+        }
+        c.positive("socket_timeout", self.socket_timeout);
+        c.positive("retry_delay", self.retry_delay);
+        if self.max_retries > MAX_RETRIES_LIMIT {
+            c.fail(
+                "max_retries",
+                Some(self.max_retries.to_string()),
+                format!("must be at most {MAX_RETRIES_LIMIT}"),
+            );
+        }
+
+        let pool = &self.pool;
+        c.at_least_one("pool.max_size", pool.max_size);
+        if pool.min_size > pool.max_size {
+            c.fail(
+                "pool.min_size",
+                Some(pool.min_size.to_string()),
+                format!("must not exceed pool.max_size ({})", pool.max_size),
+            );
+        }
+        c.positive("pool.acquire_timeout", pool.acquire_timeout);
+        c.positive("pool.create_retry_interval", pool.create_retry_interval);
+        c.at_least_one("pool.create_retry_count", pool.create_retry_count);
+        c.positive("pool.idle_timeout", pool.idle_timeout);
+        c.positive("pool.reap_interval", pool.reap_interval);
+
+        let health = &self.health;
+        c.positive("health.check_interval", health.check_interval);
+        c.positive("health.timeout", health.timeout);
+        if health.timeout > health.check_interval && !health.check_interval.is_zero() {
+            c.fail(
+                "health.timeout",
+                Some(format_duration(health.timeout)),
+                format!(
+                    "must not exceed health.check_interval ({})",
+                    format_duration(health.check_interval)
+                ),
+            );
+        }
+        c.at_least_one("health.failure_threshold", health.failure_threshold);
+        c.at_least_one("health.success_threshold", health.success_threshold);
+
+        let breaker = &self.circuit_breaker;
+        c.at_least_one("circuit_breaker.failure_threshold", breaker.failure_threshold);
+        c.positive("circuit_breaker.reset_timeout", breaker.reset_timeout);
+        c.positive("circuit_breaker.monitoring_period", breaker.monitoring_period);
+
+        let fallback = &self.fallback;
+        if fallback.enabled && fallback.max_memory_size == 0 {
+            c.fail(
+                "fallback.max_memory_size",
+                Some("0".into()),
+                "must be more than 0 bytes while fallback.enabled is true",
+            );
+        }
+        c.positive("fallback.sync_interval", fallback.sync_interval);
+
+        let metrics = &self.metrics;
+        c.positive("metrics.collection_interval", metrics.collection_interval);
+        c.positive("metrics.reporting_threshold", metrics.reporting_threshold);
+        if metrics.retention_period < metrics.collection_interval {
+            c.fail(
+                "metrics.retention_period",
+                Some(format_duration(metrics.retention_period)),
+                format!(
+                    "must be at least metrics.collection_interval ({})",
+                    format_duration(metrics.collection_interval)
+                ),
+            );
+        }
+
+        c.problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RedisUrl;
+
+    fn fields(config: &RedisConfig) -> Vec<String> {
+        config.problems().into_iter().map(|p| p.field).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(RedisConfig::default().validate().map_err(|e| e.to_string()), Ok(()));
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_at_once() {
+        let mut c = RedisConfig::default();
+        c.url = RedisUrl::new("http://x");
+        c.connect_timeout = Duration::from_millis(5);
+        c.socket_timeout = Duration::ZERO;
+        c.max_retries = 1000;
+        c.pool.min_size = 10;
+        c.pool.max_size = 5;
+        c.pool.create_retry_count = 0;
+        c.health.failure_threshold = 0;
+        c.health.success_threshold = 0;
+        c.health.timeout = Duration::from_secs(10);
+        c.circuit_breaker.failure_threshold = 0;
+        c.circuit_breaker.reset_timeout = Duration::ZERO;
+        c.fallback.max_memory_size = 0;
+        c.metrics.retention_period = Duration::from_secs(1);
+        assert_eq!(
+            fields(&c),
+            [
+                "url",
+                "connect_timeout",
+                "socket_timeout",
+                "max_retries",
+                "pool.min_size",
+                "pool.create_retry_count",
+                "health.timeout",
+                "health.failure_threshold",
+                "health.success_threshold",
+                "circuit_breaker.failure_threshold",
+                "circuit_breaker.reset_timeout",
+                "fallback.max_memory_size",
+                "metrics.retention_period",
+            ]
+        );
+    }
+
+    #[test]
+    fn connect_timeout_range_is_inclusive() {
+        let mut c = RedisConfig::default();
+        c.connect_timeout = Duration::from_secs(1);
+        assert!(fields(&c).is_empty());
+        c.connect_timeout = Duration::from_secs(60);
+        assert!(fields(&c).is_empty());
+        c.connect_timeout = Duration::from_millis(60_001);
+        assert_eq!(fields(&c), ["connect_timeout"]);
+        c.connect_timeout = Duration::from_millis(999);
+        assert_eq!(fields(&c), ["connect_timeout"]);
+    }
+
+    #[test]
+    fn pool_max_size_must_be_at_least_one() {
+        let mut c = RedisConfig::default();
+        c.pool.min_size = 0;
+        c.pool.max_size = 0;
+        assert_eq!(fields(&c), ["pool.max_size"]);
+    }
+
+    #[test]
+    fn fallback_memory_may_be_zero_when_disabled() {
+        let mut c = RedisConfig::default();
+        c.fallback.max_memory_size = 0;
+        assert_eq!(fields(&c), ["fallback.max_memory_size"]);
+        c.fallback.enabled = false;
+        assert!(fields(&c).is_empty());
+    }
+
+    #[test]
+    fn every_interval_must_be_positive() {
+        let mut c = RedisConfig::default();
+        c.retry_delay = Duration::ZERO;
+        c.pool.acquire_timeout = Duration::ZERO;
+        c.pool.create_retry_interval = Duration::ZERO;
+        c.pool.idle_timeout = Duration::ZERO;
+        c.pool.reap_interval = Duration::ZERO;
+        c.health.check_interval = Duration::ZERO;
+        c.health.timeout = Duration::ZERO;
+        c.circuit_breaker.monitoring_period = Duration::ZERO;
+        c.fallback.sync_interval = Duration::ZERO;
+        c.metrics.collection_interval = Duration::ZERO;
+        c.metrics.reporting_threshold = Duration::ZERO;
+        let problems = c.problems();
+        assert_eq!(problems.len(), 11, "{problems:?}");
+        assert!(problems.iter().all(|p| p.message == "must be more than 0"), "{problems:?}");
+    }
+
+    #[test]
+    fn password_and_password_file_together_are_refused() {
+        let mut c = RedisConfig::default();
+        c.password = Some(crate::Secret::new("hunter2"));
+        c.password_file = Some("/run/secrets/redis".into());
+        let problems = c.problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "password");
+        assert!(!format!("{problems:?}").contains("hunter2"));
+    }
+}
