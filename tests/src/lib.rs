@@ -1,1 +1,11 @@
-//! x
+//! Support for resilient-redis's end-to-end and fault tests: a real `redis-server` per test on a
+//! free loopback port ([`RedisServer`]) and a fault-injecting TCP proxy in front of it
+//! ([`FaultProxy`]). Nothing here uses a fixed or shared port, and every process and task it
+//! starts ends when its handle is dropped.
+#![forbid(unsafe_code)]
+
+mod proxy;
+mod server;
+
+pub use proxy::{Fault, FaultProxy};
+pub use server::{RedisServer, RedisServerBuilder, free_port};

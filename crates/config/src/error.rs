@@ -53,7 +53,12 @@ pub struct Problem {
 
 impl Problem {
     pub(crate) fn new(field: &str, value: Option<String>, message: impl Into<String>) -> Self {
-        Self { field: field.to_owned(), origin: Origin::Code, value, message: message.into() }
+        Self {
+            field: field.to_owned(),
+            origin: Origin::Code,
+            value,
+            message: message.into(),
+        }
     }
 }
 

@@ -24,7 +24,10 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("REDIS_POOL_MIN_SIZE", "pool.min_size"),
     ("REDIS_POOL_MAX_SIZE", "pool.max_size"),
     ("REDIS_HEALTH_CHECK_INTERVAL", "health.check_interval"),
-    ("REDIS_CIRCUIT_BREAKER_THRESHOLD", "circuit_breaker.failure_threshold"),
+    (
+        "REDIS_CIRCUIT_BREAKER_THRESHOLD",
+        "circuit_breaker.failure_threshold",
+    ),
     ("REDIS_FALLBACK_ENABLED", "fallback.enabled"),
     ("REDIS_METRICS_ENABLED", "metrics.enabled"),
 ];
@@ -82,7 +85,8 @@ impl ConfigLoader {
         let env: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| {
                 let k = k.into_string().ok()?;
-                k.starts_with(ENV_PREFIX).then(|| (k, v.to_string_lossy().into_owned()))
+                k.starts_with(ENV_PREFIX)
+                    .then(|| (k, v.to_string_lossy().into_owned()))
             })
             .collect();
         Self::default().with_env(env)
@@ -94,7 +98,10 @@ impl ConfigLoader {
         mut self,
         vars: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        self.env = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        self.env = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         self.env.sort();
         if self.file.is_none() {
             self.file = self
@@ -234,7 +241,11 @@ fn merged(layers: &[Layer], skip: &[&str]) -> Figment {
     let mut figment = Figment::from(Serialized::defaults(RedisConfig::default()));
     for layer in layers {
         let mut dict = Dict::new();
-        for entry in layer.entries.iter().filter(|e| !skip.contains(&e.field.as_str())) {
+        for entry in layer
+            .entries
+            .iter()
+            .filter(|e| !skip.contains(&e.field.as_str()))
+        {
             insert_path(&mut dict, &entry.field, entry.value.clone());
         }
         figment = figment.merge(Serialized::defaults(dict));
@@ -248,7 +259,9 @@ fn insert_path(dict: &mut Dict, path: &str, value: Value) {
             dict.insert(path.to_owned(), value);
         }
         Some((head, rest)) => {
-            let child = dict.entry(head.to_owned()).or_insert_with(|| Value::from(Dict::new()));
+            let child = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
             if let Value::Dict(_, inner) = child {
                 insert_path(inner, rest, value);
             }
@@ -268,21 +281,25 @@ fn shown(field: &str, raw: &str) -> String {
 }
 
 fn file_layer(path: &Path) -> Result<Layer, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
-    let data = Toml::string(&text).data().map_err(|e| ConfigError::Syntax {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_owned(),
-        // The parser's message quotes the offending line, which may hold a password: keep the
-        // first line (location) and the last (reason).
-        message: {
-            let msg = e.to_string();
-            let lines: Vec<&str> = msg.lines().filter(|l| !l.trim().is_empty()).collect();
-            match (lines.first(), lines.last()) {
-                (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
-                _ => msg,
-            }
-        },
+        source,
     })?;
+    let data = Toml::string(&text)
+        .data()
+        .map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            // The parser's message quotes the offending line, which may hold a password: keep the
+            // first line (location) and the last (reason).
+            message: {
+                let msg = e.to_string();
+                let lines: Vec<&str> = msg.lines().filter(|l| !l.trim().is_empty()).collect();
+                match (lines.first(), lines.last()) {
+                    (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
+                    _ => msg,
+                }
+            },
+        })?;
     let mut entries = Vec::new();
     for dict in data.into_values() {
         flatten(&dict, "", &mut |field, value| {
@@ -292,7 +309,10 @@ fn file_layer(path: &Path) -> Result<Layer, ConfigError> {
             };
             entries.push(Entry {
                 field: field.to_owned(),
-                origin: Origin::File { path: path.to_owned(), key: field.to_owned() },
+                origin: Origin::File {
+                    path: path.to_owned(),
+                    key: field.to_owned(),
+                },
                 shown: shown(field, &raw),
                 value: value.clone(),
             });
@@ -303,7 +323,11 @@ fn file_layer(path: &Path) -> Result<Layer, ConfigError> {
 
 fn flatten(dict: &Dict, prefix: &str, out: &mut dyn FnMut(&str, &Value)) {
     for (key, value) in dict {
-        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
         match value {
             Value::Dict(_, inner) => flatten(inner, &path, out),
             other => out(&path, other),
@@ -320,7 +344,8 @@ fn to_text(value: &Value) -> String {
             if let Some(i) = n.to_i128() {
                 i.to_string()
             } else {
-                n.to_f64().map_or_else(|| format!("{n:?}"), |f| f.to_string())
+                n.to_f64()
+                    .map_or_else(|| format!("{n:?}"), |f| f.to_string())
             }
         }
         other => format!("{other:?}"),
@@ -340,7 +365,9 @@ fn env_layers(env: &[(String, String)]) -> [Layer; 2] {
             aliases.push(env_entry(var, field, raw));
             continue;
         }
-        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let field = rest.to_ascii_lowercase();
         if rest.contains("__") {
             generic.push(env_entry(var, &field.replace("__", "."), raw));
@@ -358,11 +385,14 @@ fn env_entry(var: &str, field: &str, raw: &str) -> Entry {
         Value::from(raw.to_owned())
     } else {
         // Read like figment's own Env provider: `5` is a number, `true` a boolean.
-        raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw.to_owned()))
+        raw.parse::<Value>()
+            .unwrap_or_else(|_| Value::from(raw.to_owned()))
     };
     Entry {
         field: field.to_owned(),
-        origin: Origin::Env { var: var.to_owned() },
+        origin: Origin::Env {
+            var: var.to_owned(),
+        },
         shown: shown(field, raw),
         value,
     }

@@ -85,7 +85,11 @@ impl std::fmt::Display for RedisConfig {
              breaker after {} failures, fallback {}, metrics {}",
             self.url,
             self.username.as_deref().unwrap_or("-"),
-            if self.password.is_some() || self.password_file.is_some() { "set" } else { "unset" },
+            if self.password.is_some() || self.password_file.is_some() {
+                "set"
+            } else {
+                "unset"
+            },
             units::format_duration(self.connect_timeout),
             units::format_duration(self.socket_timeout),
             self.max_retries,

@@ -47,7 +47,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::from_millis(ms));
     }
     humantime::parse_duration(text).map_err(|e| {
-        format!("`{text}` is not a duration ({e}); use milliseconds (250) or a unit (\"250ms\", \"5s\")")
+        format!(
+            "`{text}` is not a duration ({e}); use milliseconds (250) or a unit (\"250ms\", \"5s\")"
+        )
     })
 }
 
@@ -79,7 +81,9 @@ impl Visitor<'_> for DurationVisitor {
     type Value = Duration;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a duration: milliseconds as an integer, or a string such as \"250ms\" or \"5s\"")
+        f.write_str(
+            "a duration: milliseconds as an integer, or a string such as \"250ms\" or \"5s\"",
+        )
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {

@@ -44,17 +44,27 @@ impl RedisConfig {
     /// [`ConfigError::Invalid`] listing every problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = self.problems();
-        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     pub(crate) fn problems(&self) -> Vec<Problem> {
-        let mut c = Checker { problems: Vec::new() };
+        let mut c = Checker {
+            problems: Vec::new(),
+        };
 
         if let Err(why) = self.url.check() {
             c.fail("url", Some(self.url.redacted()), why);
         }
         if self.password.is_some() && self.password_file.is_some() {
-            c.fail("password", None, "is set together with `password_file`; set one of them");
+            c.fail(
+                "password",
+                None,
+                "is set together with `password_file`; set one of them",
+            );
         }
         let (lo, hi) = CONNECT_TIMEOUT_RANGE;
         if self.connect_timeout < lo || self.connect_timeout > hi {
@@ -110,9 +120,15 @@ impl RedisConfig {
         c.at_least_one("health.success_threshold", health.success_threshold);
 
         let breaker = &self.circuit_breaker;
-        c.at_least_one("circuit_breaker.failure_threshold", breaker.failure_threshold);
+        c.at_least_one(
+            "circuit_breaker.failure_threshold",
+            breaker.failure_threshold,
+        );
         c.positive("circuit_breaker.reset_timeout", breaker.reset_timeout);
-        c.positive("circuit_breaker.monitoring_period", breaker.monitoring_period);
+        c.positive(
+            "circuit_breaker.monitoring_period",
+            breaker.monitoring_period,
+        );
 
         let fallback = &self.fallback;
         if fallback.enabled && fallback.max_memory_size == 0 {
@@ -153,7 +169,10 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        assert_eq!(RedisConfig::default().validate().map_err(|e| e.to_string()), Ok(()));
+        assert_eq!(
+            RedisConfig::default().validate().map_err(|e| e.to_string()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -239,7 +258,10 @@ mod tests {
         c.metrics.reporting_threshold = Duration::ZERO;
         let problems = c.problems();
         assert_eq!(problems.len(), 11, "{problems:?}");
-        assert!(problems.iter().all(|p| p.message == "must be more than 0"), "{problems:?}");
+        assert!(
+            problems.iter().all(|p| p.message == "must be more than 0"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -1,4 +1,8 @@
 //! Loading from defaults, a TOML file and the environment, and the errors that names.
+#![allow(
+    clippy::result_large_err,
+    reason = "figment::Jail closures return figment::Error, which is large"
+)]
 
 use std::time::Duration;
 
@@ -6,11 +10,16 @@ use figment::Jail;
 use resilient_redis_config::{ConfigError, ConfigLoader, Origin, RedisConfig};
 
 fn load_env(vars: &[(&str, &str)]) -> Result<RedisConfig, ConfigError> {
-    ConfigLoader::default().with_env(vars.iter().copied()).load()
+    ConfigLoader::default()
+        .with_env(vars.iter().copied())
+        .load()
 }
 
 fn problem_summary(err: &ConfigError) -> Vec<(String, String)> {
-    err.problems().iter().map(|p| (p.field.clone(), p.origin.to_string())).collect()
+    err.problems()
+        .iter()
+        .map(|p| (p.field.clone(), p.origin.to_string()))
+        .collect()
 }
 
 #[test]
@@ -26,13 +35,22 @@ fn process_env_problems_are_listed_together_with_their_variables() {
             problem_summary(&err),
             [
                 ("url".to_owned(), "env REDIS_URL".to_owned()),
-                ("connect_timeout".to_owned(), "env REDIS_CONNECT_TIMEOUT".to_owned()),
-                ("pool.min_size".to_owned(), "env REDIS_POOL_MIN_SIZE".to_owned()),
+                (
+                    "connect_timeout".to_owned(),
+                    "env REDIS_CONNECT_TIMEOUT".to_owned()
+                ),
+                (
+                    "pool.min_size".to_owned(),
+                    "env REDIS_POOL_MIN_SIZE".to_owned()
+                ),
             ]
         );
         let text = err.to_string();
         assert!(text.starts_with("3 configuration problems"), "{text}");
-        assert!(text.contains("url (env REDIS_URL): `http://x` has scheme `http`"), "{text}");
+        assert!(
+            text.contains("url (env REDIS_URL): `http://x` has scheme `http`"),
+            "{text}"
+        );
         assert!(text.contains("`5` is out of range"), "{text}");
         assert!(text.contains("must not exceed pool.max_size (5)"), "{text}");
         Ok(())
@@ -45,7 +63,11 @@ fn a_password_in_the_url_never_shows() {
         jail.set_env("REDIS_URL", "redis://u:hunter2@h:6379");
         let config = RedisConfig::load().expect("valid");
         assert_eq!(config.url.expose(), "redis://u:hunter2@h:6379");
-        for shown in [format!("{config:?}"), config.to_string(), format!("{:?}", config.url)] {
+        for shown in [
+            format!("{config:?}"),
+            config.to_string(),
+            format!("{:?}", config.url),
+        ] {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains("u:***@h"), "{shown}");
         }
@@ -65,9 +87,16 @@ fn a_password_in_the_url_never_shows() {
 #[test]
 fn a_value_that_does_not_parse_names_its_variable_and_value() {
     let err = load_env(&[("REDIS_POOL_MAX_SIZE", "ten")]).unwrap_err();
-    let [problem] = err.problems() else { panic!("one problem: {err}") };
+    let [problem] = err.problems() else {
+        panic!("one problem: {err}")
+    };
     assert_eq!(problem.field, "pool.max_size");
-    assert_eq!(problem.origin, Origin::Env { var: "REDIS_POOL_MAX_SIZE".into() });
+    assert_eq!(
+        problem.origin,
+        Origin::Env {
+            var: "REDIS_POOL_MAX_SIZE".into()
+        }
+    );
     assert_eq!(problem.value.as_deref(), Some("ten"));
     assert!(problem.message.contains("wrong type"), "{problem}");
 }
@@ -82,7 +111,11 @@ fn parse_and_rule_problems_are_reported_together() {
     .unwrap_err();
     let mut fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["connect_timeout", "pool.max_size", "socket_timeout"], "{err}");
+    assert_eq!(
+        fields,
+        ["connect_timeout", "pool.max_size", "socket_timeout"],
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,16 +169,22 @@ fn every_nested_field_is_reachable_by_section_and_field() {
 
 #[test]
 fn section_form_wins_over_the_seed_alias() {
-    let config =
-        load_env(&[("REDIS_POOL_MAX_SIZE", "5"), ("REDIS_POOL__MAX_SIZE", "6")]).unwrap();
+    let config = load_env(&[("REDIS_POOL_MAX_SIZE", "5"), ("REDIS_POOL__MAX_SIZE", "6")]).unwrap();
     assert_eq!(config.pool.max_size, 6);
 }
 
 #[test]
 fn unknown_section_fields_are_errors_but_foreign_variables_are_ignored() {
     let err = load_env(&[("REDIS_POOL__MAX_SIZ", "5"), ("REDIS_VERSION", "7.2")]).unwrap_err();
-    let [problem] = err.problems() else { panic!("one problem: {err}") };
-    assert_eq!(problem.origin, Origin::Env { var: "REDIS_POOL__MAX_SIZ".into() });
+    let [problem] = err.problems() else {
+        panic!("one problem: {err}")
+    };
+    assert_eq!(
+        problem.origin,
+        Origin::Env {
+            var: "REDIS_POOL__MAX_SIZ".into()
+        }
+    );
     assert!(problem.message.contains("not a known setting"), "{problem}");
 
     assert!(load_env(&[("REDIS_VERSION", "7.2"), ("REDIS_DOWNLOAD_URL", "x")]).is_ok());
@@ -173,8 +212,19 @@ fn file_is_read_and_environment_wins_over_it() {
     assert_eq!(config.pool.min_size, 1);
     assert_eq!(config.health.check_interval, Duration::from_millis(250));
     assert_eq!(config.health.timeout, Duration::from_millis(100));
-    assert_eq!(loaded.origin("pool.max_size"), Origin::Env { var: "REDIS_POOL_MAX_SIZE".into() });
-    assert_eq!(loaded.origin("pool.min_size"), Origin::File { path, key: "pool.min_size".into() });
+    assert_eq!(
+        loaded.origin("pool.max_size"),
+        Origin::Env {
+            var: "REDIS_POOL_MAX_SIZE".into()
+        }
+    );
+    assert_eq!(
+        loaded.origin("pool.min_size"),
+        Origin::File {
+            path,
+            key: "pool.min_size".into()
+        }
+    );
     assert_eq!(loaded.origin("socket_timeout"), Origin::Default);
 }
 
@@ -184,9 +234,14 @@ fn config_file_variable_names_the_file() {
         jail.create_file("app.toml", "[pool]\nmax_size = 0\nmin_size = 0\n")?;
         jail.set_env("REDIS_CONFIG_FILE", "app.toml");
         let err = RedisConfig::load().expect_err("max_size 0");
-        let [problem] = err.problems() else { panic!("one problem: {err}") };
+        let [problem] = err.problems() else {
+            panic!("one problem: {err}")
+        };
         assert_eq!(problem.field, "pool.max_size");
-        assert_eq!(problem.to_string(), "pool.max_size (key `pool.max_size` in app.toml): `0` must be at least 1");
+        assert_eq!(
+            problem.to_string(),
+            "pool.max_size (key `pool.max_size` in app.toml): `0` must be at least 1"
+        );
         Ok(())
     });
 }
@@ -197,7 +252,9 @@ fn unknown_file_keys_are_errors_naming_the_key() {
     let path = dir.path().join("redis.toml");
     std::fs::write(&path, "[pool]\nmax_sise = 8\n").unwrap();
     let err = ConfigLoader::default().file(&path).load().unwrap_err();
-    let [problem] = err.problems() else { panic!("one problem: {err}") };
+    let [problem] = err.problems() else {
+        panic!("one problem: {err}")
+    };
     assert_eq!(problem.field, "pool.max_sise");
     assert!(matches!(&problem.origin, Origin::File { key, .. } if key == "pool.max_sise"));
 }
@@ -228,7 +285,10 @@ fn password_file_is_read_and_its_trailing_newline_trimmed() {
         ("REDIS_USERNAME", "app"),
     ])
     .unwrap();
-    assert_eq!(config.password.as_ref().map(|p| p.expose()), Some("hunter2"));
+    assert_eq!(
+        config.password.as_ref().map(|p| p.expose()),
+        Some("hunter2")
+    );
     assert_eq!(config.username.as_deref(), Some("app"));
     assert!(!format!("{config:?}").contains("hunter2"));
 }
@@ -236,17 +296,26 @@ fn password_file_is_read_and_its_trailing_newline_trimmed() {
 #[test]
 fn an_unreadable_password_file_names_its_variable() {
     let err = load_env(&[("REDIS_PASSWORD_FILE", "/nonexistent/redis-password")]).unwrap_err();
-    let [problem] = err.problems() else { panic!("one problem: {err}") };
+    let [problem] = err.problems() else {
+        panic!("one problem: {err}")
+    };
     assert_eq!(problem.field, "password_file");
-    assert_eq!(problem.origin, Origin::Env { var: "REDIS_PASSWORD_FILE".into() });
+    assert_eq!(
+        problem.origin,
+        Origin::Env {
+            var: "REDIS_PASSWORD_FILE".into()
+        }
+    );
     assert!(problem.message.contains("cannot be read"), "{problem}");
 }
 
 #[test]
 fn password_and_password_file_together_are_refused_without_showing_the_password() {
-    let err = load_env(&[("REDIS_PASSWORD", "hunter2"), ("REDIS_PASSWORD_FILE", "/x")])
-        .unwrap_err();
-    let [problem] = err.problems() else { panic!("one problem: {err}") };
+    let err =
+        load_env(&[("REDIS_PASSWORD", "hunter2"), ("REDIS_PASSWORD_FILE", "/x")]).unwrap_err();
+    let [problem] = err.problems() else {
+        panic!("one problem: {err}")
+    };
     assert_eq!(problem.field, "password");
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }

@@ -1,0 +1,217 @@
+//! A TCP proxy that injects network faults between a client and a real server.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// What the proxy does to traffic. Switch it at run time with [`FaultProxy::set`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Forward everything untouched.
+    #[default]
+    Pass,
+    /// Accept connections and read what arrives, but forward nothing and answer nothing, in
+    /// either direction: a hung server or a dead network path. New connections are held open
+    /// without reaching the server.
+    Blackhole,
+    /// Forward every chunk after this delay.
+    Latency(Duration),
+    /// Reset every new connection as soon as it is accepted (existing ones keep working).
+    Refuse,
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    fault: watch::Sender<Fault>,
+    resets: watch::Sender<u64>,
+    accepted: AtomicU64,
+    active: AtomicUsize,
+}
+
+/// A fault-injecting proxy on a free loopback port in front of `upstream`.
+///
+/// It runs on the Tokio runtime that started it and stops, closing every connection, when
+/// dropped.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    // Dropping this ends every task of the proxy.
+    _shutdown: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("addr", &self.addr)
+            .field("upstream", &self.shared.upstream)
+            .field("fault", &self.fault())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaultProxy {
+    /// Starts forwarding from a free loopback port to `upstream`.
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind proxy port");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(Shared {
+            upstream,
+            fault: watch::Sender::new(Fault::Pass),
+            resets: watch::Sender::new(0),
+            accepted: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(());
+        tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
+        Self {
+            addr,
+            shared,
+            _shutdown: shutdown,
+        }
+    }
+
+    /// The address clients connect to.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `redis://127.0.0.1:<proxy port>`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Switches what the proxy does; applies to traffic from now on, on every connection.
+    pub fn set(&self, fault: Fault) {
+        self.shared.fault.send_replace(fault);
+    }
+
+    /// The fault in force.
+    #[must_use]
+    pub fn fault(&self) -> Fault {
+        *self.shared.fault.borrow()
+    }
+
+    /// Resets (TCP RST) every open connection, both to the client and to the server.
+    pub fn reset_all(&self) {
+        self.shared.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Connections open through the proxy now.
+    #[must_use]
+    pub fn active_connections(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted since start.
+    #[must_use]
+    pub fn accepted_connections(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((client, _)) = accepted else { continue };
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
+                if *shared.fault.borrow() == Fault::Refuse {
+                    reset(&client);
+                    continue;
+                }
+                let shared = Arc::clone(&shared);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    shared.active.fetch_add(1, Ordering::SeqCst);
+                    serve(client, &shared, shutdown).await;
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        }
+    }
+}
+
+/// Closes with RST rather than FIN, like a crashed peer or a middlebox dropping state.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+async fn serve(mut client: TcpStream, shared: &Shared, mut shutdown: watch::Receiver<()>) {
+    let mut resets = shared.resets.subscribe();
+    let mut fault = shared.fault.subscribe();
+
+    // While blackholed, a new connection is held and reaches nothing.
+    while *fault.borrow_and_update() == Fault::Blackhole {
+        let mut sink = [0u8; 4096];
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = resets.changed() => { reset(&client); return; }
+            changed = fault.changed() => if changed.is_err() { return },
+            read = client.read(&mut sink) => if matches!(read, Ok(0) | Err(_)) { return },
+        }
+    }
+    let Ok(mut upstream) = TcpStream::connect(shared.upstream).await else {
+        // The server is down: the client sees its connection reset, as it would directly.
+        reset(&client);
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+
+    let reset_both = {
+        let (cr, cw) = client.split();
+        let (ur, uw) = upstream.split();
+        tokio::select! {
+            _ = shutdown.changed() => true,
+            _ = resets.changed() => true,
+            _ = pump(cr, uw, shared.fault.subscribe()) => false,
+            _ = pump(ur, cw, shared.fault.subscribe()) => false,
+        }
+    };
+    if reset_both {
+        reset(&client);
+        reset(&upstream);
+    }
+}
+
+/// Copies one direction, applying the fault in force to each chunk.
+async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, fault: watch::Receiver<Fault>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        let current = *fault.borrow();
+        match current {
+            Fault::Blackhole => continue,
+            Fault::Latency(delay) => tokio::time::sleep(delay).await,
+            Fault::Pass | Fault::Refuse => {}
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! A real `redis-server` process on a free loopback port, owned by one test.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its first PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The binary started; override with `REDIS_SERVER_BIN`.
+fn binary() -> PathBuf {
+    std::env::var_os("REDIS_SERVER_BIN")
+        .map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
+}
+
+/// Builds a [`RedisServer`] with extra `redis-server` arguments.
+#[derive(Debug, Default, Clone)]
+#[must_use]
+pub struct RedisServerBuilder {
+    args: Vec<String>,
+    password: Option<String>,
+}
+
+impl RedisServerBuilder {
+    /// Adds one command-line argument (`"--maxclients"`, then `"1"`).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds `--name value`.
+    pub fn config(self, name: &str, value: impl Into<String>) -> Self {
+        self.arg(format!("--{name}")).arg(value)
+    }
+
+    /// Requires this password (`--requirepass`).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        let password = password.into();
+        self.password = Some(password.clone());
+        self.config("requirepass", password)
+    }
+
+    /// Keeps every acknowledged write across a SIGKILL (`--appendonly yes --appendfsync always`).
+    pub fn durable(self) -> Self {
+        self.config("appendonly", "yes")
+            .config("appendfsync", "always")
+    }
+
+    /// Starts the server on a free loopback port and waits until it answers.
+    ///
+    /// # Panics
+    /// When `redis-server` is not installed or does not come up, with a message that says so.
+    pub fn start(self) -> RedisServer {
+        let mut last_error = String::new();
+        // A port found free can be taken by someone else before redis binds it: try a few.
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("resilient-redis-test-")
+                .tempdir()
+                .expect("create a temporary directory for redis-server");
+            let port = free_port();
+            let mut server = RedisServer {
+                port,
+                args: self.args.clone(),
+                password: self.password.clone(),
+                dir,
+                child: None,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("redis-server did not start: {last_error}");
+    }
+}
+
+/// A `redis-server` child process on `127.0.0.1:<port>`, killed when dropped.
+///
+/// ```no_run
+/// let mut server = resilient_redis_tests::RedisServer::start();
+/// let url = server.url();
+/// server.kill();    // SIGKILL, like a crash
+/// server.restart(); // same port, same data directory
+/// # drop(url);
+/// ```
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    args: Vec<String>,
+    password: Option<String>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server with default settings.
+    ///
+    /// # Panics
+    /// See [`RedisServerBuilder::start`].
+    #[must_use]
+    pub fn start() -> Self {
+        Self::builder().start()
+    }
+
+    /// A builder for extra arguments.
+    pub fn builder() -> RedisServerBuilder {
+        RedisServerBuilder::default()
+    }
+
+    /// The port it listens on.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// `redis://127.0.0.1:<port>` (with the password, when one is required).
+    #[must_use]
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The process id while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is running.
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The server's data directory (append-only files live here).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the process with SIGKILL, by pid, and reaps it: no shutdown, no final save.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // `Child::kill` sends SIGKILL on Unix.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same arguments and data directory.
+    ///
+    /// # Panics
+    /// When it does not come up (for example, the port was taken meanwhile).
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(e) = self.spawn() {
+            panic!("redis-server did not restart on port {}: {e}", self.port);
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = self.dir.path().join("redis.log");
+        let mut cmd = Command::new(binary());
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "`{}` is not installed or not on PATH ({e}); install it with \
+                     `apt-get install -y redis-server` or set REDIS_SERVER_BIN",
+                    binary().display()
+                )
+            } else {
+                format!("cannot run `{}`: {e}", binary().display())
+            }
+        })?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut stderr);
+                }
+                let logged = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!(
+                    "exited with {status} on port {}: {}{}",
+                    self.port,
+                    stderr.trim(),
+                    last_lines(&logged, 5)
+                ));
+            }
+            if answers_ping(self.port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "no answer on port {} within {READY_TIMEOUT:?}",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A port nobody listens on right now (the OS picks it).
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// True when something on the port answers a RESP PING (`+PONG`, or `-NOAUTH` behind a
+/// password: either way the server is up).
+fn answers_ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(n) if n > 0 => buf[0] == b'+' || buf[..n].starts_with(b"-NOAUTH"),
+        _ => false,
+    }
+}
