@@ -12,6 +12,9 @@ pub use error::{ConfigError, Origin, Problem};
 pub use load::{CONFIG_FILE_VAR, ConfigLoader, ENV_ALIASES, ENV_PREFIX, Loaded};
 pub use model::{
     CircuitBreakerConfig, FallbackConfig, HealthConfig, MetricsConfig, PoolConfig, RedisConfig,
+    SlidingWindowType,
 };
 pub use secret::{REDACTED, RedisUrl, Secret, URL_SCHEMES};
-pub use validate::{CONNECT_TIMEOUT_RANGE, MAX_RETRIES_LIMIT};
+pub use validate::{
+    CONNECT_TIMEOUT_RANGE, MAX_HALF_OPEN_CALLS, MAX_RETRIES_LIMIT, MAX_SLIDING_WINDOW_SIZE,
+};

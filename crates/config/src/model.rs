@@ -170,28 +170,88 @@ impl Default for HealthConfig {
     }
 }
 
+/// How the circuit breaker's failure and slow-call rates are measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum SlidingWindowType {
+    /// The last `sliding_window_size` calls.
+    Count,
+    /// The calls of the last `monitoring_period`.
+    Time,
+}
+
 /// Circuit breaker thresholds (`[circuit_breaker]`, `REDIS_CIRCUIT_BREAKER__*`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The breaker opens on **either** `failure_threshold` consecutive failures, **or** a failure
+/// rate ≥ `failure_rate_threshold`, **or** a slow-call rate ≥ `slow_call_rate_threshold`, the rates
+/// measured over the sliding window once it holds `minimum_calls` calls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CircuitBreakerConfig {
     /// Consecutive failures that open the breaker. Default 5, at least 1.
     /// Env `REDIS_CIRCUIT_BREAKER_THRESHOLD`.
     pub failure_threshold: u32,
+    /// Failure rate, in percent of the window's calls, that opens the breaker. Default 50,
+    /// range (0, 100].
+    pub failure_rate_threshold: f64,
+    /// Slow-call rate, in percent, that opens the breaker. Default 100, range (0, 100].
+    pub slow_call_rate_threshold: f64,
+    /// A call that takes at least this long is slow. Default 1 s.
+    #[serde(with = "units::millis")]
+    pub slow_call_duration: Duration,
+    /// `count` (the last `sliding_window_size` calls) or `time` (the last `monitoring_period`).
+    /// Default `count`.
+    pub sliding_window_type: SlidingWindowType,
+    /// Calls in a count window. Default 100, range 1 ..= 1 000 000.
+    pub sliding_window_size: u32,
+    /// Length of a time window. Default 60 s.
+    #[serde(with = "units::millis")]
+    pub monitoring_period: Duration,
+    /// Calls the window must hold before rates count. Default 20, at least 1.
+    pub minimum_calls: u32,
     /// Time the breaker stays open before it lets trial calls through. Default 30 s.
     #[serde(with = "units::millis")]
     pub reset_timeout: Duration,
-    /// Length of the time window over which failure rates are measured. Default 60 s.
+    /// Growth of the open time on each trip that follows a failed trial (1 = constant).
+    /// Default 1, at least 1.
+    pub reset_timeout_multiplier: f64,
+    /// Cap on the grown open time. Default 5 min, at least `reset_timeout`.
     #[serde(with = "units::millis")]
-    pub monitoring_period: Duration,
+    pub max_reset_timeout: Duration,
+    /// Random spread of the open time, as a fraction (0.2 = ±20 %). Default 0, range [0, 1).
+    pub reset_timeout_jitter: f64,
+    /// Trial calls let through while half-open. Default 5, range 1 ..= 65 535.
+    pub half_open_permitted_calls: u32,
+    /// Move from open to half-open by a timer at `reset_timeout`, so that trial calls start
+    /// on time without waiting for traffic and a rejection does not read the clock. `false`
+    /// moves on the first call after `reset_timeout` (Resilience4j's default). Default `true`.
+    pub automatic_transition: bool,
+    /// Longest time in half-open before the breaker opens again when the trial calls have not
+    /// all finished; 0 waits for them. Default 0.
+    #[serde(with = "units::millis")]
+    pub max_wait_in_half_open: Duration,
 }
 
 impl Default for CircuitBreakerConfig {
     fn default() -> Self {
         Self {
             failure_threshold: 5,
-            reset_timeout: Duration::from_secs(30),
+            failure_rate_threshold: 50.0,
+            slow_call_rate_threshold: 100.0,
+            slow_call_duration: Duration::from_secs(1),
+            sliding_window_type: SlidingWindowType::Count,
+            sliding_window_size: 100,
             monitoring_period: Duration::from_secs(60),
+            minimum_calls: 20,
+            reset_timeout: Duration::from_secs(30),
+            reset_timeout_multiplier: 1.0,
+            max_reset_timeout: Duration::from_secs(300),
+            reset_timeout_jitter: 0.0,
+            half_open_permitted_calls: 5,
+            automatic_transition: true,
+            max_wait_in_half_open: Duration::ZERO,
         }
     }
 }

@@ -3,12 +3,18 @@
 use std::time::Duration;
 
 use crate::error::{ConfigError, Problem};
-use crate::model::RedisConfig;
+use crate::model::{CircuitBreakerConfig, RedisConfig};
 use crate::units::format_duration;
 
 /// Range the seed design allows for `connect_timeout`.
 pub const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(60));
+
+/// Largest count-based sliding window of the circuit breaker.
+pub const MAX_SLIDING_WINDOW_SIZE: u32 = 1_000_000;
+
+/// Most trial calls the circuit breaker lets through while half-open.
+pub const MAX_HALF_OPEN_CALLS: u32 = 65_535;
 
 /// Largest `max_retries` accepted: more would keep a caller waiting through an outage.
 pub const MAX_RETRIES_LIMIT: u32 = 100;
@@ -25,6 +31,16 @@ impl Checker {
     fn positive(&mut self, field: &str, d: Duration) {
         if d.is_zero() {
             self.fail(field, Some(format_duration(d)), "must be more than 0");
+        }
+    }
+
+    fn percent(&mut self, field: &str, rate: f64) {
+        if !(rate > 0.0 && rate <= 100.0) {
+            self.fail(
+                field,
+                Some(rate.to_string()),
+                "must be a percentage in (0, 100]",
+            );
         }
     }
 
@@ -119,16 +135,7 @@ impl RedisConfig {
         c.at_least_one("health.failure_threshold", health.failure_threshold);
         c.at_least_one("health.success_threshold", health.success_threshold);
 
-        let breaker = &self.circuit_breaker;
-        c.at_least_one(
-            "circuit_breaker.failure_threshold",
-            breaker.failure_threshold,
-        );
-        c.positive("circuit_breaker.reset_timeout", breaker.reset_timeout);
-        c.positive(
-            "circuit_breaker.monitoring_period",
-            breaker.monitoring_period,
-        );
+        check_breaker(&mut c, &self.circuit_breaker);
 
         let fallback = &self.fallback;
         if fallback.enabled && fallback.max_memory_size == 0 {
@@ -155,6 +162,89 @@ impl RedisConfig {
         }
 
         c.problems
+    }
+}
+
+/// The rules of the `[circuit_breaker]` section.
+fn check_breaker(c: &mut Checker, breaker: &CircuitBreakerConfig) {
+    c.at_least_one(
+        "circuit_breaker.failure_threshold",
+        breaker.failure_threshold,
+    );
+    c.percent(
+        "circuit_breaker.failure_rate_threshold",
+        breaker.failure_rate_threshold,
+    );
+    c.percent(
+        "circuit_breaker.slow_call_rate_threshold",
+        breaker.slow_call_rate_threshold,
+    );
+    c.positive(
+        "circuit_breaker.slow_call_duration",
+        breaker.slow_call_duration,
+    );
+    if !(1..=MAX_SLIDING_WINDOW_SIZE).contains(&breaker.sliding_window_size) {
+        c.fail(
+            "circuit_breaker.sliding_window_size",
+            Some(breaker.sliding_window_size.to_string()),
+            format!("must be between 1 and {MAX_SLIDING_WINDOW_SIZE}"),
+        );
+    }
+    c.positive(
+        "circuit_breaker.monitoring_period",
+        breaker.monitoring_period,
+    );
+    c.at_least_one("circuit_breaker.minimum_calls", breaker.minimum_calls);
+    c.positive("circuit_breaker.reset_timeout", breaker.reset_timeout);
+    if !(breaker.reset_timeout_multiplier >= 1.0 && breaker.reset_timeout_multiplier.is_finite()) {
+        c.fail(
+            "circuit_breaker.reset_timeout_multiplier",
+            Some(breaker.reset_timeout_multiplier.to_string()),
+            "must be a finite number of at least 1 (1 keeps the open time constant)",
+        );
+    }
+    if breaker.max_reset_timeout < breaker.reset_timeout {
+        c.fail(
+            "circuit_breaker.max_reset_timeout",
+            Some(format_duration(breaker.max_reset_timeout)),
+            format!(
+                "must be at least circuit_breaker.reset_timeout ({})",
+                format_duration(breaker.reset_timeout)
+            ),
+        );
+    }
+    if !(0.0..1.0).contains(&breaker.reset_timeout_jitter) {
+        c.fail(
+            "circuit_breaker.reset_timeout_jitter",
+            Some(breaker.reset_timeout_jitter.to_string()),
+            "must be a fraction in [0, 1)",
+        );
+    }
+    if !(1..=MAX_HALF_OPEN_CALLS).contains(&breaker.half_open_permitted_calls) {
+        c.fail(
+            "circuit_breaker.half_open_permitted_calls",
+            Some(breaker.half_open_permitted_calls.to_string()),
+            format!("must be between 1 and {MAX_HALF_OPEN_CALLS}"),
+        );
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// Checks this section alone (for building a breaker from it); field paths are prefixed
+    /// `circuit_breaker.`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut c = Checker {
+            problems: Vec::new(),
+        };
+        check_breaker(&mut c, self);
+        if c.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(c.problems))
+        }
     }
 }
 
@@ -190,6 +280,14 @@ mod tests {
         c.health.timeout = Duration::from_secs(10);
         c.circuit_breaker.failure_threshold = 0;
         c.circuit_breaker.reset_timeout = Duration::ZERO;
+        c.circuit_breaker.max_reset_timeout = Duration::ZERO;
+        c.circuit_breaker.failure_rate_threshold = 0.0;
+        c.circuit_breaker.slow_call_rate_threshold = 100.5;
+        c.circuit_breaker.sliding_window_size = 0;
+        c.circuit_breaker.minimum_calls = 0;
+        c.circuit_breaker.reset_timeout_multiplier = 0.5;
+        c.circuit_breaker.reset_timeout_jitter = 1.0;
+        c.circuit_breaker.half_open_permitted_calls = 70_000;
         c.fallback.max_memory_size = 0;
         c.metrics.retention_period = Duration::from_secs(1);
         assert_eq!(
@@ -205,7 +303,14 @@ mod tests {
                 "health.failure_threshold",
                 "health.success_threshold",
                 "circuit_breaker.failure_threshold",
+                "circuit_breaker.failure_rate_threshold",
+                "circuit_breaker.slow_call_rate_threshold",
+                "circuit_breaker.sliding_window_size",
+                "circuit_breaker.minimum_calls",
                 "circuit_breaker.reset_timeout",
+                "circuit_breaker.reset_timeout_multiplier",
+                "circuit_breaker.reset_timeout_jitter",
+                "circuit_breaker.half_open_permitted_calls",
                 "fallback.max_memory_size",
                 "metrics.retention_period",
             ]
@@ -253,11 +358,12 @@ mod tests {
         c.health.check_interval = Duration::ZERO;
         c.health.timeout = Duration::ZERO;
         c.circuit_breaker.monitoring_period = Duration::ZERO;
+        c.circuit_breaker.slow_call_duration = Duration::ZERO;
         c.fallback.sync_interval = Duration::ZERO;
         c.metrics.collection_interval = Duration::ZERO;
         c.metrics.reporting_threshold = Duration::ZERO;
         let problems = c.problems();
-        assert_eq!(problems.len(), 11, "{problems:?}");
+        assert_eq!(problems.len(), 12, "{problems:?}");
         assert!(
             problems.iter().all(|p| p.message == "must be more than 0"),
             "{problems:?}"
