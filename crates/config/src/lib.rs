@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod error;
+mod kind;
 mod load;
 mod model;
 mod secret;
@@ -9,6 +11,7 @@ pub mod units;
 mod validate;
 
 pub use error::{ConfigError, Origin, Problem};
+pub use kind::ErrorKind;
 pub use load::{CONFIG_FILE_VAR, ConfigLoader, ENV_ALIASES, ENV_PREFIX, Loaded};
 pub use model::{
     CircuitBreakerConfig, FallbackConfig, HealthConfig, MetricsConfig, PoolConfig, RedisConfig,

@@ -126,6 +126,22 @@ pub struct PoolConfig {
     /// How often the reaper looks for idle connections. Default 30 s.
     #[serde(with = "units::millis")]
     pub reap_interval: Duration,
+    /// A connection older than this is replaced (shared) or closed on return (exclusive).
+    /// Default 30 min.
+    #[serde(with = "units::millis")]
+    pub max_lifetime: Duration,
+    /// Multiplexed connections shared by all callers for ordinary commands; they count towards
+    /// `max_size`, the rest serve exclusive checkouts. One connection pipelines best (measured:
+    /// docs/performance.md); a broken one is replaced at once in the background. Default 1,
+    /// range 1 ..= `max_size`.
+    pub shared_connections: u32,
+    /// How often the shared connections are PINGed in the background (and a broken one
+    /// replaced). Default 1 s.
+    #[serde(with = "units::millis")]
+    pub validation_interval: Duration,
+    /// An exclusive connection idle longer than this is PINGed when checked out. Default 10 s.
+    #[serde(with = "units::millis")]
+    pub validate_after_idle: Duration,
 }
 
 impl Default for PoolConfig {
@@ -138,6 +154,10 @@ impl Default for PoolConfig {
             create_retry_count: 3,
             idle_timeout: Duration::from_secs(300),
             reap_interval: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(30 * 60),
+            shared_connections: 1,
+            validation_interval: Duration::from_secs(1),
+            validate_after_idle: Duration::from_secs(10),
         }
     }
 }
@@ -157,6 +177,8 @@ pub struct HealthConfig {
     pub failure_threshold: u32,
     /// Consecutive good probes that make an unhealthy server healthy. Default 2, at least 1.
     pub success_threshold: u32,
+    /// Probes the rolling success and failure rates are measured over. Default 20, at least 1.
+    pub window: u32,
 }
 
 impl Default for HealthConfig {
@@ -166,6 +188,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(1),
             failure_threshold: 3,
             success_threshold: 2,
+            window: 20,
         }
     }
 }

@@ -118,6 +118,16 @@ impl RedisConfig {
         c.at_least_one("pool.create_retry_count", pool.create_retry_count);
         c.positive("pool.idle_timeout", pool.idle_timeout);
         c.positive("pool.reap_interval", pool.reap_interval);
+        c.positive("pool.max_lifetime", pool.max_lifetime);
+        if pool.max_size >= 1 && !(1..=pool.max_size).contains(&pool.shared_connections) {
+            c.fail(
+                "pool.shared_connections",
+                Some(pool.shared_connections.to_string()),
+                format!("must be between 1 and pool.max_size ({})", pool.max_size),
+            );
+        }
+        c.positive("pool.validation_interval", pool.validation_interval);
+        c.positive("pool.validate_after_idle", pool.validate_after_idle);
 
         let health = &self.health;
         c.positive("health.check_interval", health.check_interval);
@@ -134,6 +144,7 @@ impl RedisConfig {
         }
         c.at_least_one("health.failure_threshold", health.failure_threshold);
         c.at_least_one("health.success_threshold", health.success_threshold);
+        c.at_least_one("health.window", health.window);
 
         check_breaker(&mut c, &self.circuit_breaker);
 
@@ -275,6 +286,7 @@ mod tests {
         c.pool.min_size = 10;
         c.pool.max_size = 5;
         c.pool.create_retry_count = 0;
+        c.pool.shared_connections = 0;
         c.health.failure_threshold = 0;
         c.health.success_threshold = 0;
         c.health.timeout = Duration::from_secs(10);
@@ -299,6 +311,7 @@ mod tests {
                 "max_retries",
                 "pool.min_size",
                 "pool.create_retry_count",
+                "pool.shared_connections",
                 "health.timeout",
                 "health.failure_threshold",
                 "health.success_threshold",

@@ -1,0 +1,66 @@
+//! The shared vocabulary of failure kinds (the seed design's `RedisErrorType`).
+
+use std::fmt;
+
+/// What kind of failure an error is. Every crate's error answers `kind()` with one of these, so
+/// the breaker, the fallback and the metrics decide by kind, never by message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The server could not be reached or the connection broke (refused, reset, closed).
+    Connection,
+    /// No reply in time: a connect, command or probe deadline passed.
+    Timeout,
+    /// The server refused the credentials (wrong password, unknown ACL user, NOAUTH).
+    Auth,
+    /// TLS negotiation failed (certificate, protocol).
+    Tls,
+    /// No pooled connection became free within the acquire timeout.
+    PoolExhausted,
+    /// The circuit breaker rejected the call.
+    CircuitBreaker,
+    /// The fallback store could not serve or accept the operation.
+    Fallback,
+    /// The input or configuration is invalid.
+    Validation,
+    /// The server answered with an error reply (`WRONGTYPE`, `OOM`, `LOADING`, ...).
+    Server,
+    /// The component was closed.
+    Closed,
+}
+
+impl ErrorKind {
+    /// The seed's name (`connection_error`), used as the `error.type` metric attribute.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connection => "connection_error",
+            ErrorKind::Timeout => "timeout_error",
+            ErrorKind::Auth => "auth_error",
+            ErrorKind::Tls => "tls_error",
+            ErrorKind::PoolExhausted => "pool_exhausted_error",
+            ErrorKind::CircuitBreaker => "circuit_breaker_error",
+            ErrorKind::Fallback => "fallback_error",
+            ErrorKind::Validation => "validation_error",
+            ErrorKind::Server => "server_error",
+            ErrorKind::Closed => "closed_error",
+        }
+    }
+
+    /// Whether the failure says the server is unwell and may pass (connection, timeout, pool
+    /// exhausted): these count against the circuit breaker. Auth, TLS, validation and server
+    /// replies do not: retrying or opening the breaker would not help.
+    #[must_use]
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::PoolExhausted
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,230 @@
+//! Connection handles: shared (multiplexed) and exclusive (pooled).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Value};
+use resilient_redis_config::ErrorKind;
+use tokio::sync::Notify;
+
+use crate::PoolError;
+use crate::error::classify;
+use crate::manager::RedisManager;
+
+/// Runs one request and classifies its failure: a timeout or I/O failure marks the connection
+/// broken. The deadline itself is redis-rs's response timeout, set to `socket_timeout` on every
+/// connection: on a plain multiplexed connection (which never reconnects on its own) it bounds
+/// the whole request, queueing included, and costs no second timer.
+async fn guarded<T>(
+    request: impl Future<Output = Result<T, RedisError>>,
+    broken: &AtomicBool,
+    wake: Option<&Notify>,
+) -> Result<T, RedisError> {
+    let result = request.await;
+    if let Err(e) = &result
+        && matches!(classify(e), ErrorKind::Connection | ErrorKind::Timeout)
+    {
+        broken.store(true, Ordering::Release);
+        if let Some(wake) = wake {
+            wake.notify_one();
+        }
+    }
+    result
+}
+
+fn to_pool_error(e: RedisError) -> PoolError {
+    PoolError::Command {
+        kind: classify(&e),
+        source: e,
+    }
+}
+
+/// One of the shared multiplexed connections: what ordinary commands run on.
+pub(crate) struct Lane {
+    pub(crate) mux: MultiplexedConnection,
+    pub(crate) broken: Arc<AtomicBool>,
+    pub(crate) created: tokio::time::Instant,
+    pub(crate) wake: Arc<Notify>,
+    /// The mobc connection this lane borrowed; closed (not returned) when the lane goes.
+    pub(crate) held: std::sync::Mutex<Option<mobc::Connection<RedisManager>>>,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if let Some(conn) = self.held.get_mut().ok().and_then(Option::take) {
+            drop(conn.into_inner());
+        }
+    }
+}
+
+/// A handle on a shared multiplexed connection, for ordinary commands. Cheap to get
+/// ([`crate::ConnectionPool::shared`] takes no lock and does no I/O) and to clone; many callers
+/// use the same connection at once. Every request runs under the socket timeout (redis-rs's
+/// response timeout); one that times out or hits an I/O error takes the connection out of
+/// service and the pool replaces it in the background.
+#[derive(Clone)]
+pub struct SharedConnection {
+    mux: MultiplexedConnection,
+    lane: Arc<Lane>,
+}
+
+impl SharedConnection {
+    pub(crate) fn new(lane: Arc<Lane>) -> Self {
+        Self {
+            mux: lane.mux.clone(),
+            lane,
+        }
+    }
+
+    /// Runs `cmd` and converts the reply.
+    ///
+    /// # Errors
+    /// [`PoolError::Command`] classified by kind (a timeout is `Timeout`).
+    pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
+        let value = guarded(
+            self.mux.send_packed_command(cmd),
+            &self.lane.broken,
+            Some(&self.lane.wake),
+        )
+        .await
+        .map_err(to_pool_error)?;
+        redis::from_redis_value(value).map_err(|e| PoolError::Command {
+            kind: ErrorKind::Validation,
+            source: e.into(),
+        })
+    }
+}
+
+impl std::fmt::Debug for SharedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConnection").finish_non_exhaustive()
+    }
+}
+
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(guarded(
+            self.mux.send_packed_command(cmd),
+            &self.lane.broken,
+            Some(&self.lane.wake),
+        ))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(guarded(
+            self.mux.send_packed_commands(pipeline, offset, count),
+            &self.lane.broken,
+            Some(&self.lane.wake),
+        ))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.mux.get_db()
+    }
+}
+
+/// An exclusive connection checked out of the pool, for what cannot share a connection
+/// (blocking commands, WATCH/MULTI). Dropping it gives it back; one whose command timed out or
+/// hit an I/O error is closed instead.
+pub struct PooledConnection {
+    conn: Option<mobc::Connection<RedisManager>>,
+    pub(crate) on_drop: Arc<crate::pool::Shared>,
+}
+
+impl PooledConnection {
+    pub(crate) fn new(
+        conn: mobc::Connection<RedisManager>,
+        on_drop: Arc<crate::pool::Shared>,
+    ) -> Self {
+        Self {
+            conn: Some(conn),
+            on_drop,
+        }
+    }
+
+    fn raw(&mut self) -> &mut crate::manager::RawConn {
+        // `conn` is Some from construction until drop.
+        self.conn
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("connection taken before drop"))
+    }
+
+    /// Runs `cmd` and converts the reply.
+    ///
+    /// # Errors
+    /// [`PoolError::Command`] classified by kind.
+    pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
+        let raw = self.raw();
+        let broken = Arc::clone(&raw.broken);
+        let value = guarded(raw.mux.send_packed_command(cmd), &broken, None)
+            .await
+            .map_err(to_pool_error)?;
+        redis::from_redis_value(value).map_err(|e| PoolError::Command {
+            kind: ErrorKind::Validation,
+            source: e.into(),
+        })
+    }
+
+    /// Whether a failure has taken this connection out of service (it will be closed on drop).
+    #[must_use]
+    pub fn is_broken(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.broken.load(Ordering::Acquire))
+    }
+}
+
+impl std::fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("broken", &self.is_broken())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.last_used = tokio::time::Instant::now();
+            if conn.broken.load(Ordering::Acquire) {
+                // Closed now, not when mobc gets round to it.
+                drop(conn.into_inner());
+            } else {
+                drop(conn);
+            }
+        }
+        self.on_drop.returned();
+    }
+}
+
+impl ConnectionLike for PooledConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let raw = self.raw();
+        Box::pin(guarded(raw.mux.send_packed_command(cmd), &raw.broken, None))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let raw = self.raw();
+        Box::pin(guarded(
+            raw.mux.send_packed_commands(pipeline, offset, count),
+            &raw.broken,
+            None,
+        ))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.as_ref().map_or(0, |c| c.mux.get_db())
+    }
+}

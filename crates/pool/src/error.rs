@@ -1,0 +1,110 @@
+//! The pool's errors and how they classify.
+
+use std::time::Duration;
+
+use resilient_redis_config::ErrorKind;
+
+use crate::PoolStatus;
+
+/// Errors of the pool and of commands run on its connections.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// No exclusive connection became free in time.
+    #[error("no connection free within {waited:?} ({status})")]
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// The pool when the wait ended.
+        status: PoolStatus,
+    },
+    /// A connection could not be opened, or no shared connection is up.
+    #[error("cannot connect to {url}: {message}")]
+    Connect {
+        /// `Connection`, `Timeout`, `Auth` or `Tls`.
+        kind: ErrorKind,
+        /// The server, password redacted.
+        url: String,
+        /// What went wrong, in words.
+        message: String,
+    },
+    /// A command failed (I/O, timeout, or an error reply).
+    #[error("{kind}: {source}")]
+    Command {
+        /// How the failure classifies.
+        kind: ErrorKind,
+        /// redis-rs's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A command did not answer within the socket timeout.
+    #[error("no reply within {0:?}")]
+    CommandTimeout(Duration),
+    /// The pool is closed.
+    #[error("the connection pool is closed")]
+    Closed,
+}
+
+impl PoolError {
+    /// The failure kind.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PoolError::Timeout { .. } => ErrorKind::PoolExhausted,
+            PoolError::Connect { kind, .. } | PoolError::Command { kind, .. } => *kind,
+            PoolError::CommandTimeout(_) => ErrorKind::Timeout,
+            PoolError::Closed => ErrorKind::Closed,
+        }
+    }
+
+    /// Whether the server may recover from it (see [`ErrorKind::is_transient`]).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_transient()
+    }
+
+    /// Whether the command may have reached the server before it failed: its outcome is
+    /// unknown. False when it certainly never left (no connection, pool exhausted, closed) or
+    /// the server answered with an error.
+    #[must_use]
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            PoolError::CommandTimeout(_) => true,
+            PoolError::Command { kind, .. } => {
+                matches!(kind, ErrorKind::Connection | ErrorKind::Timeout)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How a redis-rs error classifies.
+#[must_use]
+pub fn classify(err: &redis::RedisError) -> ErrorKind {
+    use redis::ErrorKind as K;
+    if err.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    if err.kind() == K::AuthenticationFailed || matches!(err.code(), Some("NOAUTH" | "WRONGPASS")) {
+        return ErrorKind::Auth;
+    }
+    if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
+        return ErrorKind::Connection;
+    }
+    if err.kind() == K::InvalidClientConfig {
+        return ErrorKind::Validation;
+    }
+    match err.kind() {
+        // "ERR max number of clients reached" arrives as the connection is refused.
+        K::Server(_) | K::Extension
+            if err
+                .detail()
+                .is_some_and(|d| d.contains("max number of clients")) =>
+        {
+            ErrorKind::Connection
+        }
+        K::Server(_) | K::Extension => ErrorKind::Server,
+        K::Client | K::Parse | K::UnexpectedReturnType => ErrorKind::Validation,
+        _ => ErrorKind::Connection,
+    }
+}

@@ -1,0 +1,96 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod conn;
+mod error;
+mod manager;
+mod pool;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use conn::{PooledConnection, SharedConnection};
+pub use error::{PoolError, classify};
+pub use pool::RedisPool;
+pub use status::PoolStatus;
+
+impl From<resilient_redis_config::ConfigError> for PoolError {
+    fn from(e: resilient_redis_config::ConfigError) -> Self {
+        PoolError::Connect {
+            kind: resilient_redis_config::ErrorKind::Validation,
+            url: String::new(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Connections to one Redis server.
+///
+/// Object-safe, so the manager can hold an `Arc<dyn ConnectionPool>`; implemented for `Arc<T>`
+/// and `Box<T>`. With the `mock` feature, `MockConnectionPool` (mockall) implements it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait::async_trait]
+pub trait ConnectionPool: Send + Sync {
+    /// A shared multiplexed connection for ordinary commands. Takes no lock and does no I/O;
+    /// fails at once, with the reason, when no shared connection is up.
+    ///
+    /// # Errors
+    /// [`PoolError::Connect`] (kind `Connection`, `Timeout`, `Auth`, ...) or
+    /// [`PoolError::Closed`].
+    fn shared(&self) -> Result<SharedConnection, PoolError>;
+
+    /// An exclusive connection, for what cannot share one (blocking commands, WATCH/MULTI).
+    /// Waits first come, first served, up to `pool.acquire_timeout`. Dropping the handle gives
+    /// the connection back.
+    ///
+    /// # Errors
+    /// [`PoolError::Timeout`] when none came free in time, [`PoolError::Connect`] when a new one
+    /// could not be opened, [`PoolError::Closed`].
+    async fn get(&self) -> Result<PooledConnection, PoolError>;
+
+    /// Current figures.
+    fn status(&self) -> PoolStatus;
+
+    /// Stops handing out connections, waits up to `deadline` for checked-out ones to come back,
+    /// and closes the rest.
+    async fn close(&self, deadline: Duration);
+}
+
+#[async_trait::async_trait]
+impl<T: ConnectionPool + ?Sized> ConnectionPool for Arc<T> {
+    fn shared(&self) -> Result<SharedConnection, PoolError> {
+        (**self).shared()
+    }
+    async fn get(&self) -> Result<PooledConnection, PoolError> {
+        (**self).get().await
+    }
+    fn status(&self) -> PoolStatus {
+        (**self).status()
+    }
+    async fn close(&self, deadline: Duration) {
+        (**self).close(deadline).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: ConnectionPool + ?Sized> ConnectionPool for Box<T> {
+    fn shared(&self) -> Result<SharedConnection, PoolError> {
+        (**self).shared()
+    }
+    async fn get(&self) -> Result<PooledConnection, PoolError> {
+        (**self).get().await
+    }
+    fn status(&self) -> PoolStatus {
+        (**self).status()
+    }
+    async fn close(&self, deadline: Duration) {
+        (**self).close(deadline).await;
+    }
+}
+
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+    assert_send_sync::<dyn ConnectionPool>();
+};

@@ -1,0 +1,206 @@
+//! The `mobc::Manager` for redis-rs 1.x multiplexed connections.
+//!
+//! `mobc-redis` pins redis 0.28, which would put a second, older redis in the tree whose types
+//! do not mix with ours; this is the small manager it would have given us.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use resilient_redis_config::ErrorKind;
+use tokio::time::Instant;
+
+use crate::PoolError;
+use crate::error::classify;
+
+/// Counters shared by the pool, its manager and its connections.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) created: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) in_use: AtomicU32,
+    pub(crate) waiters: AtomicU32,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) validation_failures: AtomicU64,
+}
+
+/// A connection as the pool holds it.
+pub(crate) struct RawConn {
+    pub(crate) mux: MultiplexedConnection,
+    /// Set when a command on it failed with an I/O error or timed out: it is discarded on
+    /// return, never handed out again.
+    pub(crate) broken: Arc<AtomicBool>,
+    pub(crate) created: Instant,
+    /// When a caller last gave it back (the reaper's measure of idleness).
+    pub(crate) last_used: Instant,
+    counters: Arc<Counters>,
+}
+
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        self.counters.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct RedisManager {
+    pub(crate) client: redis::Client,
+    pub(crate) connection_config: redis::AsyncConnectionConfig,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) socket_timeout: Duration,
+    pub(crate) retry_count: u32,
+    pub(crate) retry_interval: Duration,
+    pub(crate) max_lifetime: Duration,
+    pub(crate) url: String,
+    pub(crate) counters: Arc<Counters>,
+    /// The last failure to connect, to explain "no connection" to callers.
+    pub(crate) last_error: Arc<std::sync::Mutex<Option<(ErrorKind, String)>>>,
+}
+
+impl RedisManager {
+    async fn connect_once(&self) -> Result<MultiplexedConnection, PoolError> {
+        let attempt = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.connection_config);
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(mux)) => Ok(mux),
+            Ok(Err(e)) => {
+                let mut kind = classify(&e);
+                let mut message = e.to_string();
+                if kind == ErrorKind::Connection
+                    && !e.is_connection_refusal()
+                    && let Some(said) = self.what_the_server_says().await
+                {
+                    // The server greeted us with an error and hung up (maxclients, say):
+                    // report its words rather than "broken pipe".
+                    message = format!("the server refused the connection: {said}");
+                    kind = ErrorKind::Connection;
+                }
+                Err(PoolError::Connect {
+                    kind,
+                    url: self.url.clone(),
+                    message,
+                })
+            }
+            Err(_) => Err(PoolError::Connect {
+                kind: ErrorKind::Timeout,
+                url: self.url.clone(),
+                message: format!(
+                    "no connection within connect_timeout ({:?})",
+                    self.connect_timeout
+                ),
+            }),
+        }
+    }
+
+    /// After a failed handshake over TCP: connect again and read what the server sends
+    /// unprompted. A server at `maxclients` writes `-ERR max number of clients reached` and
+    /// closes; redis-rs only sees the closed socket.
+    async fn what_the_server_says(&self) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        let redis::ConnectionAddr::Tcp(host, port) = self.client.get_connection_info().addr()
+        else {
+            return None;
+        };
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .ok()?;
+            let mut buf = [0u8; 256];
+            let n = stream.read(&mut buf).await.ok()?;
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let line = text.lines().next()?.strip_prefix('-')?.to_owned();
+            Some(line)
+        };
+        tokio::time::timeout(Duration::from_millis(200), probe)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub(crate) fn remember(&self, err: &PoolError) {
+        if let PoolError::Connect { kind, message, .. } = err
+            && let Ok(mut last) = self.last_error.lock()
+        {
+            *last = Some((*kind, message.clone()));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl mobc::Manager for RedisManager {
+    type Connection = RawConn;
+    type Error = PoolError;
+
+    /// Opens a connection, retrying `create_retry_count` times with exponential backoff and
+    /// jitter; a refused password or a configuration error is not retried.
+    async fn connect(&self) -> Result<RawConn, PoolError> {
+        let mut delay = self.retry_interval;
+        let mut attempt = 1;
+        loop {
+            match self.connect_once().await {
+                Ok(mux) => {
+                    self.counters.created.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut last) = self.last_error.lock() {
+                        *last = None;
+                    }
+                    let now = Instant::now();
+                    return Ok(RawConn {
+                        mux,
+                        broken: Arc::new(AtomicBool::new(false)),
+                        created: now,
+                        last_used: now,
+                        counters: Arc::clone(&self.counters),
+                    });
+                }
+                Err(e) => {
+                    self.remember(&e);
+                    let retry = matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout);
+                    if !retry || attempt >= self.retry_count {
+                        return Err(e);
+                    }
+                    tracing::debug!(attempt, error = %e, "connect failed; retrying");
+                    let jitter = delay.mul_f64(fastrand::f64() * 0.5);
+                    tokio::time::sleep(delay + jitter).await;
+                    delay = delay.saturating_mul(2);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// PING, on checkout of a connection idle longer than `validate_after_idle`.
+    async fn check(&self, mut conn: RawConn) -> Result<RawConn, PoolError> {
+        match ping(&mut conn.mux, self.socket_timeout).await {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                self.counters
+                    .validation_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// On return: a broken or expired connection is closed, never pooled again.
+    fn validate(&self, conn: &mut RawConn) -> bool {
+        !conn.broken.load(Ordering::Acquire) && conn.created.elapsed() < self.max_lifetime
+    }
+}
+
+/// PING under a deadline.
+pub(crate) async fn ping(
+    mux: &mut MultiplexedConnection,
+    deadline: Duration,
+) -> Result<(), PoolError> {
+    let cmd = redis::cmd("PING");
+    let pinged = cmd.query_async::<String>(mux);
+    match tokio::time::timeout(deadline, pinged).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(PoolError::Command {
+            kind: classify(&e),
+            source: e,
+        }),
+        Err(_) => Err(PoolError::CommandTimeout(deadline)),
+    }
+}

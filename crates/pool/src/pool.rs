@@ -1,0 +1,527 @@
+//! [`RedisPool`]: shared lanes on the hot path, mobc-managed exclusive connections beside them.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use resilient_redis_config::{ErrorKind, PoolConfig, RedisConfig};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::conn::Lane;
+use crate::manager::{Counters, RedisManager, ping};
+use crate::{ConnectionPool, PoolError, PoolStatus, PooledConnection, SharedConnection};
+
+/// The connection pool: a few multiplexed connections shared by every caller for ordinary
+/// commands, and exclusive connections checked out on demand, all opened, validated, reaped and
+/// replaced under mobc.
+///
+/// - [`ConnectionPool::shared`] picks a healthy shared connection round-robin without a lock or
+///   I/O; a background keeper PINGs them every `validation_interval` and replaces one that is
+///   broken (a command timed out or hit an I/O error), failed its PING, or outlived
+///   `max_lifetime`.
+/// - [`ConnectionPool::get`] checks out an exclusive connection, waiting first come, first
+///   served up to `acquire_timeout`; a connection idle longer than `validate_after_idle` is
+///   PINGed first; one that broke is closed on return; a reaper closes connections idle longer
+///   than `idle_timeout` every `reap_interval`, keeping `min_size` open.
+///
+/// Building does not need Redis to be up: the keeper connects when it can, and until then
+/// `shared()` fails fast with the reason (refused, timed out, wrong password).
+#[derive(Clone)]
+pub struct RedisPool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPool")
+            .field("url", &self.inner.shared.manager_url)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// What connections need to reach back to.
+pub(crate) struct Shared {
+    counters: Arc<Counters>,
+    returned: Notify,
+    manager_url: String,
+}
+
+impl Shared {
+    pub(crate) fn returned(&self) {
+        self.counters.in_use.fetch_sub(1, Ordering::AcqRel);
+        self.returned.notify_waiters();
+    }
+}
+
+struct Inner {
+    mobc: mobc::Pool<RedisManager>,
+    /// The last failure to connect (shared with the manager), to explain "no connection".
+    last_error: Arc<std::sync::Mutex<Option<(ErrorKind, String)>>>,
+    lanes: Box<[ArcSwapOption<Lane>]>,
+    next_lane: AtomicUsize,
+    wake_keeper: Arc<Notify>,
+    config: PoolConfig,
+    socket_timeout: Duration,
+    closed: AtomicBool,
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RedisPool {
+    /// Builds the pool from the whole configuration (URL, credentials, timeouts, `[pool]`),
+    /// opens the shared connections and `min_size` connections in all if Redis answers, and
+    /// starts the keeper and the reaper. Must run inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`PoolError::Connect`] of kind `Validation` when the configuration breaks a rule or the
+    /// URL does not parse.
+    pub async fn new(config: &RedisConfig) -> Result<Self, PoolError> {
+        config.validate()?;
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(config.url.expose()).map_err(|e| {
+                PoolError::Connect {
+                    kind: ErrorKind::Validation,
+                    url: config.url.redacted(),
+                    message: e.to_string(),
+                }
+            })?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &config.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password.expose());
+        }
+        let info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(|e| PoolError::Connect {
+            kind: ErrorKind::Validation,
+            url: config.url.redacted(),
+            message: e.to_string(),
+        })?;
+        let counters = Arc::new(Counters::default());
+        let last_error = Arc::new(std::sync::Mutex::new(None));
+        let pool_config = config.pool.clone();
+        let manager = RedisManager {
+            client,
+            connection_config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.socket_timeout)),
+            connect_timeout: config.connect_timeout,
+            socket_timeout: config.socket_timeout,
+            retry_count: pool_config.create_retry_count,
+            retry_interval: pool_config.create_retry_interval,
+            max_lifetime: pool_config.max_lifetime,
+            url: config.url.redacted(),
+            counters: Arc::clone(&counters),
+            last_error: Arc::clone(&last_error),
+        };
+        let mobc = mobc::Pool::builder()
+            .max_open(u64::from(pool_config.max_size))
+            // mobc's default of 2 idle connections churns them: keep what is open.
+            .max_idle(u64::from(pool_config.max_size))
+            .get_timeout(Some(pool_config.acquire_timeout))
+            .max_lifetime(Some(pool_config.max_lifetime))
+            .test_on_check_out(true)
+            .health_check_interval(Some(pool_config.validate_after_idle))
+            .build(manager);
+        let shared = Arc::new(Shared {
+            counters,
+            returned: Notify::new(),
+            manager_url: config.url.redacted(),
+        });
+        let inner = Arc::new(Inner {
+            mobc,
+            last_error,
+            lanes: (0..pool_config.shared_connections)
+                .map(|_| ArcSwapOption::empty())
+                .collect(),
+            next_lane: AtomicUsize::new(0),
+            wake_keeper: Arc::new(Notify::new()),
+            socket_timeout: config.socket_timeout,
+            config: pool_config,
+            closed: AtomicBool::new(false),
+            shared,
+            tasks: Mutex::new(Vec::new()),
+        });
+
+        inner.fill_lanes().await;
+        inner.warm_exclusive().await;
+        let keeper = tokio::spawn(keeper(Arc::downgrade(&inner)));
+        let reaper = tokio::spawn(reaper(Arc::downgrade(&inner)));
+        inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend([keeper, reaper]);
+        Ok(Self { inner })
+    }
+
+    /// Runs the reaper once now (it also runs every `reap_interval`): closes exclusive
+    /// connections idle longer than `idle_timeout`, keeping `min_size` open. Returns how many it
+    /// closed.
+    pub async fn reap_now(&self) -> usize {
+        self.inner.reap().await
+    }
+
+    /// Runs one keeper cycle now (it also runs every `validation_interval`): PINGs the shared
+    /// connections and replaces the broken, failing or expired ones.
+    pub async fn validate_now(&self) {
+        self.inner.keep().await;
+    }
+}
+
+impl Inner {
+    fn exclusive_floor(&self) -> u32 {
+        self.config
+            .min_size
+            .saturating_sub(self.config.shared_connections)
+    }
+
+    fn shared_up(&self) -> u32 {
+        let up = self
+            .lanes
+            .iter()
+            .filter(|l| {
+                l.load()
+                    .as_ref()
+                    .is_some_and(|lane| !lane.broken.load(Ordering::Acquire))
+            })
+            .count();
+        u32::try_from(up).unwrap_or(u32::MAX)
+    }
+
+    fn status(&self) -> PoolStatus {
+        let c = &self.shared.counters;
+        let created = c.created.load(Ordering::Relaxed);
+        let closed = c.closed.load(Ordering::Relaxed);
+        let open = u32::try_from(created.saturating_sub(closed)).unwrap_or(u32::MAX);
+        let in_use = c.in_use.load(Ordering::Relaxed);
+        let lanes_held =
+            u32::try_from(self.lanes.iter().filter(|l| l.load().is_some()).count()).unwrap_or(0);
+        PoolStatus {
+            max_size: self.config.max_size,
+            open,
+            idle: open.saturating_sub(in_use).saturating_sub(lanes_held),
+            in_use,
+            shared_up: self.shared_up(),
+            shared_total: self.config.shared_connections,
+            waiters: c.waiters.load(Ordering::Relaxed),
+            created,
+            closed,
+            timeouts: c.timeouts.load(Ordering::Relaxed),
+            validation_failures: c.validation_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// "No shared connection": the reason is the last failure to connect.
+    fn unavailable(&self) -> PoolError {
+        let last = self.last_error.lock().ok().and_then(|l| l.clone());
+        let (kind, message) = last.unwrap_or((
+            ErrorKind::Connection,
+            "no shared connection is up".to_owned(),
+        ));
+        PoolError::Connect {
+            kind,
+            url: self.shared.manager_url.clone(),
+            message,
+        }
+    }
+
+    fn remember(&self, err: &PoolError) {
+        if let PoolError::Connect { kind, message, .. } = err
+            && let Ok(mut last) = self.last_error.lock()
+        {
+            *last = Some((*kind, message.clone()));
+        }
+    }
+
+    fn map_mobc(&self, err: mobc::Error<PoolError>) -> PoolError {
+        match err {
+            mobc::Error::Inner(e) => {
+                self.remember(&e);
+                e
+            }
+            mobc::Error::Timeout => {
+                let status = self.status();
+                let lanes_held =
+                    u32::try_from(self.lanes.iter().filter(|l| l.load().is_some()).count())
+                        .unwrap_or(0);
+                if status.in_use >= self.config.max_size.saturating_sub(lanes_held) {
+                    self.shared
+                        .counters
+                        .timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    PoolError::Timeout {
+                        waited: self.config.acquire_timeout,
+                        status,
+                    }
+                } else {
+                    // There was room: the time went on connecting.
+                    let e = PoolError::Connect {
+                        kind: ErrorKind::Timeout,
+                        url: self.shared.manager_url.clone(),
+                        message: format!(
+                            "no connection within acquire_timeout ({:?})",
+                            self.config.acquire_timeout
+                        ),
+                    };
+                    self.remember(&e);
+                    e
+                }
+            }
+            mobc::Error::BadConn => PoolError::Connect {
+                kind: ErrorKind::Connection,
+                url: self.shared.manager_url.clone(),
+                message: "every connection tried failed its check".to_owned(),
+            },
+            mobc::Error::PoolClosed => PoolError::Closed,
+        }
+    }
+
+    async fn open_lane(&self) -> Result<Lane, PoolError> {
+        let conn = self.mobc.get().await.map_err(|e| self.map_mobc(e))?;
+        Ok(Lane {
+            mux: conn.mux.clone(),
+            broken: Arc::clone(&conn.broken),
+            created: conn.created,
+            wake: Arc::clone(&self.wake_keeper),
+            held: std::sync::Mutex::new(Some(conn)),
+        })
+    }
+
+    async fn fill_lanes(&self) {
+        for slot in &*self.lanes {
+            if slot.load().is_none() {
+                match self.open_lane().await {
+                    Ok(lane) => slot.store(Some(Arc::new(lane))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open a shared connection");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn warm_exclusive(&self) {
+        let mut warm = Vec::new();
+        for _ in 0..self.exclusive_floor() {
+            match self.mobc.get().await {
+                Ok(conn) => warm.push(conn),
+                Err(_) => break,
+            }
+        }
+        // Dropping returns them to the pool, idle and ready.
+    }
+
+    /// One keeper cycle: every shared connection is PINGed; broken, failing or expired ones
+    /// are replaced (the new one is installed before the old one goes, so callers always find
+    /// one if Redis answers).
+    async fn keep(&self) {
+        for slot in &*self.lanes {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let current = slot.load_full();
+            let replace = match &current {
+                None => true,
+                Some(lane) if lane.broken.load(Ordering::Acquire) => true,
+                Some(lane) if lane.created.elapsed() >= self.config.max_lifetime => true,
+                Some(lane) => {
+                    let mut mux = lane.mux.clone();
+                    if ping(&mut mux, self.socket_timeout).await.is_err() {
+                        self.shared
+                            .counters
+                            .validation_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        lane.broken.store(true, Ordering::Release);
+                        true
+                    } else {
+                        false
+                    }
+                }
+            };
+            if !replace {
+                continue;
+            }
+            if current
+                .as_ref()
+                .is_some_and(|l| l.broken.load(Ordering::Acquire))
+            {
+                // A broken lane serves nobody: drop it at once so it is closed.
+                slot.store(None);
+            }
+            match self.open_lane().await {
+                Ok(lane) => {
+                    tracing::debug!("shared connection (re)opened");
+                    slot.store(Some(Arc::new(lane)));
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot reopen a shared connection yet"),
+            }
+        }
+    }
+
+    /// Closes exclusive connections idle longer than `idle_timeout`, keeping `min_size` open.
+    /// mobc only notices idleness when a connection is next checked out; this looks at them
+    /// all: it borrows every idle connection for an instant and closes the stale ones.
+    async fn reap(&self) -> usize {
+        let status = self.status();
+        let mut keep_open = status
+            .open
+            .saturating_sub(self.exclusive_floor() + status.shared_total);
+        let mut borrowed = Vec::new();
+        for _ in 0..status.idle {
+            match self.mobc.get_timeout(Duration::from_millis(50)).await {
+                Ok(conn) => borrowed.push(conn),
+                Err(_) => break,
+            }
+        }
+        let mut closed = 0;
+        for conn in borrowed {
+            let stale =
+                conn.last_used.elapsed() >= self.config.idle_timeout && !conn.is_brand_new();
+            if stale && keep_open > 0 {
+                keep_open -= 1;
+                closed += 1;
+                drop(conn.into_inner());
+            }
+            // Otherwise dropping returns it, its idle time unchanged.
+        }
+        if closed > 0 {
+            tracing::debug!(closed, "reaped idle connections");
+        }
+        closed
+    }
+}
+
+async fn keeper(inner: Weak<Inner>) {
+    loop {
+        let Some(pool) = inner.upgrade() else { return };
+        if pool.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let interval = pool.config.validation_interval;
+        let wake = Arc::clone(&pool.wake_keeper);
+        drop(pool);
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = wake.notified() => {}
+        }
+        let Some(pool) = inner.upgrade() else { return };
+        pool.keep().await;
+    }
+}
+
+async fn reaper(inner: Weak<Inner>) {
+    loop {
+        let Some(interval) = inner.upgrade().map(|p| p.config.reap_interval) else {
+            return;
+        };
+        tokio::time::sleep(interval).await;
+        let Some(pool) = inner.upgrade() else { return };
+        if pool.closed.load(Ordering::Acquire) {
+            return;
+        }
+        pool.reap().await;
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionPool for RedisPool {
+    #[inline]
+    fn shared(&self) -> Result<SharedConnection, PoolError> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::Relaxed) {
+            return Err(PoolError::Closed);
+        }
+        let n = inner.lanes.len();
+        let start = inner.next_lane.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let guard = inner.lanes[(start + i) % n].load();
+            if let Some(lane) = &*guard
+                && !lane.broken.load(Ordering::Relaxed)
+            {
+                return Ok(SharedConnection::new(Arc::clone(lane)));
+            }
+        }
+        inner.wake_keeper.notify_one();
+        Err(inner.unavailable())
+    }
+
+    async fn get(&self) -> Result<PooledConnection, PoolError> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(PoolError::Closed);
+        }
+        let counters = &inner.shared.counters;
+        counters.waiters.fetch_add(1, Ordering::AcqRel);
+        let got = inner.mobc.get().await;
+        counters.waiters.fetch_sub(1, Ordering::AcqRel);
+        let conn = got.map_err(|e| inner.map_mobc(e))?;
+        counters.in_use.fetch_add(1, Ordering::AcqRel);
+        Ok(PooledConnection::new(conn, Arc::clone(&inner.shared)))
+    }
+
+    fn status(&self) -> PoolStatus {
+        self.inner.status()
+    }
+
+    async fn close(&self, deadline: Duration) {
+        let inner = &*self.inner;
+        inner.closed.store(true, Ordering::Release);
+        inner.wake_keeper.notify_one();
+        for slot in &*inner.lanes {
+            slot.store(None);
+        }
+        let until = Instant::now() + deadline;
+        loop {
+            // Register for the wake-up before looking, so a return in between is not missed.
+            let returned = inner.shared.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if inner.shared.counters.in_use.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(until, returned).await.is_err() {
+                tracing::warn!(
+                    in_use = inner.shared.counters.in_use.load(Ordering::Acquire),
+                    "closing with connections still checked out"
+                );
+                break;
+            }
+        }
+        // Close what is idle.
+        let idle = inner.status().idle;
+        for _ in 0..idle {
+            match inner.mobc.get_timeout(Duration::from_millis(50)).await {
+                Ok(conn) => drop(conn.into_inner()),
+                Err(_) => break,
+            }
+        }
+        for task in inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}

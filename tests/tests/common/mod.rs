@@ -1,0 +1,22 @@
+//! Configuration helpers shared by the integration tests.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::time::Duration;
+
+use resilient_redis_config::RedisConfig;
+
+/// A configuration for `url` with timeouts short enough for tests.
+pub(crate) fn config(url: &str) -> RedisConfig {
+    let mut c = RedisConfig::default();
+    c.url = resilient_redis_config::RedisUrl::new(url);
+    c.connect_timeout = Duration::from_secs(1);
+    c.socket_timeout = Duration::from_millis(300);
+    c.pool.min_size = 2;
+    c.pool.max_size = 4;
+    c.pool.shared_connections = 1;
+    c.pool.acquire_timeout = Duration::from_millis(500);
+    c.pool.create_retry_count = 1;
+    c.pool.create_retry_interval = Duration::from_millis(20);
+    c.pool.validation_interval = Duration::from_millis(100);
+    c
+}

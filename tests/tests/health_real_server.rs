@@ -1,0 +1,62 @@
+//! The health monitor against a real server: a SIGKILL is seen as unhealthy and the restart as
+//! healthy again, both through `subscribe()`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use resilient_redis_config::HealthConfig;
+use resilient_redis_health::{HealthMonitor, Monitor, Probe, ProbeError};
+use resilient_redis_pool::{ConnectionPool, RedisPool};
+use resilient_redis_tests::RedisServer;
+
+/// PING through the pool's shared connection (what the manager's probe does).
+struct PoolProbe(RedisPool);
+
+#[async_trait::async_trait]
+impl Probe for PoolProbe {
+    async fn probe(&self) -> Result<(), ProbeError> {
+        let mut conn = self.0.shared().map_err(|e| ProbeError(e.to_string()))?;
+        conn.query::<String>(&redis::cmd("PING"))
+            .await
+            .map(drop)
+            .map_err(|e| ProbeError(e.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn kill_is_seen_as_unhealthy_and_restart_as_healthy() {
+    let mut server = RedisServer::start();
+    let pool = RedisPool::new(&common::config(&server.url()))
+        .await
+        .unwrap();
+    let mut health = HealthConfig::default();
+    health.check_interval = Duration::from_millis(50);
+    health.timeout = Duration::from_millis(50);
+    health.failure_threshold = 2;
+    health.success_threshold = 2;
+    let monitor = Monitor::new(Arc::new(PoolProbe(pool)), &health).unwrap();
+    let mut rx = monitor.subscribe();
+    monitor.start().unwrap();
+
+    rx.wait_for(|s| s.healthy && s.checks >= 2).await.unwrap();
+    server.kill();
+    let down = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| !s.healthy))
+        .await
+        .expect("unhealthy within 5 s")
+        .unwrap()
+        .clone();
+    assert!(down.consecutive_failures >= 2);
+    assert!(down.error.is_some());
+
+    server.restart();
+    let up = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.healthy))
+        .await
+        .expect("healthy again within 5 s")
+        .unwrap()
+        .clone();
+    assert!(up.consecutive_successes >= 2);
+    assert_eq!(up.error, None);
+    monitor.stop().await;
+}

@@ -1,0 +1,177 @@
+//! Hung servers, exhaustion, a wrong password and a full server: every call returns in bounded
+//! time with an error that names its kind.
+
+mod common;
+
+use std::time::Duration;
+
+use resilient_redis_config::ErrorKind;
+use resilient_redis_pool::{ConnectionPool, PoolError, RedisPool};
+use resilient_redis_tests::{Fault, FaultProxy, RedisServer};
+use tokio::time::timeout;
+
+/// Generous outer bound: a call that is still running after this has hung.
+const HANG: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn a_blackholed_server_makes_calls_time_out_and_stuck_connections_are_discarded() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let pool = RedisPool::new(&common::config(&proxy.url())).await.unwrap();
+    let mut before = pool.shared().unwrap();
+    assert_eq!(
+        before.query::<String>(&redis::cmd("PING")).await.unwrap(),
+        "PONG"
+    );
+
+    proxy.set(Fault::Blackhole);
+    let err = timeout(HANG, before.query::<String>(&redis::cmd("PING")))
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.outcome_unknown(),
+        "a timed-out command may have been applied"
+    );
+
+    // The stuck shared connection is out of service: nobody gets it again.
+    match pool.shared() {
+        Err(e) => assert!(e.is_transient(), "{e}"),
+        Ok(_) => panic!("the broken shared connection was handed out again"),
+    }
+    // Exclusive checkouts do not hang either: the idle connection is handed out and its
+    // command times out (and it is closed); a new one cannot connect through the blackhole.
+    for _ in 0..2 {
+        match timeout(HANG, pool.get()).await.expect("bounded") {
+            Ok(mut conn) => {
+                let err = timeout(HANG, conn.query::<String>(&redis::cmd("PING")))
+                    .await
+                    .expect("bounded")
+                    .unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+                assert!(conn.is_broken());
+            }
+            Err(err) => assert!(matches!(err.kind(), ErrorKind::Timeout), "{err}"),
+        }
+    }
+    assert_eq!(pool.status().in_use, 0);
+
+    proxy.set(Fault::Pass);
+    for _ in 0..30 {
+        if let Ok(mut c) = pool.shared()
+            && c.query::<String>(&redis::cmd("PING")).await.is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "not served again after the blackhole lifted: {}",
+        pool.status()
+    );
+}
+
+#[tokio::test]
+async fn a_timed_out_exclusive_connection_is_closed_not_returned() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let pool = RedisPool::new(&common::config(&proxy.url())).await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    proxy.set(Fault::Latency(Duration::from_millis(400)));
+    let err = conn.query::<String>(&redis::cmd("PING")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(conn.is_broken());
+    let closed_before = pool.status().closed;
+    drop(conn);
+    assert_eq!(pool.status().closed, closed_before + 1, "closed on return");
+    proxy.set(Fault::Pass);
+    let mut next = pool.get().await.unwrap();
+    assert_eq!(
+        next.query::<String>(&redis::cmd("PING")).await.unwrap(),
+        "PONG",
+        "a fresh one"
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_times_out_with_its_status() {
+    let server = RedisServer::start();
+    let pool = RedisPool::new(&common::config(&server.url()))
+        .await
+        .unwrap();
+    // max_size 4 with 1 shared: 3 exclusive connections.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(pool.get().await.unwrap());
+    }
+    let err = timeout(HANG, pool.get())
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PoolExhausted, "{err}");
+    let PoolError::Timeout { status, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(status.in_use, 3);
+    assert!(err.to_string().contains("3 in use"), "{err}");
+    assert_eq!(pool.status().timeouts, 1);
+    drop(held.pop());
+    assert!(
+        pool.get().await.is_ok(),
+        "a returned connection serves the next caller"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_an_auth_error_on_the_first_call() {
+    let server = RedisServer::builder().password("right").start();
+    let url = format!("redis://:wrong@127.0.0.1:{}", server.port());
+    let pool = timeout(HANG, RedisPool::new(&common::config(&url)))
+        .await
+        .expect("bounded")
+        .unwrap();
+    let err = pool.shared().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(!err.is_transient());
+    assert!(
+        !err.to_string().contains("wrong"),
+        "the password never shows: {err}"
+    );
+    let err = timeout(HANG, pool.get())
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+}
+
+#[tokio::test]
+async fn a_password_from_the_config_overrides_the_url() {
+    let server = RedisServer::builder().password("right").start();
+    let mut config = common::config(&format!("redis://127.0.0.1:{}", server.port()));
+    config.password = Some(resilient_redis_config::Secret::new("right"));
+    let pool = RedisPool::new(&config).await.unwrap();
+    assert_eq!(
+        pool.shared()
+            .unwrap()
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .unwrap(),
+        "PONG"
+    );
+}
+
+#[tokio::test]
+async fn a_server_at_maxclients_gives_a_clear_error_not_a_hang() {
+    let server = RedisServer::builder().config("maxclients", "1").start();
+    let mut config = common::config(&server.url());
+    config.pool.min_size = 1;
+    let pool = RedisPool::new(&config).await.unwrap();
+    // The one shared connection took the only slot; an exclusive connection is refused.
+    let err = timeout(HANG, pool.get())
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.to_string().contains("max number of clients"), "{err}");
+}
