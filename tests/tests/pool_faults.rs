@@ -175,3 +175,21 @@ async fn a_server_at_maxclients_gives_a_clear_error_not_a_hang() {
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
     assert!(err.to_string().contains("max number of clients"), "{err}");
 }
+
+/// A `rediss://` URL for a plain server: the handshake hangs (the server waits for a command
+/// line), and after the connect timeout the pool finds out why and says so as a TLS error.
+#[tokio::test]
+async fn tls_against_a_plain_server_is_reported_as_a_tls_error() {
+    let server = RedisServer::start();
+    let url = format!("rediss://127.0.0.1:{}", server.port());
+    let mut config = common::config(&url);
+    config.pool.acquire_timeout = Duration::from_secs(3); // longer than connect_timeout (1 s)
+    let pool = timeout(HANG, RedisPool::new(&config))
+        .await
+        .expect("bounded")
+        .unwrap();
+    let err = pool.shared().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    assert!(err.to_string().contains("plain RESP, not TLS"), "{err}");
+    assert!(!err.is_transient());
+}

@@ -82,6 +82,9 @@ impl PoolError {
 #[must_use]
 pub fn classify(err: &redis::RedisError) -> ErrorKind {
     use redis::ErrorKind as K;
+    if is_tls_failure(err) {
+        return ErrorKind::Tls;
+    }
     if err.is_timeout() {
         return ErrorKind::Timeout;
     }
@@ -107,4 +110,24 @@ pub fn classify(err: &redis::RedisError) -> ErrorKind {
         K::Client | K::Parse | K::UnexpectedReturnType => ErrorKind::Validation,
         _ => ErrorKind::Connection,
     }
+}
+
+/// Whether a rustls error is anywhere in the error's causes (a refused certificate, a protocol
+/// mismatch): decided by type, not by message.
+fn is_tls_failure(err: &redis::RedisError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(e) = cause {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }

@@ -52,6 +52,8 @@ pub(crate) struct RedisManager {
     pub(crate) retry_interval: Duration,
     pub(crate) max_lifetime: Duration,
     pub(crate) url: String,
+    /// `rediss://`: a failed handshake is checked for a plain-text server.
+    pub(crate) tls: bool,
     pub(crate) counters: Arc<Counters>,
     /// The last failure to connect, to explain "no connection" to callers.
     pub(crate) last_error: Arc<std::sync::Mutex<Option<(ErrorKind, String)>>>,
@@ -59,6 +61,26 @@ pub(crate) struct RedisManager {
 
 impl RedisManager {
     async fn connect_once(&self) -> Result<MultiplexedConnection, PoolError> {
+        let result = self.connect_attempt().await;
+        if let Err(PoolError::Connect {
+            kind: ErrorKind::Timeout | ErrorKind::Connection,
+            ..
+        }) = &result
+            && self.tls
+            && self.answers_plain_resp().await
+        {
+            return Err(PoolError::Connect {
+                kind: ErrorKind::Tls,
+                url: self.url.clone(),
+                message: "the server answers plain RESP, not TLS: use redis:// or enable TLS \
+                          on the server"
+                    .to_owned(),
+            });
+        }
+        result
+    }
+
+    async fn connect_attempt(&self) -> Result<MultiplexedConnection, PoolError> {
         let attempt = self
             .client
             .get_multiplexed_async_connection_with_config(&self.connection_config);
@@ -98,12 +120,12 @@ impl RedisManager {
     /// closes; redis-rs only sees the closed socket.
     async fn what_the_server_says(&self) -> Option<String> {
         use tokio::io::AsyncReadExt;
-        let redis::ConnectionAddr::Tcp(host, port) = self.client.get_connection_info().addr()
-        else {
+        if self.tls {
             return None;
-        };
+        }
+        let (host, port) = self.tcp_addr()?;
         let probe = async {
-            let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
                 .await
                 .ok()?;
             let mut buf = [0u8; 256];
@@ -116,6 +138,36 @@ impl RedisManager {
             .await
             .ok()
             .flatten()
+    }
+
+    /// After a failed TLS handshake: does the server speak plain RESP on that port?
+    async fn answers_plain_resp(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Some((host, port)) = self.tcp_addr() else {
+            return false;
+        };
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .ok()?;
+            stream.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 64];
+            let n = stream.read(&mut buf).await.ok()?;
+            Some(buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
+        };
+        tokio::time::timeout(Duration::from_millis(200), probe)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+
+    fn tcp_addr(&self) -> Option<(String, u16)> {
+        match self.client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port) => Some((host.clone(), *port)),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+            _ => None,
+        }
     }
 
     pub(crate) fn remember(&self, err: &PoolError) {

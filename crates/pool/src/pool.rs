@@ -81,6 +81,11 @@ impl RedisPool {
     /// URL does not parse.
     pub async fn new(config: &RedisConfig) -> Result<Self, PoolError> {
         config.validate()?;
+        if config.url.is_tls() {
+            // redis's rustls support ships no crypto provider; use ring's unless the
+            // application installed one already (then this does nothing).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let info =
             redis::IntoConnectionInfo::into_connection_info(config.url.expose()).map_err(|e| {
                 PoolError::Connect {
@@ -116,6 +121,7 @@ impl RedisPool {
             retry_interval: pool_config.create_retry_interval,
             max_lifetime: pool_config.max_lifetime,
             url: config.url.redacted(),
+            tls: config.url.is_tls(),
             counters: Arc::clone(&counters),
             last_error: Arc::clone(&last_error),
         };
