@@ -47,7 +47,13 @@ const TOP_LEVEL: &[&str] = &[
 /// Fields whose text is taken as it is (never read as a number or boolean) and never shown.
 const SECRET_FIELDS: &[&str] = &["password"];
 /// Fields whose text is taken as it is (never read as a number or boolean).
-const TEXT_FIELDS: &[&str] = &["url", "username", "password", "password_file"];
+const TEXT_FIELDS: &[&str] = &[
+    "url",
+    "username",
+    "password",
+    "password_file",
+    "journal_path",
+];
 
 /// A loaded configuration and where each value that was not a default came from.
 #[derive(Clone, Debug)]

@@ -293,9 +293,22 @@ pub struct FallbackConfig {
     /// How often a pending journal is retried against Redis. Default 5 s.
     #[serde(with = "units::millis")]
     pub sync_interval: Duration,
-    /// Write pending journal entries out on shutdown so the next process replays them.
-    /// Default `false`.
+    /// On close, compact the journal file to the pending entries and fsync it, so the next
+    /// process replays them. Needs `journal_path`. Default `false`.
     pub persist_on_shutdown: bool,
+    /// Keep a bounded copy of values read and written in normal operation, so an outage can
+    /// still answer reads (possibly stale). Default `true`.
+    pub shadow: bool,
+    /// Append every journaled write to this file before acknowledging it; a restarted process
+    /// restores and replays what is pending. Default none (the journal lives in memory only).
+    pub journal_path: Option<std::path::PathBuf>,
+    /// fsync the journal file after every append (survives power loss; costs a disk flush per
+    /// write). Without it a write survives a crash of the process, not of the machine.
+    /// Default `false`.
+    pub journal_fsync: bool,
+    /// Journal entries per replay batch (one atomic, idempotent script call). Default 100,
+    /// range 1 ..= 10 000.
+    pub replay_batch_size: u32,
 }
 
 impl Default for FallbackConfig {
@@ -305,6 +318,10 @@ impl Default for FallbackConfig {
             max_memory_size: 64 * 1024 * 1024,
             sync_interval: Duration::from_secs(5),
             persist_on_shutdown: false,
+            shadow: true,
+            journal_path: None,
+            journal_fsync: false,
+            replay_batch_size: 100,
         }
     }
 }

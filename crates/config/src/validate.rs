@@ -157,6 +157,20 @@ impl RedisConfig {
             );
         }
         c.positive("fallback.sync_interval", fallback.sync_interval);
+        if fallback.persist_on_shutdown && fallback.journal_path.is_none() {
+            c.fail(
+                "fallback.persist_on_shutdown",
+                Some("true".into()),
+                "needs fallback.journal_path: the file the next process restores from",
+            );
+        }
+        if !(1..=10_000).contains(&fallback.replay_batch_size) {
+            c.fail(
+                "fallback.replay_batch_size",
+                Some(fallback.replay_batch_size.to_string()),
+                "must be between 1 and 10000",
+            );
+        }
 
         let metrics = &self.metrics;
         c.positive("metrics.collection_interval", metrics.collection_interval);

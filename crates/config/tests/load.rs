@@ -153,6 +153,7 @@ fn every_nested_field_is_reachable_by_section_and_field() {
         ("REDIS_CIRCUIT_BREAKER__RESET_TIMEOUT", "3s"),
         ("REDIS_FALLBACK__MAX_MEMORY_SIZE", "1MiB"),
         ("REDIS_FALLBACK__PERSIST_ON_SHUTDOWN", "true"),
+        ("REDIS_FALLBACK__JOURNAL_PATH", "/var/lib/app/redis.journal"),
         ("REDIS_METRICS__RETENTION_PERIOD", "120000"),
         ("REDIS_RETRY_DELAY", "50ms"),
     ])
@@ -163,6 +164,10 @@ fn every_nested_field_is_reachable_by_section_and_field() {
     assert_eq!(config.circuit_breaker.reset_timeout, Duration::from_secs(3));
     assert_eq!(config.fallback.max_memory_size, 1024 * 1024);
     assert!(config.fallback.persist_on_shutdown);
+    assert_eq!(
+        config.fallback.journal_path.as_deref(),
+        Some(std::path::Path::new("/var/lib/app/redis.journal"))
+    );
     assert_eq!(config.metrics.retention_period, Duration::from_secs(120));
     assert_eq!(config.retry_delay, Duration::from_millis(50));
 }

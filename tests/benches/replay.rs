@@ -1,0 +1,69 @@
+//! Replay throughput into a local redis-server: entries per second through the replay script.
+//!
+//! `cargo bench -p resilient-redis-tests --bench replay` (also run by `cargo xtask bench`).
+//! `REPLAY_BENCH_ENTRIES` sets the journal length (default 200 000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use resilient_redis_config::FallbackConfig;
+use resilient_redis_fallback::{FallbackStore, MemoryStore};
+use resilient_redis_tests::{RedisReplayTarget, RedisServer};
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let entries: u64 = std::env::var("REPLAY_BENCH_ENTRIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
+    let entries = if benching { entries } else { 1_000 };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let server = RedisServer::start();
+        let conn = redis::Client::open(server.url().as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection");
+        println!(
+            "replay of {entries} journal entries (64 B SETs, 1 in 4 with a TTL, 1 in 4 INCRBY)"
+        );
+        println!("{:>10} {:>14} {:>12}", "batch", "entries/s", "elapsed");
+        for batch in [100u32, 500, 1_000] {
+            let mut config = FallbackConfig::default();
+            config.shadow = false;
+            config.max_memory_size = 1 << 32;
+            config.replay_batch_size = batch;
+            let store = MemoryStore::new(&config).expect("store");
+            store.activate();
+            let value = [b'v'; 64];
+            for i in 0..entries {
+                let key = format!("bench:{batch}:{}", i % 50_000);
+                match i % 4 {
+                    0 => store
+                        .set(key.as_bytes(), &value, Some(Duration::from_secs(600)))
+                        .expect("set"),
+                    1 => {
+                        store
+                            .incr_by(format!("bench:{batch}:counter:{}", i % 100).as_bytes(), 1)
+                            .expect("incr");
+                    }
+                    _ => store.set(key.as_bytes(), &value, None).expect("set"),
+                }
+            }
+            let target = Arc::new(RedisReplayTarget::new(conn.clone()));
+            let started = Instant::now();
+            let report = store.replay(target).await.expect("replay");
+            let elapsed = started.elapsed();
+            assert_eq!(report.pending, 0);
+            println!(
+                "{batch:>10} {:>14.0} {:>11.2}s",
+                report.entries_applied as f64 / elapsed.as_secs_f64(),
+                elapsed.as_secs_f64()
+            );
+        }
+    });
+}
