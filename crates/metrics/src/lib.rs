@@ -1,0 +1,234 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod collector;
+mod histogram;
+mod otel;
+mod report;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use resilient_redis_config::ErrorKind;
+use serde::Serialize;
+
+pub use collector::{Collector, NoopMetrics};
+pub use otel::{PrometheusExporter, names, operation_span};
+pub use report::{PerformanceReport, Recommendation, thresholds};
+
+/// How an operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Redis answered.
+    Success,
+    /// Redis was down and the fallback store answered.
+    Fallback,
+    /// It failed, with this kind.
+    Error(ErrorKind),
+}
+
+/// The pool's figures, as the metrics need them (this crate knows nothing of the pool).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PoolGauges {
+    /// `pool.max_size`.
+    pub max_size: u32,
+    /// Connections open.
+    pub open: u32,
+    /// Connections idle.
+    pub idle: u32,
+    /// Connections in use (shared connections count as used).
+    pub in_use: u32,
+    /// Callers waiting for a connection.
+    pub waiters: u32,
+    /// Checkouts that timed out, since start.
+    pub timeouts: u64,
+}
+
+impl PoolGauges {
+    /// Gauges from the pool's figures.
+    #[must_use]
+    pub fn new(
+        max_size: u32,
+        open: u32,
+        idle: u32,
+        in_use: u32,
+        waiters: u32,
+        timeouts: u64,
+    ) -> Self {
+        Self {
+            max_size,
+            open,
+            idle,
+            in_use,
+            waiters,
+            timeouts,
+        }
+    }
+}
+
+/// The breaker's state, as the metrics need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BreakerGauge {
+    /// Lower-case state name (`closed`, `open`, `half_open`, ...).
+    pub state: &'static str,
+    /// The gauge value (0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only).
+    pub value: u8,
+    /// Times the breaker opened since start.
+    pub trips: u64,
+}
+
+impl BreakerGauge {
+    /// A breaker gauge.
+    #[must_use]
+    pub fn new(state: &'static str, value: u8, trips: u64) -> Self {
+        Self {
+            state,
+            value,
+            trips,
+        }
+    }
+}
+
+/// What the fallback store is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FallbackGauge {
+    /// In fallback mode.
+    pub active: bool,
+    /// Journaled writes waiting for replay.
+    pub pending: u64,
+}
+
+impl FallbackGauge {
+    /// A fallback gauge.
+    #[must_use]
+    pub fn new(active: bool, pending: u64) -> Self {
+        Self { active, pending }
+    }
+}
+
+/// One health probe's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HealthGauge {
+    /// The verdict after the probe.
+    pub healthy: bool,
+    /// How long the probe took.
+    pub check_duration: Duration,
+}
+
+impl HealthGauge {
+    /// A health gauge.
+    #[must_use]
+    pub fn new(healthy: bool, check_duration: Duration) -> Self {
+        Self {
+            healthy,
+            check_duration,
+        }
+    }
+}
+
+/// The figures over the retention window: the seed's `RedisMetrics` and `PerformanceMetrics`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Operations in the window.
+    pub total_operations: u64,
+    /// Answered by Redis.
+    pub successful_operations: u64,
+    /// Failed.
+    pub failed_operations: u64,
+    /// Answered by the fallback store.
+    pub fallback_operations: u64,
+    /// Slower than `metrics.reporting_threshold`.
+    pub slow_operations: u64,
+    /// Mean latency.
+    pub average_response_time: Duration,
+    /// Fastest.
+    pub min_response_time: Duration,
+    /// Slowest.
+    pub max_response_time: Duration,
+    /// Median.
+    pub p50_response_time: Duration,
+    /// 95th percentile.
+    pub p95_response_time: Duration,
+    /// 99th percentile.
+    pub p99_response_time: Duration,
+    /// Failed share of all operations, 0..=1.
+    pub error_rate: f64,
+    /// Failures by kind (`timeout_error`, ...).
+    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Timeouts share of all operations, 0..=1.
+    pub timeout_rate: f64,
+    /// Since the collector started.
+    pub uptime: Duration,
+    /// The pool's latest figures.
+    pub pool: PoolGauges,
+    /// Share of the pool in use, 0..=1.
+    pub pool_utilisation: f64,
+    /// The breaker's latest state.
+    pub breaker: Option<BreakerGauge>,
+    /// When the breaker opened within the window (Unix ms).
+    pub breaker_trips: Vec<u64>,
+    /// The fallback store's latest state.
+    pub fallback: FallbackGauge,
+    /// The latest health verdict.
+    pub healthy: Option<bool>,
+}
+
+/// Collects operation figures and component gauges, and turns them into a report.
+///
+/// Object-safe, so the manager can hold an `Arc<dyn MetricsCollector>`; implemented for `Arc<T>`.
+/// [`NoopMetrics`] is the "disabled" choice. With the `mock` feature, `MockMetricsCollector`
+/// (mockall) implements it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait MetricsCollector: Send + Sync {
+    /// Records one operation: its name (`get`, `set`, ...: never a key), duration and outcome.
+    fn record_operation(&self, operation: &'static str, duration: Duration, outcome: Outcome);
+    /// Records the pool's figures, and how long a checkout waited if one did.
+    fn record_pool(&self, pool: PoolGauges, wait: Option<Duration>);
+    /// Records the breaker's state.
+    fn record_breaker_state(&self, breaker: BreakerGauge);
+    /// Records the fallback store's state.
+    fn record_fallback(&self, fallback: FallbackGauge);
+    /// Records a health probe.
+    fn record_health(&self, health: HealthGauge);
+    /// The figures over the retention window.
+    fn snapshot(&self) -> MetricsSnapshot;
+    /// The seed's performance report: summary, figures and recommendations.
+    fn report(&self) -> PerformanceReport;
+}
+
+impl<T: MetricsCollector + ?Sized> MetricsCollector for Arc<T> {
+    #[inline]
+    fn record_operation(&self, operation: &'static str, duration: Duration, outcome: Outcome) {
+        (**self).record_operation(operation, duration, outcome);
+    }
+    fn record_pool(&self, pool: PoolGauges, wait: Option<Duration>) {
+        (**self).record_pool(pool, wait);
+    }
+    fn record_breaker_state(&self, breaker: BreakerGauge) {
+        (**self).record_breaker_state(breaker);
+    }
+    fn record_fallback(&self, fallback: FallbackGauge) {
+        (**self).record_fallback(fallback);
+    }
+    fn record_health(&self, health: HealthGauge) {
+        (**self).record_health(health);
+    }
+    fn snapshot(&self) -> MetricsSnapshot {
+        (**self).snapshot()
+    }
+    fn report(&self) -> PerformanceReport {
+        (**self).report()
+    }
+}
+
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync + ?Sized>() {}
+    assert_send_sync::<dyn MetricsCollector>();
+};
