@@ -1,0 +1,364 @@
+//! The typed API: [`RedisApi`] (bytes, object-safe, mockable) and [`RedisApiExt`] (any
+//! `ToRedisArgs` / `FromRedisValue` type).
+
+use std::time::Duration;
+
+use redis::{Cmd, FromRedisValue, Pipeline, ToRedisArgs, Value};
+use resilient_redis_fallback::{Fields, Ttl};
+
+use crate::manager::Kind;
+use crate::{Error, RedisManager};
+
+/// The operations applications call. Implemented by [`RedisManager`]; with the `mock` feature
+/// `MockRedisApi` (mockall) implements it, so code that uses Redis can be unit-tested without a
+/// server.
+///
+/// Reads and writes of strings, counters and hashes are served by the fallback store while
+/// Redis is down; `execute` and `pipeline` fail fast instead.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait::async_trait]
+pub trait RedisApi: Send + Sync {
+    /// `GET`.
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    /// `SET`, with `PX` when `ttl` is given.
+    async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error>;
+    /// `DEL`; the number deleted (while Redis is down: the number the fallback knew).
+    async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error>;
+    /// `EXISTS` of one key.
+    async fn exists(&self, key: &[u8]) -> Result<bool, Error>;
+    /// `PEXPIRE`; whether the key existed.
+    async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error>;
+    /// `PTTL`.
+    async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error>;
+    /// `INCRBY`; the new value. Never applied twice: see [`Error::Ambiguous`].
+    async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error>;
+    /// `MGET`.
+    async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error>;
+    /// `MSET`.
+    async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error>;
+    /// `HGET`.
+    async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+    /// `HSET`; the number of new fields.
+    async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error>;
+    /// `HDEL`; the number removed.
+    async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error>;
+    /// `HGETALL`.
+    async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error>;
+    /// Any command: breaker, pool, timeout and metrics apply; no retry, no fallback.
+    async fn execute(&self, cmd: &Cmd) -> Result<Value, Error>;
+    /// A pipeline: as `execute`.
+    async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error>;
+}
+
+fn decode<T: FromRedisValue>(v: Value) -> Result<T, Error> {
+    redis::from_redis_value(v).map_err(|e| Error::Validation(e.to_string()))
+}
+
+fn ttl_of(ms: i64) -> Ttl {
+    match ms {
+        -2 => Ttl::Missing,
+        n if n < 0 => Ttl::Persistent,
+        n => Ttl::ExpiresIn(Duration::from_millis(n.unsigned_abs())),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait::async_trait]
+impl RedisApi for RedisManager {
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.call(
+            "get",
+            Kind::Read,
+            &cmd,
+            decode,
+            Some(&|s| s.get(key)),
+            |s, v: &Option<Vec<u8>>| {
+                s.observe(key, v.clone(), None);
+            },
+        )
+        .await
+    }
+
+    async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(t) = ttl {
+            cmd.arg("PX").arg(millis(t));
+        }
+        self.call(
+            "set",
+            Kind::IdempotentWrite,
+            &cmd,
+            decode::<()>,
+            Some(&|s| s.set(key, value, ttl)),
+            |s, _| {
+                s.observe(key, Some(value.to_vec()), ttl);
+            },
+        )
+        .await
+    }
+
+    async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(keys);
+        self.call(
+            "del",
+            Kind::IdempotentWrite,
+            &cmd,
+            decode,
+            Some(&|s| s.delete(keys)),
+            |s, _| {
+                for k in keys {
+                    s.observe(k, None, None);
+                }
+            },
+        )
+        .await
+    }
+
+    async fn exists(&self, key: &[u8]) -> Result<bool, Error> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(key);
+        self.call(
+            "exists",
+            Kind::Read,
+            &cmd,
+            decode,
+            Some(&|s| s.exists(key)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error> {
+        let mut cmd = redis::cmd("PEXPIRE");
+        cmd.arg(key).arg(millis(ttl));
+        self.call(
+            "expire",
+            Kind::IdempotentWrite,
+            &cmd,
+            decode,
+            Some(&|s| s.expire(key, ttl)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error> {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(key);
+        self.call(
+            "ttl",
+            Kind::Read,
+            &cmd,
+            |v| decode::<i64>(v).map(ttl_of),
+            Some(&|s| s.ttl(key)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error> {
+        let mut cmd = redis::cmd("INCRBY");
+        cmd.arg(key).arg(delta);
+        self.call(
+            "incrby",
+            Kind::NonIdempotentWrite,
+            &cmd,
+            decode,
+            Some(&|s| s.incr_by(key, delta)),
+            |s, v: &i64| {
+                s.observe(key, Some(v.to_string().into_bytes()), None);
+            },
+        )
+        .await
+    }
+
+    async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        self.call(
+            "mget",
+            Kind::Read,
+            &cmd,
+            decode,
+            Some(&|s| s.mget(keys)),
+            |s, values: &Vec<Option<Vec<u8>>>| {
+                for (k, v) in keys.iter().zip(values) {
+                    s.observe(k, v.clone(), None);
+                }
+            },
+        )
+        .await
+    }
+
+    async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
+        let mut cmd = redis::cmd("MSET");
+        for (k, v) in pairs {
+            cmd.arg(k).arg(v);
+        }
+        self.call(
+            "mset",
+            Kind::IdempotentWrite,
+            &cmd,
+            decode::<()>,
+            Some(&|s| s.mset(pairs)),
+            |s, _| {
+                for (k, v) in pairs {
+                    s.observe(k, Some(v.clone()), None);
+                }
+            },
+        )
+        .await
+    }
+
+    async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(key).arg(field);
+        self.call(
+            "hget",
+            Kind::Read,
+            &cmd,
+            decode,
+            Some(&|s| s.hget(key, field)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key);
+        for (f, v) in fields {
+            cmd.arg(f).arg(v);
+        }
+        self.call(
+            "hset",
+            Kind::IdempotentWrite,
+            &cmd,
+            decode,
+            Some(&|s| s.hset(key, fields)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error> {
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(key).arg(fields);
+        self.call(
+            "hdel",
+            Kind::IdempotentWrite,
+            &cmd,
+            decode,
+            Some(&|s| s.hdel(key, fields)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(key);
+        self.call(
+            "hgetall",
+            Kind::Read,
+            &cmd,
+            decode,
+            Some(&|s| s.hgetall(key)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    async fn execute(&self, cmd: &Cmd) -> Result<Value, Error> {
+        self.call("execute", Kind::Opaque, cmd, Ok, None, |_, _| {})
+            .await
+    }
+
+    async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error> {
+        // A pipeline runs as one request on the shared connection.
+        let started = tokio::time::Instant::now();
+        let mut conn = self.inner.pool.shared().map_err(|e| Error::Unavailable {
+            kind: e.kind(),
+            message: e.to_string(),
+        });
+        let result = match &mut conn {
+            Ok(c) => pipeline
+                .query_async::<Vec<Value>>(c)
+                .await
+                .map_err(|e| Error::Unavailable {
+                    kind: resilient_redis_pool::classify(&e),
+                    message: e.to_string(),
+                }),
+            Err(_) => conn.map(|_| Vec::new()),
+        };
+        let outcome = match &result {
+            Ok(_) => resilient_redis_metrics::Outcome::Success,
+            Err(e) => resilient_redis_metrics::Outcome::Error(e.kind()),
+        };
+        self.inner
+            .metrics
+            .record_operation("pipeline", started.elapsed(), outcome);
+        result
+    }
+}
+
+fn one_arg<K: ToRedisArgs>(key: &K) -> Result<Vec<u8>, Error> {
+    let mut args = key.to_redis_args();
+    if args.len() == 1 {
+        Ok(args.swap_remove(0))
+    } else {
+        Err(Error::Validation(format!(
+            "a key or value must be one argument, this one is {}",
+            args.len()
+        )))
+    }
+}
+
+/// Typed helpers over any [`RedisApi`], for keys and values of any redis-rs `ToRedisArgs` /
+/// `FromRedisValue` type. Kept out of `RedisApi` so it stays object-safe.
+#[async_trait::async_trait]
+pub trait RedisApiExt: RedisApi {
+    /// `GET`, converted.
+    ///
+    /// # Errors
+    /// As [`RedisApi::get`], and [`Error::Validation`] when the value does not convert.
+    async fn get_as<K, V>(&self, key: K) -> Result<Option<V>, Error>
+    where
+        K: ToRedisArgs + Send + Sync,
+        V: FromRedisValue + Send,
+    {
+        match self.get(&one_arg(&key)?).await? {
+            None => Ok(None),
+            Some(bytes) => decode(Value::BulkString(bytes)).map(Some),
+        }
+    }
+
+    /// `SET` of any value.
+    ///
+    /// # Errors
+    /// As [`RedisApi::set`].
+    async fn set_as<K, V>(&self, key: K, value: V, ttl: Option<Duration>) -> Result<(), Error>
+    where
+        K: ToRedisArgs + Send + Sync,
+        V: ToRedisArgs + Send + Sync,
+    {
+        self.set(&one_arg(&key)?, &one_arg(&value)?, ttl).await
+    }
+
+    /// `INCR`.
+    ///
+    /// # Errors
+    /// As [`RedisApi::incr_by`].
+    async fn incr<K: ToRedisArgs + Send + Sync>(&self, key: K) -> Result<i64, Error> {
+        self.incr_by(&one_arg(&key)?, 1).await
+    }
+}
+
+impl<T: RedisApi + ?Sized> RedisApiExt for T {}

@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod adapters;
+mod api;
+mod error;
+mod manager;
+mod report;
+
+pub use adapters::{PoolProbe, RedisSyncTarget};
+pub use api::{RedisApi, RedisApiExt};
+pub use error::Error;
+pub use manager::{RedisManager, RedisManagerBuilder};
+pub use report::{HealthReport, Verdict};
+
+#[cfg(any(test, feature = "mock"))]
+pub use api::MockRedisApi;
+
+// Re-exported so applications need one dependency.
+pub use resilient_redis_config::{ConfigError, ErrorKind, RedisConfig};
+pub use resilient_redis_fallback::Ttl;

@@ -1,0 +1,666 @@
+//! [`RedisManager`]: the request path and the recovery loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::{Cmd, Value};
+use resilient_redis_breaker::{Breaker, BreakerState, CircuitBreaker, NoopBreaker};
+use resilient_redis_config::{ErrorKind, RedisConfig};
+use resilient_redis_fallback::{FallbackError, FallbackStore, MemoryStore, SyncTarget};
+use resilient_redis_health::{HealthMonitor, HealthStatus, Monitor};
+use resilient_redis_metrics::{
+    BreakerGauge, Collector, FallbackGauge, HealthGauge, MetricsCollector, NoopMetrics, Outcome,
+    PoolGauges,
+};
+use resilient_redis_pool::{ConnectionPool, PoolError, PooledConnection, RedisPool};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::Error;
+use crate::adapters::{PoolProbe, RedisSyncTarget};
+use crate::report::{HealthReport, Verdict};
+
+/// How the fallback store answers an operation.
+pub(crate) type Serve<'a, T> = dyn Fn(&dyn FallbackStore) -> Result<T, FallbackError> + Sync + 'a;
+
+/// How a failed command may be handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Reads: retried; served from the fallback when Redis cannot answer.
+    Read,
+    /// Writes whose replay is safe (SET with its value, DEL, EXPIRE, HSET of given fields):
+    /// retried, and journaled even when their outcome is unknown.
+    IdempotentWrite,
+    /// Writes that must not apply twice (INCRBY): retried and journaled only when they
+    /// certainly never reached Redis; otherwise [`Error::Ambiguous`].
+    NonIdempotentWrite,
+    /// Anything else (`execute`, `pipeline`): not retried, no fallback.
+    Opaque,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: RedisConfig,
+    pub(crate) pool: Arc<dyn ConnectionPool>,
+    pub(crate) health: Arc<dyn HealthMonitor>,
+    pub(crate) breaker: Arc<dyn CircuitBreaker>,
+    pub(crate) store: Arc<dyn FallbackStore>,
+    pub(crate) metrics: Arc<dyn MetricsCollector>,
+    pub(crate) target: Arc<dyn SyncTarget>,
+    fallback_enabled: bool,
+    shadow: bool,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The resilient Redis client applications call: every operation passes the circuit breaker,
+/// runs on a shared pooled connection under the socket timeout, is retried with exponential
+/// backoff and jitter when that is safe, is classified and recorded; when Redis is down the
+/// fallback store answers what it can and journals writes, which are replayed on recovery.
+///
+/// Cheap to clone (an `Arc` inside). Build it with [`RedisManager::builder`] or
+/// [`RedisManager::from_env`]; call [`RedisManager::close`] on shutdown so nothing acknowledged
+/// is lost.
+#[derive(Clone)]
+pub struct RedisManager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisManager")
+            .field("url", &self.inner.config.url)
+            .field("breaker", &self.inner.breaker.state())
+            .field("fallback_mode", &self.inner.store.is_fallback_mode())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisManager`]: each part defaults to the real implementation built from the
+/// configuration; inject your own (or a mock) with the setters.
+#[must_use]
+pub struct RedisManagerBuilder {
+    config: RedisConfig,
+    pool: Option<Arc<dyn ConnectionPool>>,
+    health: Option<Arc<dyn HealthMonitor>>,
+    breaker: Option<Arc<dyn CircuitBreaker>>,
+    store: Option<Arc<dyn FallbackStore>>,
+    metrics: Option<Arc<dyn MetricsCollector>>,
+    target: Option<Arc<dyn SyncTarget>>,
+    start_tasks: bool,
+}
+
+impl RedisManagerBuilder {
+    /// Uses this pool.
+    pub fn pool(mut self, pool: Arc<dyn ConnectionPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+    /// Uses this health monitor.
+    pub fn health(mut self, health: Arc<dyn HealthMonitor>) -> Self {
+        self.health = Some(health);
+        self
+    }
+    /// Uses this circuit breaker.
+    pub fn breaker(mut self, breaker: Arc<dyn CircuitBreaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+    /// Uses this fallback store.
+    pub fn fallback(mut self, store: Arc<dyn FallbackStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// Uses this metrics collector.
+    pub fn metrics(mut self, metrics: Arc<dyn MetricsCollector>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+    /// Replays the fallback journal into this target instead of the pool's Redis.
+    pub fn sync_target(mut self, target: Arc<dyn SyncTarget>) -> Self {
+        self.target = Some(target);
+        self
+    }
+    /// Whether to start the health monitor and the recovery loop (default `true`; unit tests
+    /// turn it off to drive every step themselves).
+    pub fn background_tasks(mut self, on: bool) -> Self {
+        self.start_tasks = on;
+        self
+    }
+
+    /// Builds the parts not injected, starts health checks and the recovery loop. Redis need not
+    /// be up: until it is, the fallback serves.
+    ///
+    /// # Errors
+    /// [`Error::Build`] for an invalid configuration or a part that cannot be built (an
+    /// unreadable journal file, say).
+    pub async fn build(self) -> Result<RedisManager, Error> {
+        let config = self.config;
+        config.validate()?;
+        let pool: Arc<dyn ConnectionPool> = match self.pool {
+            Some(p) => p,
+            None => Arc::new(
+                RedisPool::new(&config)
+                    .await
+                    .map_err(|e| Error::Build(e.to_string()))?,
+            ),
+        };
+        let health: Arc<dyn HealthMonitor> = match self.health {
+            Some(h) => h,
+            None => Arc::new(
+                Monitor::new(Arc::new(PoolProbe::new(Arc::clone(&pool))), &config.health)
+                    .map_err(|e| Error::Build(e.to_string()))?,
+            ),
+        };
+        let breaker: Arc<dyn CircuitBreaker> = match self.breaker {
+            Some(b) => b,
+            None => Arc::new(
+                Breaker::from_config(&config.circuit_breaker)
+                    .map_err(|e| Error::Build(e.to_string()))?,
+            ),
+        };
+        let store: Arc<dyn FallbackStore> = match self.store {
+            Some(s) => s,
+            None => Arc::new(MemoryStore::new(&config.fallback)?),
+        };
+        let metrics: Arc<dyn MetricsCollector> = match self.metrics {
+            Some(m) => m,
+            None if config.metrics.enabled => Arc::new(Collector::new(&config.metrics)),
+            None => Arc::new(NoopMetrics),
+        };
+        let target: Arc<dyn SyncTarget> = self
+            .target
+            .unwrap_or_else(|| Arc::new(RedisSyncTarget::new(Arc::clone(&pool))));
+        let inner = Arc::new(Inner {
+            fallback_enabled: config.fallback.enabled,
+            shadow: config.fallback.enabled && config.fallback.shadow,
+            config,
+            pool,
+            health,
+            breaker,
+            store,
+            metrics,
+            target,
+            closed: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+        });
+        if inner.store.pending_writes() > 0 && inner.fallback_enabled {
+            // A journal restored from an earlier process: serve from it until it is replayed.
+            tracing::warn!(
+                pending = inner.store.pending_writes(),
+                "restored journaled writes; replaying when Redis answers"
+            );
+            inner.store.activate();
+        }
+        if self.start_tasks {
+            inner
+                .health
+                .start()
+                .map_err(|e| Error::Build(e.to_string()))?;
+            let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner)));
+            inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(supervisor);
+        }
+        Ok(RedisManager { inner })
+    }
+}
+
+impl RedisManager {
+    /// A builder for `config`.
+    pub fn builder(config: RedisConfig) -> RedisManagerBuilder {
+        RedisManagerBuilder {
+            config,
+            pool: None,
+            health: None,
+            breaker: None,
+            store: None,
+            metrics: None,
+            target: None,
+            start_tasks: true,
+        }
+    }
+
+    /// `RedisConfig::load()` and every default part.
+    ///
+    /// # Errors
+    /// As [`RedisManagerBuilder::build`], and configuration errors.
+    pub async fn from_env() -> Result<Self, Error> {
+        Self::builder(RedisConfig::load()?).build().await
+    }
+
+    /// A manager without a circuit breaker or metrics, for tests and tools.
+    ///
+    /// # Errors
+    /// As [`RedisManagerBuilder::build`].
+    pub async fn plain(config: RedisConfig) -> Result<Self, Error> {
+        Self::builder(config)
+            .breaker(Arc::new(NoopBreaker::new()))
+            .metrics(Arc::new(NoopMetrics))
+            .build()
+            .await
+    }
+
+    /// The configuration it runs on.
+    #[must_use]
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// The circuit breaker (its state, its figures, manual control).
+    #[must_use]
+    pub fn breaker(&self) -> &Arc<dyn CircuitBreaker> {
+        &self.inner.breaker
+    }
+
+    /// The fallback store.
+    #[must_use]
+    pub fn fallback(&self) -> &Arc<dyn FallbackStore> {
+        &self.inner.store
+    }
+
+    /// The metrics collector (snapshot, report).
+    #[must_use]
+    pub fn metrics(&self) -> &Arc<dyn MetricsCollector> {
+        &self.inner.metrics
+    }
+
+    /// The connection pool.
+    #[must_use]
+    pub fn pool(&self) -> &Arc<dyn ConnectionPool> {
+        &self.inner.pool
+    }
+
+    /// The health monitor's latest status.
+    #[must_use]
+    pub fn health_status(&self) -> HealthStatus {
+        self.inner.health.status()
+    }
+
+    /// A dedicated connection from the pool (blocking commands, WATCH/MULTI). The breaker and
+    /// the fallback do not apply to what runs on it; the socket timeout does.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] with the pool's reason.
+    pub async fn connection(&self) -> Result<PooledConnection, Error> {
+        let started = Instant::now();
+        let conn = self.inner.pool.get().await.map_err(unavailable);
+        self.inner.metrics.record_pool(
+            pool_gauges(self.inner.pool.as_ref()),
+            Some(started.elapsed()),
+        );
+        conn
+    }
+
+    /// One report across every part, for a readiness probe.
+    pub async fn health_check(&self) -> HealthReport {
+        let inner = &*self.inner;
+        let probe = inner.health.check_now().await;
+        let breaker = inner.breaker.state();
+        let snapshot = inner.metrics.snapshot();
+        let fallback_mode = inner.store.is_fallback_mode();
+        let reachable = probe.error.is_none();
+        let serving_from_memory = inner.fallback_enabled && fallback_mode;
+        let verdict = if !(reachable || serving_from_memory) {
+            Verdict::Unhealthy
+        } else if !reachable
+            || fallback_mode
+            || breaker != BreakerState::Closed
+            || snapshot.error_rate >= 0.05
+        {
+            Verdict::Degraded
+        } else {
+            Verdict::Healthy
+        };
+        HealthReport {
+            verdict,
+            redis_reachable: reachable,
+            latency: probe.response_time,
+            error: probe.error,
+            breaker: breaker.as_str(),
+            pool: inner.pool.status().to_string(),
+            fallback_mode,
+            pending_writes: inner.store.pending_writes(),
+            error_rate: snapshot.error_rate,
+        }
+    }
+
+    /// Stops health checks and the recovery loop, replays pending writes if Redis answers (or
+    /// persists them to the journal file), and closes the pool. Waits up to `deadline` for
+    /// checked-out connections.
+    ///
+    /// # Errors
+    /// [`Error::Fallback`] when writes are still pending and cannot be persisted: they are lost
+    /// only if the process then exits, and the error says how many.
+    pub async fn close(&self, deadline: Duration) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let tasks: Vec<_> = inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for task in tasks {
+            task.abort();
+        }
+        inner.health.stop().await;
+        if inner.store.pending_writes() > 0 {
+            match tokio::time::timeout(deadline, inner.store.replay(Arc::clone(&inner.target)))
+                .await
+            {
+                Ok(Ok(report)) => tracing::info!(
+                    applied = report.entries_applied,
+                    "replayed pending writes on close"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot replay pending writes on close"),
+                Err(_) => tracing::warn!("replay on close timed out"),
+            }
+        }
+        let persisted = inner.store.close();
+        inner.pool.close(deadline).await;
+        persisted.map_err(Error::from)
+    }
+
+    /// Runs one operation through the whole request path.
+    pub(crate) async fn call<T>(
+        &self,
+        op: &'static str,
+        kind: Kind,
+        cmd: &Cmd,
+        decode: impl FnOnce(Value) -> Result<T, Error>,
+        fallback: Option<&Serve<'_, T>>,
+        observe: impl FnOnce(&dyn FallbackStore, &T),
+    ) -> Result<T, Error> {
+        let span = resilient_redis_metrics::operation_span(op);
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let result = async {
+            if inner.closed.load(Ordering::Relaxed) {
+                return Err(Error::Closed);
+            }
+            let fallback = fallback.filter(|_| inner.fallback_enabled);
+            if let Some(serve) = fallback
+                && inner.store.is_fallback_mode()
+            {
+                return self.serve(op, started, serve);
+            }
+            let permit = match inner.breaker.try_acquire() {
+                Ok(p) => p,
+                Err(rejected) => {
+                    if let Some(serve) = fallback {
+                        inner.store.activate();
+                        return self.serve(op, started, serve);
+                    }
+                    let e = Error::Unavailable {
+                        kind: ErrorKind::CircuitBreaker,
+                        message: rejected.to_string(),
+                    };
+                    inner
+                        .metrics
+                        .record_operation(op, started.elapsed(), Outcome::Error(e.kind()));
+                    return Err(e);
+                }
+            };
+            let cfg = &inner.config;
+            let deadline = started + cfg.socket_timeout * (cfg.max_retries + 1);
+            let mut delay = cfg.retry_delay;
+            let mut attempts = 0;
+            let (failure, sent) = loop {
+                let attempt = match inner.pool.shared() {
+                    Err(e) => Err((e, false)),
+                    Ok(mut conn) => conn.query::<Value>(cmd).await.map_err(|e| {
+                        let sent = e.outcome_unknown();
+                        (e, sent)
+                    }),
+                };
+                let (err, sent) = match attempt {
+                    Ok(value) => {
+                        inner.breaker.on_success(permit, started.elapsed());
+                        let decoded = decode(value);
+                        if let (Ok(v), true) = (&decoded, inner.shadow) {
+                            observe(inner.store.as_ref(), v);
+                        }
+                        let outcome = match &decoded {
+                            Ok(_) => Outcome::Success,
+                            Err(e) => Outcome::Error(e.kind()),
+                        };
+                        inner
+                            .metrics
+                            .record_operation(op, started.elapsed(), outcome);
+                        return decoded;
+                    }
+                    Err(failure) => failure,
+                };
+                let err_kind = effective_kind(&err);
+                if err_kind == ErrorKind::Server {
+                    // The server answered: it is healthy; the error is the caller's.
+                    inner.breaker.on_success(permit, started.elapsed());
+                    inner.metrics.record_operation(
+                        op,
+                        started.elapsed(),
+                        Outcome::Error(ErrorKind::Server),
+                    );
+                    return Err(server_error(err));
+                }
+                attempts += 1;
+                let retry = err_kind.is_transient()
+                    && kind != Kind::Opaque
+                    && !(kind == Kind::NonIdempotentWrite && sent)
+                    && attempts <= cfg.max_retries
+                    && Instant::now() + delay < deadline;
+                if !retry {
+                    break (err, sent);
+                }
+                let jitter = delay.mul_f64(fastrand::f64() * 0.5);
+                tokio::time::sleep(delay + jitter).await;
+                delay = delay.saturating_mul(2);
+            };
+            let err_kind = effective_kind(&failure);
+            if err_kind.is_transient() {
+                inner.breaker.on_error(permit, started.elapsed());
+            } else {
+                inner.breaker.release_permission(permit);
+            }
+            if kind == Kind::NonIdempotentWrite && sent {
+                let e = Error::Ambiguous {
+                    operation: op,
+                    kind: err_kind,
+                    message: failure.to_string(),
+                };
+                inner
+                    .metrics
+                    .record_operation(op, started.elapsed(), Outcome::Error(err_kind));
+                return Err(e);
+            }
+            if let Some(serve) = fallback
+                && err_kind.is_transient()
+            {
+                inner.store.activate();
+                return self.serve(op, started, serve);
+            }
+            inner
+                .metrics
+                .record_operation(op, started.elapsed(), Outcome::Error(err_kind));
+            Err(Error::Unavailable {
+                kind: err_kind,
+                message: failure.to_string(),
+            })
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(e) = &result {
+            span.record("error.type", e.kind().as_str());
+        }
+        result
+    }
+
+    fn serve<T>(
+        &self,
+        op: &'static str,
+        started: Instant,
+        serve: &Serve<'_, T>,
+    ) -> Result<T, Error> {
+        let result = serve(self.inner.store.as_ref());
+        let outcome = match &result {
+            Ok(_) => Outcome::Fallback,
+            Err(e) => Outcome::Error(e.kind()),
+        };
+        self.inner
+            .metrics
+            .record_operation(op, started.elapsed(), outcome);
+        result.map_err(Error::from)
+    }
+}
+
+/// LOADING (a restarting server reading its data), MASTERDOWN and READONLY (a failover in
+/// progress) and TRYAGAIN say the server is not ready: they are handled like a lost connection
+/// (retried when safe, counted against the breaker, served from the fallback). Other error
+/// replies (WRONGTYPE, NOSCRIPT, OOM, ...) are the caller's to handle.
+fn effective_kind(err: &PoolError) -> ErrorKind {
+    if let PoolError::Command { source, .. } = err
+        && matches!(
+            source.code(),
+            Some("LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN")
+        )
+    {
+        return ErrorKind::Connection;
+    }
+    err.kind()
+}
+
+fn server_error(err: PoolError) -> Error {
+    match err {
+        PoolError::Command { source, .. } => Error::Server {
+            code: source.code().map(str::to_owned),
+            message: source.to_string(),
+        },
+        other => Error::Server {
+            code: None,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn unavailable(err: PoolError) -> Error {
+    Error::Unavailable {
+        kind: err.kind(),
+        message: err.to_string(),
+    }
+}
+
+pub(crate) fn pool_gauges(pool: &dyn ConnectionPool) -> PoolGauges {
+    let s = pool.status();
+    PoolGauges::new(
+        s.max_size,
+        s.open,
+        s.idle,
+        s.in_use + s.shared_up,
+        s.waiters,
+        s.timeouts,
+    )
+}
+
+/// The recovery loop: follows the breaker and the health monitor, enters fallback mode when
+/// either says Redis is down, and when Redis answers again moves the breaker to half-open,
+/// replays the journal and leaves fallback mode once it is drained.
+async fn supervise(inner: std::sync::Weak<Inner>) {
+    let Some(first) = inner.upgrade() else { return };
+    let mut breaker_rx = first.breaker.subscribe();
+    let mut health_rx = first.health.subscribe();
+    let sync_every = first.config.fallback.sync_interval;
+    let gauges_every = first.config.metrics.collection_interval;
+    drop(first);
+    let mut sync = tokio::time::interval(sync_every);
+    let mut gauges = tokio::time::interval(gauges_every);
+    loop {
+        tokio::select! {
+            changed = breaker_rx.changed() => {
+                if changed.is_err() { return; }
+                let state = *breaker_rx.borrow_and_update();
+                let Some(m) = inner.upgrade() else { return };
+                let snap = m.breaker.snapshot();
+                m.metrics.record_breaker_state(BreakerGauge::new(state.as_str(), state.as_u8(), snap.trips));
+                tracing::warn!(state = %state, "circuit breaker changed state");
+                if state == BreakerState::Open && m.fallback_enabled {
+                    m.store.activate();
+                    m.metrics.record_fallback(FallbackGauge::new(true, m.store.pending_writes()));
+                }
+            }
+            changed = health_rx.changed() => {
+                if changed.is_err() { return; }
+                let status = health_rx.borrow_and_update().clone();
+                let Some(m) = inner.upgrade() else { return };
+                m.metrics.record_health(HealthGauge::new(status.healthy, status.response_time.unwrap_or_default()));
+                if !status.healthy && m.fallback_enabled && !m.store.is_fallback_mode() {
+                    tracing::warn!(error = ?status.error, "health: Redis unhealthy; fallback mode on");
+                    m.store.activate();
+                } else if status.healthy && status.error.is_none() {
+                    recover(&m).await;
+                }
+            }
+            _ = sync.tick() => {
+                let Some(m) = inner.upgrade() else { return };
+                if m.store.is_fallback_mode() || m.store.pending_writes() > 0 {
+                    let probe = m.health.check_now().await;
+                    if probe.error.is_none() {
+                        recover(&m).await;
+                    }
+                }
+            }
+            _ = gauges.tick() => {
+                let Some(m) = inner.upgrade() else { return };
+                m.metrics.record_pool(pool_gauges(m.pool.as_ref()), None);
+                m.metrics.record_fallback(FallbackGauge::new(m.store.is_fallback_mode(), m.store.pending_writes()));
+            }
+        }
+    }
+}
+
+/// Redis answers: half-open the breaker, replay the journal, leave fallback mode when drained.
+async fn recover(inner: &Inner) {
+    if !inner.store.is_fallback_mode() && inner.store.pending_writes() == 0 {
+        return;
+    }
+    if matches!(inner.breaker.state(), BreakerState::Open) {
+        let _ = inner.breaker.transition_to(BreakerState::HalfOpen);
+    }
+    match inner.store.replay(Arc::clone(&inner.target)).await {
+        Ok(report) => {
+            if report.entries_applied > 0 {
+                tracing::info!(
+                    applied = report.entries_applied,
+                    batches = report.batches_applied,
+                    "replayed journaled writes"
+                );
+            }
+            if inner.store.pending_writes() == 0 && inner.store.is_fallback_mode() {
+                inner.store.deactivate();
+                tracing::info!("Redis is back and the journal is drained: fallback mode off");
+            }
+            inner.metrics.record_fallback(FallbackGauge::new(
+                inner.store.is_fallback_mode(),
+                inner.store.pending_writes(),
+            ));
+        }
+        Err(e) => tracing::debug!(error = %e, "replay not possible yet"),
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}

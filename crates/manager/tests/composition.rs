@@ -1,0 +1,190 @@
+//! The request path's composition, with every part mocked: who is asked, in which order, and
+//! what the caller gets.
+
+use std::sync::Arc;
+
+use resilient_redis_breaker::{BreakerState, CallNotPermitted, MockCircuitBreaker, Permit};
+use resilient_redis_config::{ErrorKind, RedisConfig};
+use resilient_redis_fallback::MockFallbackStore;
+use resilient_redis_health::MockHealthMonitor;
+use resilient_redis_manager::{Error, RedisApi, RedisManager};
+use resilient_redis_metrics::{MockMetricsCollector, Outcome};
+use resilient_redis_pool::{MockConnectionPool, PoolError};
+
+struct Parts {
+    pool: MockConnectionPool,
+    breaker: MockCircuitBreaker,
+    store: MockFallbackStore,
+    metrics: MockMetricsCollector,
+}
+
+fn parts() -> Parts {
+    Parts {
+        pool: MockConnectionPool::new(),
+        breaker: MockCircuitBreaker::new(),
+        store: MockFallbackStore::new(),
+        metrics: MockMetricsCollector::new(),
+    }
+}
+
+async fn manager(p: Parts) -> RedisManager {
+    let mut config = RedisConfig::default();
+    config.max_retries = 0;
+    let mut store = p.store;
+    store.expect_pending_writes().return_const(0u64);
+    RedisManager::builder(config)
+        .pool(Arc::new(p.pool))
+        .health(Arc::new(MockHealthMonitor::new()))
+        .breaker(Arc::new(p.breaker))
+        .fallback(Arc::new(store))
+        .metrics(Arc::new(p.metrics))
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap()
+}
+
+fn refused() -> PoolError {
+    PoolError::Connect {
+        kind: ErrorKind::Connection,
+        url: "redis://127.0.0.1:1".into(),
+        message: "connection refused".into(),
+    }
+}
+
+#[tokio::test]
+async fn an_open_breaker_sends_reads_to_the_fallback_without_touching_the_pool() {
+    let mut p = parts();
+    p.breaker.expect_try_acquire().times(1).returning(|| {
+        Err(CallNotPermitted {
+            state: BreakerState::Open,
+        })
+    });
+    p.pool.expect_shared().never();
+    p.store.expect_is_fallback_mode().return_const(false);
+    p.store.expect_activate().times(1).return_const(());
+    p.store
+        .expect_get()
+        .withf(|k| k == b"k")
+        .times(1)
+        .returning(|_| Ok(Some(b"cached".to_vec())));
+    p.metrics
+        .expect_record_operation()
+        .withf(|op, _, o| op == "get" && *o == Outcome::Fallback)
+        .times(1)
+        .return_const(());
+    let m = manager(p).await;
+    assert_eq!(m.get(b"k").await.unwrap(), Some(b"cached".to_vec()));
+}
+
+#[tokio::test]
+async fn an_open_breaker_fails_fast_for_what_the_fallback_cannot_serve() {
+    let mut p = parts();
+    p.breaker.expect_try_acquire().returning(|| {
+        Err(CallNotPermitted {
+            state: BreakerState::Open,
+        })
+    });
+    p.pool.expect_shared().never();
+    p.store.expect_is_fallback_mode().return_const(false);
+    p.metrics
+        .expect_record_operation()
+        .withf(|op, _, o| op == "execute" && *o == Outcome::Error(ErrorKind::CircuitBreaker))
+        .times(1)
+        .return_const(());
+    let m = manager(p).await;
+    let err = m.execute(&redis::cmd("PING")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                kind: ErrorKind::CircuitBreaker,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_write_that_never_left_counts_against_the_breaker_and_is_journaled() {
+    let mut p = parts();
+    p.breaker
+        .expect_try_acquire()
+        .returning(|| Ok(Permit::new(7)));
+    p.breaker
+        .expect_on_error()
+        .withf(|permit, _| permit.tag() == 7)
+        .times(1)
+        .return_const(());
+    p.pool.expect_shared().times(1).returning(|| Err(refused()));
+    p.store.expect_is_fallback_mode().return_const(false);
+    p.store.expect_activate().times(1).return_const(());
+    p.store
+        .expect_set()
+        .withf(|k, v, ttl| k == b"k" && v == b"v" && ttl.is_none())
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    p.metrics
+        .expect_record_operation()
+        .withf(|_, _, o| *o == Outcome::Fallback)
+        .times(1)
+        .return_const(());
+    let m = manager(p).await;
+    m.set(b"k", b"v", None).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_increment_that_never_left_is_journaled_not_ambiguous() {
+    let mut p = parts();
+    p.breaker
+        .expect_try_acquire()
+        .returning(|| Ok(Permit::new(1)));
+    p.breaker.expect_on_error().return_const(());
+    p.pool.expect_shared().returning(|| Err(refused()));
+    p.store.expect_is_fallback_mode().return_const(false);
+    p.store.expect_activate().return_const(());
+    p.store
+        .expect_incr_by()
+        .withf(|k, d| k == b"n" && *d == 2)
+        .times(1)
+        .returning(|_, _| Ok(2));
+    p.metrics.expect_record_operation().return_const(());
+    let m = manager(p).await;
+    assert_eq!(m.incr_by(b"n", 2).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn in_fallback_mode_supported_operations_never_reach_the_breaker() {
+    let mut p = parts();
+    p.breaker.expect_try_acquire().never();
+    p.store.expect_is_fallback_mode().return_const(true);
+    p.store.expect_exists().times(1).returning(|_| Ok(true));
+    p.metrics
+        .expect_record_operation()
+        .withf(|_, _, o| *o == Outcome::Fallback)
+        .return_const(());
+    let m = manager(p).await;
+    assert!(m.exists(b"k").await.unwrap());
+}
+
+#[tokio::test]
+async fn a_full_fallback_store_refuses_with_its_error() {
+    let mut p = parts();
+    p.store.expect_is_fallback_mode().return_const(true);
+    p.store.expect_set().returning(|_, _, _| {
+        Err(resilient_redis_fallback::FallbackError::Full {
+            needed: 10,
+            used: 100,
+            limit: 100,
+        })
+    });
+    p.metrics
+        .expect_record_operation()
+        .withf(|_, _, o| *o == Outcome::Error(ErrorKind::Fallback))
+        .return_const(());
+    let m = manager(p).await;
+    let err = m.set(b"k", b"v", None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fallback, "{err}");
+    assert!(err.to_string().contains("full"), "{err}");
+}
