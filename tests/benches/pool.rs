@@ -1,5 +1,6 @@
-//! Pooled GET throughput against a local redis-server, ours against a raw redis-rs
-//! `MultiplexedConnection`, deadpool-redis and bb8-redis, in the same run.
+//! Pooled GET throughput against a local redis-server, ours (the pool's shared connection, and
+//! the whole `RedisManager` request path: breaker, pool, metrics, shadow copy) against a raw
+//! redis-rs `MultiplexedConnection`, deadpool-redis and bb8-redis, in the same run.
 //!
 //! `cargo bench -p resilient-redis-tests --bench pool` (or `cargo xtask bench`).
 //! `POOL_BENCH_SECONDS` sets each measurement's length (default 1). Prints ops/s, the
@@ -31,6 +32,7 @@ enum Contender {
     Ours(RedisPool),
     Deadpool(deadpool_redis::Pool),
     Bb8(bb8::Pool<bb8_redis::RedisConnectionManager>),
+    Manager(resilient_redis_manager::RedisManager),
 }
 
 impl Contender {
@@ -40,6 +42,7 @@ impl Contender {
             Contender::Ours(_) => "resilient-redis shared",
             Contender::Deadpool(_) => "deadpool-redis",
             Contender::Bb8(_) => "bb8-redis",
+            Contender::Manager(_) => "resilient-redis manager",
         }
     }
 
@@ -60,6 +63,11 @@ impl Contender {
                 let mut conn = pool.get().await.expect("bb8 get");
                 cmd.query_async(&mut *conn).await.expect("bb8 GET")
             }
+            Contender::Manager(m) => m
+                .get(KEY.as_bytes())
+                .await
+                .expect("manager GET")
+                .expect("the key exists"),
         }
     }
 }
@@ -155,9 +163,18 @@ fn main() {
             .await
             .expect("bb8");
 
+        let mut manager_config = config.clone();
+        if std::env::var_os("POOL_BENCH_NO_SHADOW").is_some() {
+            manager_config.fallback.shadow = false;
+        }
+        let manager = resilient_redis_manager::RedisManager::builder(manager_config)
+            .build()
+            .await
+            .expect("manager");
         let contenders = [
             Contender::Raw(raw),
             Contender::Ours(ours),
+            Contender::Manager(manager),
             Contender::Deadpool(deadpool),
             Contender::Bb8(bb8),
         ];

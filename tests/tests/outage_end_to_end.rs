@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use resilient_redis_config::{RedisConfig, RedisUrl};
-use resilient_redis_manager::{Error, RedisApi, RedisManager};
+use resilient_redis_manager::{Error, RedisManager};
 use resilient_redis_tests::RedisServer;
 
 fn config(url: &str) -> RedisConfig {

@@ -1,10 +1,43 @@
 //! `cargo xtask demo`: the main job.
+//!
+//! With `REDIS_URL` set it runs the demo against that Redis. Otherwise, with `redis-server` on
+//! the PATH, it starts one of its own on a free port (so the demo can kill and restart it);
+//! with neither, it runs on the in-memory fallback alone and says so.
 
-pub(crate) fn run(_args: &[String]) -> bool {
-    eprintln!(
-        "The demo needs the RedisManager and the `resilient-redis` CLI, which have not landed yet \
-         (issue: \"RedisManager and the resilient-redis CLI\"). Until then, `cargo xtask ci` runs \
-         every test against real redis-server processes."
-    );
-    false
+use crate::util::{cargo, status};
+
+pub(crate) fn run(args: &[String]) -> bool {
+    let mut demo = vec![
+        "run",
+        "--quiet",
+        "--locked",
+        "-p",
+        "resilient-redis-cli",
+        "--",
+        "demo",
+    ];
+    if std::env::var_os("REDIS_URL").is_some() {
+        eprintln!(
+            "REDIS_URL is set: running the demo against it (no chaos: it is not ours to kill)."
+        );
+    } else if redis_server_installed() {
+        demo.push("--spawn-server");
+    } else {
+        eprintln!(
+            "REDIS_URL is unset and redis-server is not installed: the demo serves everything from \
+             the in-memory fallback (install it with `apt-get install -y redis-server` to see an \
+             outage and its recovery)."
+        );
+        demo.push("--no-redis");
+    }
+    status(cargo().args(&demo).args(args))
+}
+
+fn redis_server_installed() -> bool {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

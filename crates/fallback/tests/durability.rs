@@ -84,6 +84,7 @@ fn shadow_copies_give_way_to_writes() {
     let clock = ManualClock::new(T0);
     let mut c = config(None);
     c.max_memory_size = 8 * 1024;
+    c.shadow = true;
     let store = open(&c, &clock);
     for i in 0..8u32 {
         store.observe(format!("seen:{i}").as_bytes(), Some(vec![1; 200]), None);

@@ -66,9 +66,14 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-#[async_trait::async_trait]
-impl RedisApi for RedisManager {
-    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+/// The operations as inherent methods: called on a `RedisManager` directly they cost no boxed
+/// future; [`RedisApi`] forwards to them.
+impl RedisManager {
+    /// See [`RedisApi::get`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
         self.call(
@@ -84,7 +89,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
+    /// See [`RedisApi::set`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
         if let Some(t) = ttl {
@@ -103,7 +112,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error> {
+    /// See [`RedisApi::del`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(keys);
         self.call(
@@ -121,7 +134,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn exists(&self, key: &[u8]) -> Result<bool, Error> {
+    /// See [`RedisApi::exists`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn exists(&self, key: &[u8]) -> Result<bool, Error> {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(key);
         self.call(
@@ -135,7 +152,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error> {
+    /// See [`RedisApi::expire`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error> {
         let mut cmd = redis::cmd("PEXPIRE");
         cmd.arg(key).arg(millis(ttl));
         self.call(
@@ -149,7 +170,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error> {
+    /// See [`RedisApi::ttl`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error> {
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(key);
         self.call(
@@ -163,7 +188,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error> {
+    /// See [`RedisApi::incr_by`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error> {
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(delta);
         self.call(
@@ -179,7 +208,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    /// See [`RedisApi::mget`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
         self.call(
@@ -197,7 +230,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
+    /// See [`RedisApi::mset`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
         let mut cmd = redis::cmd("MSET");
         for (k, v) in pairs {
             cmd.arg(k).arg(v);
@@ -217,7 +254,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    /// See [`RedisApi::hget`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let mut cmd = redis::cmd("HGET");
         cmd.arg(key).arg(field);
         self.call(
@@ -231,7 +272,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error> {
+    /// See [`RedisApi::hset`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error> {
         let mut cmd = redis::cmd("HSET");
         cmd.arg(key);
         for (f, v) in fields {
@@ -248,7 +293,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error> {
+    /// See [`RedisApi::hdel`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error> {
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(key).arg(fields);
         self.call(
@@ -262,7 +311,11 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error> {
+    /// See [`RedisApi::hgetall`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(key);
         self.call(
@@ -276,12 +329,20 @@ impl RedisApi for RedisManager {
         .await
     }
 
-    async fn execute(&self, cmd: &Cmd) -> Result<Value, Error> {
+    /// See [`RedisApi::execute`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn execute(&self, cmd: &Cmd) -> Result<Value, Error> {
         self.call("execute", Kind::Opaque, cmd, Ok, None, |_, _| {})
             .await
     }
 
-    async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error> {
+    /// See [`RedisApi::pipeline`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error> {
         // A pipeline runs as one request on the shared connection.
         let started = tokio::time::Instant::now();
         let mut conn = self.inner.pool.shared().map_err(|e| Error::Unavailable {
@@ -306,6 +367,69 @@ impl RedisApi for RedisManager {
             .metrics
             .record_operation("pipeline", started.elapsed(), outcome);
         result
+    }
+}
+
+#[async_trait::async_trait]
+impl RedisApi for RedisManager {
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        RedisManager::get(self, key).await
+    }
+
+    async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
+        RedisManager::set(self, key, value, ttl).await
+    }
+
+    async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error> {
+        RedisManager::del(self, keys).await
+    }
+
+    async fn exists(&self, key: &[u8]) -> Result<bool, Error> {
+        RedisManager::exists(self, key).await
+    }
+
+    async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error> {
+        RedisManager::expire(self, key, ttl).await
+    }
+
+    async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error> {
+        RedisManager::ttl(self, key).await
+    }
+
+    async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error> {
+        RedisManager::incr_by(self, key, delta).await
+    }
+
+    async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        RedisManager::mget(self, keys).await
+    }
+
+    async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
+        RedisManager::mset(self, pairs).await
+    }
+
+    async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        RedisManager::hget(self, key, field).await
+    }
+
+    async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error> {
+        RedisManager::hset(self, key, fields).await
+    }
+
+    async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error> {
+        RedisManager::hdel(self, key, fields).await
+    }
+
+    async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error> {
+        RedisManager::hgetall(self, key).await
+    }
+
+    async fn execute(&self, cmd: &Cmd) -> Result<Value, Error> {
+        RedisManager::execute(self, cmd).await
+    }
+
+    async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error> {
+        RedisManager::pipeline(self, pipeline).await
     }
 }
 

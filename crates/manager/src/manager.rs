@@ -421,7 +421,8 @@ impl RedisManager {
                 };
                 let (err, sent) = match attempt {
                     Ok(value) => {
-                        inner.breaker.on_success(permit, started.elapsed());
+                        let elapsed = started.elapsed();
+                        inner.breaker.on_success(permit, elapsed);
                         let decoded = decode(value);
                         if let (Ok(v), true) = (&decoded, inner.shadow) {
                             observe(inner.store.as_ref(), v);
@@ -430,9 +431,7 @@ impl RedisManager {
                             Ok(_) => Outcome::Success,
                             Err(e) => Outcome::Error(e.kind()),
                         };
-                        inner
-                            .metrics
-                            .record_operation(op, started.elapsed(), outcome);
+                        inner.metrics.record_operation(op, elapsed, outcome);
                         return decoded;
                     }
                     Err(failure) => failure,

@@ -7,7 +7,7 @@ use resilient_redis_breaker::{BreakerState, CallNotPermitted, MockCircuitBreaker
 use resilient_redis_config::{ErrorKind, RedisConfig};
 use resilient_redis_fallback::MockFallbackStore;
 use resilient_redis_health::MockHealthMonitor;
-use resilient_redis_manager::{Error, RedisApi, RedisManager};
+use resilient_redis_manager::{Error, RedisManager};
 use resilient_redis_metrics::{MockMetricsCollector, Outcome};
 use resilient_redis_pool::{MockConnectionPool, PoolError};
 
@@ -187,4 +187,32 @@ async fn a_full_fallback_store_refuses_with_its_error() {
     let err = m.set(b"k", b"v", None).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Fallback, "{err}");
     assert!(err.to_string().contains("full"), "{err}");
+}
+
+/// Application code written against `RedisApi` is unit-tested with `MockRedisApi`, no server.
+async fn greeting(api: &dyn resilient_redis_manager::RedisApi, user: &str) -> String {
+    match api.get(format!("name:{user}").as_bytes()).await {
+        Ok(Some(name)) => format!("hello, {}", String::from_utf8_lossy(&name)),
+        Ok(None) => "hello, stranger".to_owned(),
+        Err(e) => format!("hello (degraded: {})", e.kind()),
+    }
+}
+
+#[tokio::test]
+async fn applications_mock_the_typed_api() {
+    let mut api = resilient_redis_manager::MockRedisApi::new();
+    api.expect_get()
+        .withf(|k| k == b"name:42")
+        .returning(|_| Ok(Some(b"Ada".to_vec())));
+    api.expect_get().withf(|k| k == b"name:7").returning(|_| {
+        Err(Error::Unavailable {
+            kind: ErrorKind::CircuitBreaker,
+            message: "open".into(),
+        })
+    });
+    assert_eq!(greeting(&api, "42").await, "hello, Ada");
+    assert_eq!(
+        greeting(&api, "7").await,
+        "hello (degraded: circuit_breaker_error)"
+    );
 }

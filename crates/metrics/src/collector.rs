@@ -282,7 +282,7 @@ impl MetricsCollector for Collector {
         self.gauges.breaker_seen.store(true, Ordering::Relaxed);
         let mut last = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
         let new_trips = breaker.trips.saturating_sub(last.map_or(0, |b| b.trips));
-        if new_trips > 0 && last.is_some() {
+        if new_trips > 0 {
             let period = self.period();
             let mut trips = self.trips.lock().unwrap_or_else(PoisonError::into_inner);
             let now = unix_ms();

@@ -1,0 +1,377 @@
+//! `resilient-redis demo`: a workload through an outage, a live status line, the report and a
+//! ledger check of every acknowledged write.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use resilient_redis_config::{ConfigLoader, RedisConfig, RedisUrl};
+use resilient_redis_manager::{Error, RedisManager};
+use resilient_redis_metrics::{Collector, MetricsCollector, PrometheusExporter};
+
+use crate::server::OwnServer;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// How long the workload runs ("20s", "1m").
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Start a redis-server of its own on a free port (needs redis-server on the PATH).
+    #[arg(long)]
+    spawn_server: bool,
+    /// With its own server: kill it partway through and restart it a few seconds later.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    chaos: bool,
+    /// Run without any Redis: everything is served from the in-memory fallback.
+    #[arg(long, conflicts_with = "spawn_server")]
+    no_redis: bool,
+    /// Serve /metrics (Prometheus) and /health on this address while running, e.g. 127.0.0.1:9187.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+}
+
+#[derive(Default)]
+struct Ledger {
+    run: String,
+    writes: std::sync::Mutex<HashMap<String, String>>,
+    increments: AtomicU64,
+    ambiguous: AtomicU64,
+    ops: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Timeouts short enough that an outage shows within a second or two.
+fn demo_config(mut c: RedisConfig) -> RedisConfig {
+    c.connect_timeout = Duration::from_secs(1);
+    c.socket_timeout = Duration::from_millis(250);
+    c.max_retries = 1;
+    c.retry_delay = Duration::from_millis(20);
+    c.pool.acquire_timeout = Duration::from_millis(500);
+    c.pool.create_retry_count = 1;
+    c.pool.validation_interval = Duration::from_millis(200);
+    c.health.check_interval = Duration::from_millis(250);
+    c.health.timeout = Duration::from_millis(200);
+    c.health.failure_threshold = 2;
+    c.health.success_threshold = 2;
+    c.circuit_breaker.reset_timeout = Duration::from_secs(1);
+    c.fallback.sync_interval = Duration::from_millis(250);
+    c.metrics.retention_period = Duration::from_secs(120);
+    c.metrics.collection_interval = Duration::from_millis(500);
+    c
+}
+
+pub(crate) async fn run(args: Args) -> bool {
+    let mut config = match ConfigLoader::from_process_env().load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return false;
+        }
+    };
+    let mut server = None;
+    if args.spawn_server {
+        match OwnServer::start() {
+            Ok(s) => {
+                config.url = RedisUrl::new(s.url());
+                server = Some(s);
+            }
+            Err(e) => {
+                eprintln!("cannot start redis-server: {e}");
+                return false;
+            }
+        }
+    } else if args.no_redis {
+        // A port nobody listens on: every call is served from memory.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        config.url = RedisUrl::new(format!("redis://127.0.0.1:{port}"));
+        println!(
+            "No Redis: this run serves everything from the in-memory fallback and journals every write."
+        );
+    }
+    let config = demo_config(config);
+    let chaos = server.is_some() && args.chaos;
+    println!(
+        "demo: {} workers for {} against {}{}",
+        args.workers,
+        humantime::format_duration(args.duration),
+        config.url,
+        if chaos {
+            ", killing Redis at 30 % and restarting it at 55 %"
+        } else {
+            ""
+        }
+    );
+
+    let exporter = match PrometheusExporter::new() {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            eprintln!("metrics exporter: {e}");
+            return false;
+        }
+    };
+    let metrics = Arc::new(Collector::with_meter(&config.metrics, &exporter.meter()));
+    let manager = match RedisManager::builder(config.clone())
+        .metrics(Arc::clone(&metrics) as Arc<dyn MetricsCollector>)
+        .build()
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return false;
+        }
+    };
+    if let Some(addr) = &args.metrics_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                println!("serving http://{addr}/metrics and http://{addr}/health");
+                tokio::spawn(crate::http::serve(
+                    listener,
+                    Arc::clone(&exporter),
+                    manager.clone(),
+                ));
+            }
+            Err(e) => eprintln!("cannot listen on {addr}: {e}"),
+        }
+    }
+
+    // Keys carry this run's id, so a Redis of your own is not confused by earlier runs.
+    let run = format!("{:08x}", fastrand::u32(..));
+    let ledger = Arc::new(Ledger {
+        run: run.clone(),
+        ..Ledger::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..args.workers)
+        .map(|w| {
+            tokio::spawn(worker(
+                w,
+                manager.clone(),
+                Arc::clone(&ledger),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+
+    let started = Instant::now();
+    let (kill_at, restart_at) = (args.duration.mul_f64(0.30), args.duration.mul_f64(0.55));
+    let (mut killed, mut restarted) = (false, false);
+    let mut last_ops = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    while started.elapsed() < args.duration {
+        tick.tick().await;
+        let t = started.elapsed();
+        if let Some(s) = server.as_mut().filter(|_| chaos) {
+            if !killed && t >= kill_at {
+                s.kill();
+                killed = true;
+                println!(
+                    "\n*** chaos: redis-server killed (SIGKILL) at {:.0} s",
+                    t.as_secs_f64()
+                );
+            } else if killed && !restarted && t >= restart_at {
+                match s.restart() {
+                    Ok(()) => println!(
+                        "\n*** chaos: redis-server restarted at {:.0} s",
+                        t.as_secs_f64()
+                    ),
+                    Err(e) => println!("\n*** chaos: restart failed: {e}"),
+                }
+                restarted = true;
+            }
+        }
+        let ops = ledger.ops.load(Ordering::Relaxed);
+        status_line(t, ops - last_ops, &manager, &ledger);
+        last_ops = ops;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    println!();
+
+    let reachable = !args.no_redis;
+    if reachable {
+        print!("waiting for recovery (journal replay) ... ");
+        let _ = std::io::stdout().flush();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (manager.fallback().is_fallback_mode() || manager.fallback().pending_writes() > 0)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "{}",
+            if manager.fallback().pending_writes() == 0 {
+                "done"
+            } else {
+                "NOT drained"
+            }
+        );
+    }
+
+    let report = manager.metrics().report();
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("\n{report}");
+    }
+    let ok = ledger_check(&manager, &config, &ledger, reachable).await;
+    if let Err(e) = manager.close(Duration::from_secs(2)).await {
+        if reachable {
+            eprintln!("close: {e}");
+        }
+    }
+    drop(server);
+    ok
+}
+
+async fn worker(w: usize, m: RedisManager, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let roll = fastrand::u8(..10);
+        let ok = if roll < 3 {
+            let key = format!("demo:{}:{w}:{}", ledger.run, i % 500);
+            let value = format!("w{w}-{i}");
+            match m
+                .set(
+                    key.as_bytes(),
+                    value.as_bytes(),
+                    Some(Duration::from_secs(3_600)),
+                )
+                .await
+            {
+                Ok(()) => {
+                    if let Ok(mut writes) = ledger.writes.lock() {
+                        writes.insert(key, value);
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
+        } else if roll < 8 {
+            let key = format!("demo:{}:{w}:{}", ledger.run, fastrand::u64(..500));
+            m.get(key.as_bytes()).await.is_ok()
+        } else {
+            match m
+                .incr_by(format!("demo:{}:counter", ledger.run).as_bytes(), 1)
+                .await
+            {
+                Ok(_) => {
+                    ledger.increments.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(Error::Ambiguous { .. }) => {
+                    ledger.ambiguous.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Err(_) => false,
+            }
+        };
+        ledger.ops.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            ledger.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn status_line(t: Duration, ops: u64, m: &RedisManager, ledger: &Ledger) {
+    let snap = m.metrics().snapshot();
+    let health = m.health_status();
+    println!(
+        "{:>4.0}s  {:>6} ops/s  p99 {:>6.2} ms  errors {:>4}  breaker {:<9}  fallback {:<3}  pending {:>5}  health {}",
+        t.as_secs_f64(),
+        ops,
+        snap.p99_response_time.as_secs_f64() * 1000.0,
+        ledger.errors.load(Ordering::Relaxed),
+        m.breaker().state().as_str(),
+        if m.fallback().is_fallback_mode() {
+            "on"
+        } else {
+            "off"
+        },
+        m.fallback().pending_writes(),
+        if health.healthy {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        },
+    );
+}
+
+async fn ledger_check(
+    m: &RedisManager,
+    config: &RedisConfig,
+    ledger: &Ledger,
+    reachable: bool,
+) -> bool {
+    let writes = ledger.writes.lock().map(|w| w.clone()).unwrap_or_default();
+    let acked = ledger.increments.load(Ordering::Relaxed);
+    let ambiguous = ledger.ambiguous.load(Ordering::Relaxed);
+    if !reachable {
+        println!(
+            "ledger: {} writes acknowledged, all held in the fallback journal ({} pending; no Redis to check against)",
+            writes.len(),
+            m.fallback().pending_writes()
+        );
+        return true;
+    }
+    let client = match redis::Client::open(config.url.expose()) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("ledger: cannot open {}: {e}", config.url);
+            return false;
+        }
+    };
+    let mut conn = match client.get_multiplexed_async_connection().await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("ledger: cannot reach Redis to check: {e}");
+            return false;
+        }
+    };
+    let mut found = 0;
+    let mut missing = Vec::new();
+    for (key, value) in &writes {
+        match conn.get::<_, Option<String>>(key).await {
+            Ok(Some(v)) if &v == value => found += 1,
+            other => missing.push((key.clone(), format!("{other:?}"))),
+        }
+    }
+    let counter: i64 = conn
+        .get::<_, Option<i64>>(format!("demo:{}:counter", ledger.run))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let counter_ok = (acked as i64..=(acked + ambiguous) as i64).contains(&counter);
+    println!(
+        "ledger: {} writes acknowledged, {found} found in Redis with the right values; counter {counter} \
+         (acknowledged {acked}, ambiguous {ambiguous}: {})",
+        writes.len(),
+        if counter_ok {
+            "consistent"
+        } else {
+            "INCONSISTENT"
+        }
+    );
+    for (key, got) in missing.iter().take(5) {
+        println!("  missing or wrong: {key} -> {got}");
+    }
+    missing.is_empty() && counter_ok
+}

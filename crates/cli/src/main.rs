@@ -1,0 +1,82 @@
+//! `resilient-redis`: the demo, a connection check, and the effective configuration.
+
+mod check;
+mod config_cmd;
+mod demo;
+mod http;
+mod server;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// resilient-redis: keep a service working while its Redis misbehaves.
+///
+/// Configuration comes from defaults, the TOML file named by REDIS_CONFIG_FILE, and REDIS_*
+/// environment variables (REDIS_URL, REDIS_PASSWORD, REDIS_POOL_MAX_SIZE, ...).
+///
+/// Examples:
+///   resilient-redis demo --spawn-server          run a workload through a Redis outage
+///   REDIS_URL=redis://cache:6379 resilient-redis check
+///   resilient-redis check rediss://user@cache.internal:6380
+///   REDIS_CONFIG_FILE=redis.toml resilient-redis config
+#[derive(Parser, Debug)]
+#[command(name = "resilient-redis", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a mixed workload (reads, writes, counters) with a live status line, then print the
+    /// metrics report and check that every acknowledged write reached Redis.
+    ///
+    /// With --spawn-server it starts its own redis-server and (with --chaos, on by default)
+    /// kills it partway and restarts it, so you watch the breaker open, the fallback serve, and
+    /// recovery replay the journal. Exits non-zero if any acknowledged write is missing.
+    #[command(verbatim_doc_comment)]
+    Demo(demo::Args),
+    /// Connect through the configured stack and report TLS, auth, PING latency, server version,
+    /// role and memory in plain words; exits non-zero on failure.
+    Check {
+        /// Redis URL; defaults to the configuration's (REDIS_URL).
+        url: Option<String>,
+    },
+    /// Print the effective configuration and where each value came from (secrets redacted).
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ok = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+            Command::Check { url } => check::run(url).await,
+            Command::Config => config_cmd::run(),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
