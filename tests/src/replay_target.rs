@@ -40,12 +40,6 @@ impl SyncTarget for RedisReplayTarget {
                     kind: ErrorKind::Connection,
                     message: e.to_string(),
                 })?;
-        Ok(if applied == 1 {
-            BatchOutcome::Applied {
-                rejected: u32::try_from(rejected).unwrap_or(u32::MAX),
-            }
-        } else {
-            BatchOutcome::AlreadyApplied
-        })
+        Ok(BatchOutcome::from_script_reply(applied, rejected))
     }
 }

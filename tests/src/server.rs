@@ -21,12 +21,26 @@ fn binary() -> PathBuf {
 pub struct RedisServerBuilder {
     args: Vec<String>,
     password: Option<String>,
+    tls: bool,
 }
 
 impl RedisServerBuilder {
     /// Adds one command-line argument (`"--maxclients"`, then `"1"`).
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Adds several arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Serves TLS only, with a certificate for 127.0.0.1 signed by a CA made for this server
+    /// (needs `openssl`); [`RedisServer::url`] is then `rediss://`.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -61,10 +75,15 @@ impl RedisServerBuilder {
                 .tempdir()
                 .expect("create a temporary directory for redis-server");
             let port = free_port();
+            let mut args = self.args.clone();
+            if self.tls {
+                args.extend(tls_args(dir.path(), port));
+            }
             let mut server = RedisServer {
                 port,
-                args: self.args.clone(),
+                args,
                 password: self.password.clone(),
+                tls: self.tls,
                 dir,
                 child: None,
             };
@@ -91,6 +110,7 @@ pub struct RedisServer {
     port: u16,
     args: Vec<String>,
     password: Option<String>,
+    tls: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -125,9 +145,10 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>` (with the password, when one is required).
     #[must_use]
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(pw) => format!("{scheme}://:{pw}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
@@ -173,7 +194,11 @@ impl RedisServer {
         let log = self.dir.path().join("redis.log");
         let mut cmd = Command::new(binary());
         cmd.arg("--port")
-            .arg(self.port.to_string())
+            .arg(if self.tls {
+                "0".to_owned()
+            } else {
+                self.port.to_string()
+            })
             .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -209,7 +234,12 @@ impl RedisServer {
                     last_lines(&logged, 5)
                 ));
             }
-            if answers_ping(self.port) {
+            let up = if self.tls {
+                TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_ok()
+            } else {
+                answers_ping(self.port)
+            };
+            if up {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -264,4 +294,81 @@ fn answers_ping(port: u16) -> bool {
         Ok(n) if n > 0 => buf[0] == b'+' || buf[..n].starts_with(b"-NOAUTH"),
         _ => false,
     }
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 in `dir` with `openssl`, and returns the
+/// arguments that make redis-server serve TLS only on `port`.
+fn tls_args(dir: &Path, port: u16) -> Vec<String> {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("openssl is needed for the TLS tests (apt-get install -y openssl): {e}")
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write ext.cnf");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    let path = |f: &str| dir.join(f).display().to_string();
+    vec![
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        path("server.crt"),
+        "--tls-key-file".into(),
+        path("server.key"),
+        "--tls-ca-cert-file".into(),
+        path("ca.crt"),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
 }

@@ -176,20 +176,69 @@ async fn a_server_at_maxclients_gives_a_clear_error_not_a_hang() {
     assert!(err.to_string().contains("max number of clients"), "{err}");
 }
 
-/// A `rediss://` URL for a plain server: the handshake hangs (the server waits for a command
-/// line), and after the connect timeout the pool finds out why and says so as a TLS error.
+/// A `rediss://` URL for a plain server: the handshake would hang (the server waits for a
+/// command line); the pool finds out why at once and says so as a TLS error, not a timeout.
 #[tokio::test]
-async fn tls_against_a_plain_server_is_reported_as_a_tls_error() {
+async fn tls_against_a_plain_server_is_a_tls_error_at_once() {
     let server = RedisServer::start();
     let url = format!("rediss://127.0.0.1:{}", server.port());
     let mut config = common::config(&url);
-    config.pool.acquire_timeout = Duration::from_secs(3); // longer than connect_timeout (1 s)
-    let pool = timeout(HANG, RedisPool::new(&config))
+    config.connect_timeout = Duration::from_secs(30);
+    config.pool.acquire_timeout = Duration::from_secs(30);
+    // Far below the 30 s timeouts: the mismatch is found, not waited out.
+    let pool = timeout(Duration::from_secs(3), RedisPool::new(&config))
         .await
-        .expect("bounded")
+        .expect("at once")
         .unwrap();
     let err = pool.shared().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
     assert!(err.to_string().contains("plain RESP, not TLS"), "{err}");
     assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn a_tls_server_is_reached_over_rediss_and_an_untrusted_certificate_is_a_tls_error_at_once() {
+    let server = RedisServer::builder().tls().start();
+    // Certificate checks on: our test CA is not trusted, which rustls reports at once.
+    let pool = timeout(HANG, RedisPool::new(&common::config(&server.url())))
+        .await
+        .expect("bounded")
+        .unwrap();
+    let err = pool.shared().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    // Checks off (`#insecure`): the same server answers over TLS.
+    let pool = RedisPool::new(&common::config(&format!("{}/#insecure", server.url())))
+        .await
+        .unwrap();
+    assert_eq!(
+        pool.shared()
+            .unwrap()
+            .query::<String>(&redis::cmd("PING"))
+            .await
+            .unwrap(),
+        "PONG"
+    );
+}
+
+#[tokio::test]
+async fn an_acl_user_from_the_config_is_used_and_a_wrong_one_refused() {
+    let server = RedisServer::builder()
+        .args(["--user", "app", "on", ">app-secret", "~*", "&*", "+@all"])
+        .args(["--user", "default", "off"])
+        .start();
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let mut config = common::config(&url);
+    config.username = Some("app".into());
+    config.password = Some(resilient_redis_config::Secret::new("app-secret"));
+    let pool = RedisPool::new(&config).await.unwrap();
+    let whoami: String = pool
+        .shared()
+        .unwrap()
+        .query(redis::cmd("ACL").arg("WHOAMI"))
+        .await
+        .unwrap();
+    assert_eq!(whoami, "app");
+    config.username = Some("nobody".into());
+    let pool = RedisPool::new(&config).await.unwrap();
+    assert_eq!(pool.shared().unwrap_err().kind(), ErrorKind::Auth);
 }

@@ -37,7 +37,7 @@ struct Held {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     #[test]
     fn permits_and_counts_hold_under_any_interleaving(steps in prop::collection::vec(step(), 1..200)) {
@@ -133,4 +133,12 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+/// Cases per property: the default, or `PROPTEST_CASES` for a longer search.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -181,6 +181,10 @@ impl ModelTarget {
                     if write_value(&mut s.keys, op).is_err() {
                         rejected += 1;
                     }
+                    if !s.keys.contains_key(key) {
+                        // HDEL of the last field deleted the key, and its deadline with it.
+                        vd.remove(key);
+                    }
                 }
             }
         }

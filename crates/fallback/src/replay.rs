@@ -85,6 +85,21 @@ pub enum BatchOutcome {
     AlreadyApplied,
 }
 
+impl BatchOutcome {
+    /// The outcome from [`REPLAY_SCRIPT`]'s reply `{applied, rejected}` (applied is 1 when the
+    /// batch ran now, 0 when its marker showed it had run before).
+    #[must_use]
+    pub fn from_script_reply(applied: i64, rejected: i64) -> Self {
+        if applied == 1 {
+            BatchOutcome::Applied {
+                rejected: u32::try_from(rejected).unwrap_or(u32::MAX),
+            }
+        } else {
+            BatchOutcome::AlreadyApplied
+        }
+    }
+}
+
 /// A target's failure to apply a batch. The batch either fully applied or not at all; the
 /// replay stops and resumes from this batch next time.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +196,8 @@ while i <= #ARGV do
     local args = {}
     for j = 1, width * n do args[j] = ARGV[i + 3 + j] end
     if op == 'H' then try('HSET', k, unpack(args)) else try('HDEL', k, unpack(args)) end
+    -- HDEL of the last field deletes the key, and its deadline with it.
+    if redis.call('EXISTS', k) == 0 then redis.call('HDEL', vdkey, k) end
     i = i + 4 + width * n
   else
     return redis.error_reply('resilient-redis replay: unknown op ' .. tostring(op))

@@ -135,7 +135,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(300), ..ProptestConfig::default() })]
 
     #[test]
     fn replaying_equals_applying_each_write_at_its_time(
@@ -211,4 +211,12 @@ fn a_replay_with_nothing_pending_does_nothing() {
     let report = rt().block_on(store.replay(target.clone())).unwrap();
     assert_eq!((report.batches_applied, report.pending), (0, 0));
     assert_eq!(target.calls(), 0);
+}
+
+/// Cases per property: the default, or `PROPTEST_CASES` for a longer search.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

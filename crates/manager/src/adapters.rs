@@ -68,12 +68,6 @@ impl SyncTarget for RedisSyncTarget {
                     kind: resilient_redis_pool::classify(&e),
                     message: e.to_string(),
                 })?;
-        Ok(if applied == 1 {
-            BatchOutcome::Applied {
-                rejected: u32::try_from(rejected).unwrap_or(u32::MAX),
-            }
-        } else {
-            BatchOutcome::AlreadyApplied
-        })
+        Ok(BatchOutcome::from_script_reply(applied, rejected))
     }
 }

@@ -112,18 +112,22 @@ pub fn classify(err: &redis::RedisError) -> ErrorKind {
     }
 }
 
-/// Whether a rustls error is anywhere in the error's causes (a refused certificate, a protocol
-/// mismatch): decided by type, not by message.
+/// Whether a rustls error is among the error's causes (a refused certificate, a protocol
+/// mismatch): decided by type, not by message. redis-rs keeps the I/O error in an
+/// `Arc<dyn Error>`, and `io::Error::source` skips its own payload, so both are unwrapped here.
 fn is_tls_failure(err: &redis::RedisError) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let is_rustls = |e: &(dyn std::error::Error + 'static)| {
+        e.is::<rustls::Error>()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+    };
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(e) = cause {
-        if e.is::<rustls::Error>() {
-            return true;
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
+        if is_rustls(e)
+            || e.downcast_ref::<Shared>()
+                .is_some_and(|shared| is_rustls(shared.as_ref()))
         {
             return true;
         }

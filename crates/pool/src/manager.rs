@@ -61,7 +61,31 @@ pub(crate) struct RedisManager {
 
 impl RedisManager {
     async fn connect_once(&self) -> Result<MultiplexedConnection, PoolError> {
-        let result = self.connect_attempt().await;
+        let result = if self.tls {
+            // A TLS handshake against a plain-text server hangs (the server waits for a command
+            // line). Shortly after starting it, ask in plain text whether that is the case, so
+            // the mismatch is reported at once rather than after connect_timeout.
+            let plain_text_server = async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                if self.answers_plain_resp().await {
+                    PoolError::Connect {
+                        kind: ErrorKind::Tls,
+                        url: self.url.clone(),
+                        message: "the server answers plain RESP, not TLS: use redis:// or enable \
+                                  TLS on the server"
+                            .to_owned(),
+                    }
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                r = self.connect_attempt() => r,
+                e = plain_text_server => Err(e),
+            }
+        } else {
+            self.connect_attempt().await
+        };
         if let Err(PoolError::Connect {
             kind: ErrorKind::Timeout | ErrorKind::Connection,
             ..
