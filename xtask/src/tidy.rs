@@ -68,7 +68,7 @@ pub(crate) fn run() -> bool {
     }
 }
 
-/// `todo!`, `unimplemented!` and `#[ignore]` do not land: a stub is not done and an ignored test
+/// Stub macros and ignore attributes do not land: a stub is not done and an ignored test
 /// hides a failure.
 fn stubs() -> Vec<String> {
     let mut found = Vec::new();

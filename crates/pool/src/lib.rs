@@ -58,37 +58,28 @@ pub trait ConnectionPool: Send + Sync {
     async fn close(&self, deadline: Duration);
 }
 
-#[async_trait::async_trait]
-impl<T: ConnectionPool + ?Sized> ConnectionPool for Arc<T> {
-    fn shared(&self) -> Result<SharedConnection, PoolError> {
-        (**self).shared()
-    }
-    async fn get(&self) -> Result<PooledConnection, PoolError> {
-        (**self).get().await
-    }
-    fn status(&self) -> PoolStatus {
-        (**self).status()
-    }
-    async fn close(&self, deadline: Duration) {
-        (**self).close(deadline).await;
-    }
+macro_rules! forward {
+    ($ty:ty) => {
+        #[async_trait::async_trait]
+        impl<T: ConnectionPool + ?Sized> ConnectionPool for $ty {
+            fn shared(&self) -> Result<SharedConnection, PoolError> {
+                (**self).shared()
+            }
+            async fn get(&self) -> Result<PooledConnection, PoolError> {
+                (**self).get().await
+            }
+            fn status(&self) -> PoolStatus {
+                (**self).status()
+            }
+            async fn close(&self, deadline: Duration) {
+                (**self).close(deadline).await;
+            }
+        }
+    };
 }
 
-#[async_trait::async_trait]
-impl<T: ConnectionPool + ?Sized> ConnectionPool for Box<T> {
-    fn shared(&self) -> Result<SharedConnection, PoolError> {
-        (**self).shared()
-    }
-    async fn get(&self) -> Result<PooledConnection, PoolError> {
-        (**self).get().await
-    }
-    fn status(&self) -> PoolStatus {
-        (**self).status()
-    }
-    async fn close(&self, deadline: Duration) {
-        (**self).close(deadline).await;
-    }
-}
+forward!(Arc<T>);
+forward!(Box<T>);
 
 const _: fn() = || {
     fn assert_send_sync<T: Send + Sync + ?Sized>() {}
