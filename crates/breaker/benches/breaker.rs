@@ -43,6 +43,19 @@ fn closed_path(c: &mut Criterion) {
             dyn_breaker.on_success(black_box(permit), ELAPSED);
         });
     });
+    // Every outcome recorded into the window: calls slower than slow_call_duration (a healthy
+    // window of fast successes skips the write, which the runs above measure).
+    let recording = Breaker::builder()
+        .slow_call_duration(Duration::from_micros(100))
+        .build()
+        .expect("breaker");
+    recording.metrics_only(); // measures and records every call, never opens
+    group.bench_function("resilient_redis_recording", |b| {
+        b.iter(|| {
+            let permit = recording.try_acquire().expect("closed");
+            recording.on_success(black_box(permit), ELAPSED);
+        });
+    });
     let fs = failsafe_breaker();
     group.bench_function("failsafe", |b| {
         b.iter(|| {

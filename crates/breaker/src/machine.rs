@@ -326,6 +326,14 @@ impl Inner {
         let slow = elapsed >= self.settings.slow_call;
         match state {
             BreakerState::Closed | BreakerState::MetricsOnly => {
+                if !failed
+                    && !slow
+                    && matches!(&self.window, Window::Count(w) if w.all_fast_successes())
+                    && self.consecutive_failures.load(Ordering::Relaxed) == 0
+                {
+                    // Nothing would change: see `CountWindow::all_fast_successes`.
+                    return;
+                }
                 let counts = match &self.window {
                     Window::Count(w) => w.record(failed, slow),
                     Window::Time(w) => w.record(self.now(), failed, slow),
