@@ -151,14 +151,7 @@ async fn a_password_from_the_config_overrides_the_url() {
     let mut config = common::config(&format!("redis://127.0.0.1:{}", server.port()));
     config.password = Some(resilient_redis_config::Secret::new("right"));
     let pool = RedisPool::new(&config).await.unwrap();
-    assert_eq!(
-        pool.shared()
-            .unwrap()
-            .query::<String>(&redis::cmd("PING"))
-            .await
-            .unwrap(),
-        "PONG"
-    );
+    assert_eq!(common::ping(&pool).await.unwrap(), "PONG");
 }
 
 #[tokio::test]
@@ -210,14 +203,7 @@ async fn a_tls_server_is_reached_over_rediss_and_an_untrusted_certificate_is_a_t
     let pool = RedisPool::new(&common::config(&format!("{}/#insecure", server.url())))
         .await
         .unwrap();
-    assert_eq!(
-        pool.shared()
-            .unwrap()
-            .query::<String>(&redis::cmd("PING"))
-            .await
-            .unwrap(),
-        "PONG"
-    );
+    assert_eq!(common::ping(&pool).await.unwrap(), "PONG");
 }
 
 #[tokio::test]

@@ -79,14 +79,7 @@ async fn shared_connections_are_replaced_after_max_lifetime() {
         "the old shared connection was replaced: {status}"
     );
     assert_eq!(status.shared_up, 1);
-    assert_eq!(
-        pool.shared()
-            .unwrap()
-            .query::<String>(&redis::cmd("PING"))
-            .await
-            .unwrap(),
-        "PONG"
-    );
+    assert_eq!(common::ping(&pool).await.unwrap(), "PONG");
 }
 
 #[tokio::test]

@@ -8,14 +8,10 @@ use resilient_redis_config::ErrorKind;
 use resilient_redis_pool::{ConnectionPool, RedisPool};
 use resilient_redis_tests::RedisServer;
 
-async fn ping_shared(pool: &RedisPool) -> Result<String, resilient_redis_pool::PoolError> {
-    pool.shared()?.query::<String>(&redis::cmd("PING")).await
-}
-
 /// Waits, a validation cycle at a time, until a shared PING works; returns the cycles taken.
 async fn cycles_until_served(pool: &RedisPool) -> u32 {
     for cycle in 0..50 {
-        if ping_shared(pool).await.is_ok() {
+        if common::ping(pool).await.is_ok() {
             return cycle;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -29,7 +25,7 @@ async fn a_killed_server_is_served_again_after_restart_with_no_leaked_connection
     let pool = RedisPool::new(&common::config(&server.url()))
         .await
         .unwrap();
-    assert_eq!(ping_shared(&pool).await.unwrap(), "PONG");
+    assert_eq!(common::ping(&pool).await.unwrap(), "PONG");
     let baseline = pool.status();
     assert_eq!(
         (baseline.open, baseline.shared_up, baseline.in_use),
@@ -41,7 +37,7 @@ async fn a_killed_server_is_served_again_after_restart_with_no_leaked_connection
     let mut held = pool.get().await.unwrap();
     server.kill();
 
-    let err = ping_shared(&pool).await.unwrap_err();
+    let err = common::ping(&pool).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
     let err = held.query::<String>(&redis::cmd("PING")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");

@@ -279,7 +279,29 @@ impl MemoryStore {
 
     /// Journals `ops` (in order) and applies them locally, or refuses them all.
     fn write(&self, ops: Vec<Op>) -> Result<(), FallbackError> {
+        self.write_with(ops, |_| Ok(()))
+    }
+
+    /// Journals `ops` and applies them locally, all under one lock: `inspect` sees the first
+    /// key's value before the write, may refuse it (a wrong type, say), and gives the answer, so
+    /// no other writer can slip between what the caller is told and what is journaled.
+    /// A value known only as a shadow copy is carried into the written values first, so that
+    /// INCRBY and PEXPIREAT apply to it locally.
+    fn write_with<T>(
+        &self,
+        ops: Vec<Op>,
+        inspect: impl FnOnce(Option<&Local>) -> Result<T, FallbackError>,
+    ) -> Result<T, FallbackError> {
         let mut state = self.lock();
+        let first_key = ops
+            .first()
+            .and_then(|op| op.keys().first().map(|k| k.to_vec()));
+        let answer = inspect(
+            first_key
+                .as_ref()
+                .and_then(|k| self.read(&state, k).0)
+                .as_ref(),
+        )?;
         let at = self.clock.now_ms();
         let entries: Vec<Entry> = ops
             .into_iter()
@@ -330,12 +352,42 @@ impl MemoryStore {
         }
         state.next_seq += entries.len() as u64;
         for e in entries {
+            for key in e.op.keys() {
+                self.carry_shadow(&mut state, key, e.seq);
+            }
             apply_local(&mut state, &e);
             let b = entry_bytes(&e.op);
             state.pinned += b;
             state.journal.push_back((e, b));
         }
-        Ok(())
+        Ok(answer)
+    }
+
+    /// A key written now that the store knows only as a live shadow copy: its value becomes a
+    /// written value (so local INCRBY/PEXPIREAT start from it); Redis still gets the op alone.
+    fn carry_shadow(&self, state: &mut State, key: &[u8], seq: u64) {
+        if state.written.contains_key(key) {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let Some(copy) = self.shadow.as_ref().and_then(|c| c.get(key)) else {
+            return;
+        };
+        let (Some(value), true) = (&copy.value, copy.expire_at.is_none_or(|d| d > now)) else {
+            return;
+        };
+        let local = Local::Str(value.clone());
+        let bytes = local_bytes(key, &local);
+        state.pinned += bytes;
+        state.written.insert(
+            key.to_vec(),
+            Written {
+                value: local,
+                expire_at: copy.expire_at,
+                last_seq: seq,
+                bytes,
+            },
+        );
     }
 
     /// Moves the replayed sealed entries out; their written values become shadow copies.
@@ -527,31 +579,11 @@ impl FallbackStore for MemoryStore {
     }
 
     fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, FallbackError> {
-        let (known, value) = {
-            let state = self.lock();
-            let (v, _) = self.read(&state, key);
-            (v.is_some(), v)
-        };
-        let at = self.deadline(ttl);
-        // A value known only as a shadow copy is written first, so the deadline has a value to
-        // apply to locally; Redis gets the deadline alone.
-        if let (Some(Local::Str(v)), false) = (&value, self.lock().written.contains_key(key)) {
-            let mut state = self.lock();
-            let seq = state.next_seq;
-            let w = Written {
-                value: Local::Str(v.clone()),
-                expire_at: None,
-                last_seq: seq,
-                bytes: local_bytes(key, &Local::Str(v.clone())),
-            };
-            state.pinned += w.bytes;
-            state.written.insert(key.to_vec(), w);
-        }
-        self.write(vec![Op::ExpireAt {
+        let op = Op::ExpireAt {
             key: key.to_vec(),
-            at,
-        }])?;
-        Ok(known)
+            at: self.deadline(ttl),
+        };
+        self.write_with(vec![op], |before| Ok(before.is_some()))
     }
 
     fn ttl(&self, key: &[u8]) -> Result<Ttl, FallbackError> {
@@ -564,41 +596,21 @@ impl FallbackStore for MemoryStore {
     }
 
     fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, FallbackError> {
-        let (value, exp) = {
-            let state = self.lock();
-            self.read(&state, key)
-        };
-        let base = match &value {
-            None => 0,
-            Some(Local::Str(s)) => std::str::from_utf8(s)
-                .ok()
-                .and_then(|t| t.parse::<i64>().ok())
-                .ok_or(FallbackError::NotAnInteger)?,
-            Some(_) => return Err(FallbackError::WrongType),
-        };
-        let next = base.checked_add(delta).ok_or(FallbackError::NotAnInteger)?;
-        // A base known only from a shadow copy is carried into the written value.
-        if value.is_some() && !self.lock().written.contains_key(key) {
-            let mut state = self.lock();
-            let seq = state.next_seq;
-            let local = Local::Str(base.to_string().into_bytes());
-            let bytes = local_bytes(key, &local);
-            state.pinned += bytes;
-            state.written.insert(
-                key.to_vec(),
-                Written {
-                    value: local,
-                    expire_at: exp,
-                    last_seq: seq,
-                    bytes,
-                },
-            );
-        }
-        self.write(vec![Op::IncrBy {
+        let op = Op::IncrBy {
             key: key.to_vec(),
             delta,
-        }])?;
-        Ok(next)
+        };
+        self.write_with(vec![op], |before| {
+            let base = match before {
+                None => 0,
+                Some(Local::Str(s)) => std::str::from_utf8(s)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .ok_or(FallbackError::NotAnInteger)?,
+                Some(_) => return Err(FallbackError::WrongType),
+            };
+            base.checked_add(delta).ok_or(FallbackError::NotAnInteger)
+        })
     }
 
     fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, FallbackError> {
@@ -610,31 +622,29 @@ impl FallbackStore for MemoryStore {
     }
 
     fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, FallbackError> {
-        let new = match self.read(&self.lock(), key).0 {
-            None => fields.len() as u64,
-            Some(Local::Hash(m)) => {
-                fields.iter().filter(|(f, _)| !m.contains_key(f)).count() as u64
-            }
-            Some(_) => return Err(FallbackError::WrongType),
-        };
-        self.write(vec![Op::HSet {
+        let op = Op::HSet {
             key: key.to_vec(),
             fields: fields.to_vec(),
-        }])?;
-        Ok(new)
+        };
+        self.write_with(vec![op], |before| match before {
+            None => Ok(fields.len() as u64),
+            Some(Local::Hash(m)) => {
+                Ok(fields.iter().filter(|(f, _)| !m.contains_key(f)).count() as u64)
+            }
+            Some(_) => Err(FallbackError::WrongType),
+        })
     }
 
     fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, FallbackError> {
-        let known = match self.read(&self.lock(), key).0 {
-            None => 0,
-            Some(Local::Hash(m)) => fields.iter().filter(|f| m.contains_key(*f)).count() as u64,
-            Some(_) => return Err(FallbackError::WrongType),
-        };
-        self.write(vec![Op::HDel {
+        let op = Op::HDel {
             key: key.to_vec(),
             fields: fields.to_vec(),
-        }])?;
-        Ok(known)
+        };
+        self.write_with(vec![op], |before| match before {
+            None => Ok(0),
+            Some(Local::Hash(m)) => Ok(fields.iter().filter(|f| m.contains_key(*f)).count() as u64),
+            Some(_) => Err(FallbackError::WrongType),
+        })
     }
 
     fn hgetall(&self, key: &[u8]) -> Result<crate::Fields, FallbackError> {

@@ -280,3 +280,33 @@ fn persist_on_shutdown_compacts_the_journal_for_the_next_process() {
     assert_eq!(next.pending_writes(), 1);
     assert_eq!(next.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+#[test]
+fn writes_to_a_key_known_only_as_a_shadow_copy_start_from_it() {
+    let clock = ManualClock::new(T0);
+    let mut c = config(None);
+    c.shadow = true;
+    let store = open(&c, &clock);
+    store.observe(b"n", Some(b"5".to_vec()), None);
+    store.observe(b"s", Some(b"v".to_vec()), None);
+    store.activate();
+    assert_eq!(store.incr_by(b"n", 2).unwrap(), 7);
+    assert_eq!(store.get(b"n").unwrap().as_deref(), Some(&b"7"[..]));
+    assert!(
+        store.expire(b"s", Duration::from_secs(10)).unwrap(),
+        "the copy counts as known"
+    );
+    assert_eq!(
+        store.ttl(b"s").unwrap(),
+        resilient_redis_fallback::Ttl::ExpiresIn(Duration::from_secs(10))
+    );
+    assert!(matches!(
+        store.hset(b"s", &[(b"f".to_vec(), b"v".to_vec())]),
+        Err(FallbackError::WrongType)
+    ));
+    assert_eq!(
+        store.pending_writes(),
+        2,
+        "the refused HSET was not journaled"
+    );
+}

@@ -231,27 +231,15 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
                 let attributes: Vec<(String, String)> = match metric.data() {
                     AggregatedMetrics::F64(MetricData::Histogram(h)) => h
                         .data_points()
-                        .flat_map(|p| {
-                            p.attributes()
-                                .map(|kv| (kv.key.to_string(), kv.value.to_string()))
-                                .collect::<Vec<_>>()
-                        })
+                        .flat_map(|p| pairs(p.attributes()))
                         .collect(),
                     AggregatedMetrics::U64(MetricData::Gauge(g)) => g
                         .data_points()
-                        .flat_map(|p| {
-                            p.attributes()
-                                .map(|kv| (kv.key.to_string(), kv.value.to_string()))
-                                .collect::<Vec<_>>()
-                        })
+                        .flat_map(|p| pairs(p.attributes()))
                         .collect(),
                     AggregatedMetrics::U64(MetricData::Sum(s)) => s
                         .data_points()
-                        .flat_map(|p| {
-                            p.attributes()
-                                .map(|kv| (kv.key.to_string(), kv.value.to_string()))
-                                .collect::<Vec<_>>()
-                        })
+                        .flat_map(|p| pairs(p.attributes()))
                         .collect(),
                     other => panic!("unexpected data for {}: {other:?}", metric.name()),
                 };
@@ -322,4 +310,10 @@ fn prometheus_renders_every_instrument() {
     );
     assert!(text.contains("redis_fallback_journal_pending"), "{text}");
     assert!(text.contains(r#"db_operation_name="get""#), "{text}");
+}
+
+/// Attribute keys and values as text.
+fn pairs<'a>(kvs: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> Vec<(String, String)> {
+    kvs.map(|kv| (kv.key.to_string(), kv.value.to_string()))
+        .collect()
 }

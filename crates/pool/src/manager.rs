@@ -56,7 +56,7 @@ pub(crate) struct RedisManager {
     pub(crate) tls: bool,
     pub(crate) counters: Arc<Counters>,
     /// The last failure to connect, to explain "no connection" to callers.
-    pub(crate) last_error: Arc<std::sync::Mutex<Option<(ErrorKind, String)>>>,
+    pub(crate) last_error: Arc<LastError>,
 }
 
 impl RedisManager {
@@ -193,13 +193,30 @@ impl RedisManager {
             _ => None,
         }
     }
+}
 
-    pub(crate) fn remember(&self, err: &PoolError) {
+/// The last failure to connect, shared by the manager (which sees every attempt) and the pool
+/// (which explains "no connection" with it).
+#[derive(Default)]
+pub(crate) struct LastError(std::sync::Mutex<Option<(ErrorKind, String)>>);
+
+impl LastError {
+    pub(crate) fn record(&self, err: &PoolError) {
         if let PoolError::Connect { kind, message, .. } = err
-            && let Ok(mut last) = self.last_error.lock()
+            && let Ok(mut last) = self.0.lock()
         {
             *last = Some((*kind, message.clone()));
         }
+    }
+
+    pub(crate) fn clear(&self) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = None;
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<(ErrorKind, String)> {
+        self.0.lock().ok().and_then(|l| l.clone())
     }
 }
 
@@ -217,9 +234,7 @@ impl mobc::Manager for RedisManager {
             match self.connect_once().await {
                 Ok(mux) => {
                     self.counters.created.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut last) = self.last_error.lock() {
-                        *last = None;
-                    }
+                    self.last_error.clear();
                     let now = Instant::now();
                     return Ok(RawConn {
                         mux,
@@ -230,7 +245,7 @@ impl mobc::Manager for RedisManager {
                     });
                 }
                 Err(e) => {
-                    self.remember(&e);
+                    self.last_error.record(&e);
                     let retry = matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout);
                     if !retry || attempt >= self.retry_count {
                         return Err(e);

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::conn::Lane;
-use crate::manager::{Counters, RedisManager, ping};
+use crate::manager::{Counters, LastError, RedisManager, ping};
 use crate::{ConnectionPool, PoolError, PoolStatus, PooledConnection, SharedConnection};
 
 /// The connection pool: a few multiplexed connections shared by every caller for ordinary
@@ -60,7 +60,7 @@ impl Shared {
 struct Inner {
     mobc: mobc::Pool<RedisManager>,
     /// The last failure to connect (shared with the manager), to explain "no connection".
-    last_error: Arc<std::sync::Mutex<Option<(ErrorKind, String)>>>,
+    last_error: Arc<LastError>,
     lanes: Box<[ArcSwapOption<Lane>]>,
     next_lane: AtomicUsize,
     wake_keeper: Arc<Notify>,
@@ -108,7 +108,7 @@ impl RedisPool {
             message: e.to_string(),
         })?;
         let counters = Arc::new(Counters::default());
-        let last_error = Arc::new(std::sync::Mutex::new(None));
+        let last_error = Arc::new(LastError::default());
         let pool_config = config.pool.clone();
         let manager = RedisManager {
             client,
@@ -225,7 +225,7 @@ impl Inner {
 
     /// "No shared connection": the reason is the last failure to connect.
     fn unavailable(&self) -> PoolError {
-        let last = self.last_error.lock().ok().and_then(|l| l.clone());
+        let last = self.last_error.get();
         let (kind, message) = last.unwrap_or((
             ErrorKind::Connection,
             "no shared connection is up".to_owned(),
@@ -237,20 +237,10 @@ impl Inner {
         }
     }
 
-    fn remember(&self, err: &PoolError) {
-        if let PoolError::Connect { kind, message, .. } = err
-            && let Ok(mut last) = self.last_error.lock()
-        {
-            *last = Some((*kind, message.clone()));
-        }
-    }
-
     fn map_mobc(&self, err: mobc::Error<PoolError>) -> PoolError {
         match err {
-            mobc::Error::Inner(e) => {
-                self.remember(&e);
-                e
-            }
+            // Already recorded by the manager's connect.
+            mobc::Error::Inner(e) => e,
             mobc::Error::Timeout => {
                 let status = self.status();
                 let lanes_held =
@@ -275,7 +265,7 @@ impl Inner {
                             self.config.acquire_timeout
                         ),
                     };
-                    self.remember(&e);
+                    self.last_error.record(&e);
                     e
                 }
             }

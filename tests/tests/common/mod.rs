@@ -20,3 +20,11 @@ pub(crate) fn config(url: &str) -> RedisConfig {
     c.pool.validation_interval = Duration::from_millis(100);
     c
 }
+
+/// PING over the pool's shared connection.
+pub(crate) async fn ping(
+    pool: &resilient_redis_pool::RedisPool,
+) -> Result<String, resilient_redis_pool::PoolError> {
+    use resilient_redis_pool::ConnectionPool;
+    pool.shared()?.query::<String>(&redis::cmd("PING")).await
+}
