@@ -32,14 +32,10 @@ impl SyncTarget for RedisReplayTarget {
             invocation.arg(arg);
         }
         let mut conn = self.conn.clone();
-        let (applied, rejected): (i64, i64) =
-            invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| SyncError {
-                    kind: ErrorKind::Connection,
-                    message: e.to_string(),
-                })?;
-        Ok(BatchOutcome::from_script_reply(applied, rejected))
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| SyncError::new(ErrorKind::Connection, e.to_string()))?;
+        BatchOutcome::from_script_reply(&reply)
     }
 }

@@ -26,7 +26,7 @@ async fn redis_snapshot(conn: &mut redis::aio::MultiplexedConnection) -> Snapsho
     let keys: Vec<Vec<u8>> = conn.keys("*").await.unwrap();
     let mut out = BTreeMap::new();
     for key in keys {
-        if key.starts_with(b"resilient-redis:replay:") {
+        if key.starts_with(b"resilient-redis:journal:") {
             continue;
         }
         let kind: String = redis::cmd("TYPE")
@@ -272,4 +272,90 @@ async fn a_replay_cut_by_a_connection_reset_resumes_without_doubling() {
         redis_snapshot(&mut direct_conn).await,
         direct.snapshot(replay_at.max(SystemClock.now_ms()))
     );
+}
+
+/// Deadlines at the edge of what Redis accepts replay exactly (the first version sent them
+/// through Lua numbers, which lost precision and made Redis refuse them mid-batch); the
+/// journal's marker has no TTL, and the next instance's first batch removes it.
+#[tokio::test]
+async fn edge_deadlines_replay_exactly_and_markers_live_as_long_as_needed() {
+    let server = RedisServer::start();
+    let mut conn = connect(&server.url()).await;
+    let store = MemoryStore::new(&FallbackConfig::default()).unwrap();
+    let now = SystemClock.now_ms();
+    let edge = Duration::from_millis(i64::MAX as u64 - now - 60_000);
+    store.set(b"edge", b"v", Some(edge)).unwrap();
+    store
+        .set(b"far", b"v", Some(Duration::from_millis(1 << 53)))
+        .unwrap();
+    let first = store.instance();
+    let target = Arc::new(RedisReplayTarget::new(conn.clone()));
+    let report = store.replay(target.clone()).await.unwrap();
+    assert_eq!((report.entries_applied, report.rejected), (2, 0));
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("edge")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(at > i64::MAX - 70_000, "deadline {at}");
+    let far: i64 = redis::cmd("PEXPIRETIME")
+        .arg("far")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (far - (now as i64 + (1 << 53))).abs() < 60_000,
+        "deadline {far}"
+    );
+    let marker = resilient_redis_fallback::marker_key(first);
+    let ttl: i64 = conn.pttl(&marker).await.unwrap();
+    assert_eq!(
+        ttl, -1,
+        "the marker does not expire while a journal may need it"
+    );
+    store.set(b"next", b"1", None).unwrap();
+    store.replay(target).await.unwrap();
+    let exists: bool = conn.exists(&marker).await.unwrap();
+    assert!(!exists, "retired by the next instance's first batch");
+}
+
+/// A Redis out of memory (`maxmemory`, `noeviction`) refuses the batch before it writes
+/// anything: nothing is dropped as a dead letter, nothing half applied; the replay succeeds
+/// once there is room, with the counter incremented exactly once.
+#[tokio::test]
+async fn a_redis_out_of_memory_delays_the_replay_and_loses_nothing() {
+    let server = RedisServer::start();
+    let mut conn = connect(&server.url()).await;
+    let () = conn.set("ballast", vec![0u8; 4 << 20]).await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1mb")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let store = MemoryStore::new(&FallbackConfig::default()).unwrap();
+    store.incr_by(b"n", 1).unwrap();
+    store.set(b"s", b"v", None).unwrap();
+    let target = Arc::new(RedisReplayTarget::new(conn.clone()));
+    let refused = store.replay(target.clone()).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        refused.unwrap_err().to_string().contains("OOM"),
+        "Redis's reason is kept"
+    );
+    assert_eq!(store.pending_writes(), 2);
+    let n: Option<i64> = conn.get("n").await.unwrap();
+    assert_eq!(n, None, "nothing applied");
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let report = store.replay(target).await.unwrap();
+    assert_eq!((report.pending, report.rejected), (0, 0));
+    let n: i64 = conn.get("n").await.unwrap();
+    assert_eq!(n, 1);
 }

@@ -288,7 +288,10 @@ impl Inner {
                     // With a timer armed the clock (≈ 23 ns) is read only on every 256th
                     // rejection, as a safety net should the timer's runtime be gone.
                     if self.timer_armed.load(Ordering::Relaxed)
-                        && self.not_permitted.load(Ordering::Relaxed) % CLOCK_CHECK_EVERY != 0
+                        && !self
+                            .not_permitted
+                            .load(Ordering::Relaxed)
+                            .is_multiple_of(CLOCK_CHECK_EVERY)
                     {
                         return Err(self.reject(state));
                     }

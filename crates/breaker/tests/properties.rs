@@ -93,10 +93,11 @@ proptest! {
                     }
                     Step::Release(c) => {
                         if let Some(h) = held[c].take() {
-                            if h.state == BreakerState::HalfOpen && b.state() == BreakerState::HalfOpen {
-                                if let Some(n) = trials_out.get_mut(&h.permit.tag()) {
-                                    *n = n.saturating_sub(1);
-                                }
+                            if h.state == BreakerState::HalfOpen
+                                && b.state() == BreakerState::HalfOpen
+                                && let Some(n) = trials_out.get_mut(&h.permit.tag())
+                            {
+                                *n = n.saturating_sub(1);
                             }
                             b.release_permission(h.permit);
                         }

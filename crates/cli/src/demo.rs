@@ -230,10 +230,10 @@ pub(crate) async fn run(args: Args) -> bool {
         println!("\n{report}");
     }
     let ok = ledger_check(&manager, &config, &ledger, reachable).await;
-    if let Err(e) = manager.close(Duration::from_secs(2)).await {
-        if reachable {
-            eprintln!("close: {e}");
-        }
+    if let Err(e) = manager.close(Duration::from_secs(2)).await
+        && reachable
+    {
+        eprintln!("close: {e}");
     }
     drop(server);
     ok

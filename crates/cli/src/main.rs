@@ -4,6 +4,7 @@ mod check;
 mod config_cmd;
 mod demo;
 mod http;
+mod journal_cmd;
 mod server;
 
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ use clap::{Parser, Subcommand};
 ///   REDIS_URL=redis://cache:6379 resilient-redis check
 ///   resilient-redis check rediss://user@cache.internal:6380
 ///   REDIS_CONFIG_FILE=redis.toml resilient-redis config
+///   resilient-redis journal inspect /var/lib/app/redis.journal
 #[derive(Parser, Debug)]
 #[command(name = "resilient-redis", version, verbatim_doc_comment)]
 struct Cli {
@@ -46,6 +48,23 @@ enum Command {
     },
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config,
+    /// Read a fallback journal file.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum JournalCommand {
+    /// List what the journal holds: its server, a replay in progress, the writes waiting to be
+    /// replayed and the dead letters (writes Redis refused at replay). Keys are shown, values
+    /// only with --show-values. Safe while an application runs on the file (it only reads).
+    Inspect {
+        /// The journal file (`fallback.journal_path`).
+        path: std::path::PathBuf,
+        /// Also print values (they may be sensitive).
+        #[arg(long)]
+        show_values: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +90,9 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Check { url } => check::run(url).await,
             Command::Config => config_cmd::run(),
+            Command::Journal(JournalCommand::Inspect { path, show_values }) => {
+                journal_cmd::inspect(&path, show_values)
+            }
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -311,6 +311,10 @@ pub struct FallbackConfig {
     /// Journal entries per replay batch (one atomic, idempotent script call). Default 100,
     /// range 1 ..= 10 000.
     pub replay_batch_size: u32,
+    /// Replay a journal file whose header names another server (`host:port/db`) than the
+    /// configured one. Off by default: a changed `REDIS_URL` makes the store refuse to start
+    /// rather than send another server's writes to it.
+    pub replay_to_other_server: bool,
 }
 
 impl Default for FallbackConfig {
@@ -324,6 +328,7 @@ impl Default for FallbackConfig {
             journal_path: None,
             journal_fsync: false,
             replay_batch_size: 100,
+            replay_to_other_server: false,
         }
     }
 }

@@ -19,6 +19,19 @@ pub const MAX_HALF_OPEN_CALLS: u32 = 65_535;
 /// Largest `max_retries` accepted: more would keep a caller waiting through an outage.
 pub const MAX_RETRIES_LIMIT: u32 = 100;
 
+/// Longest duration any field accepts (30 days): longer ones are surely mistakes, and would
+/// overflow the arithmetic of deadlines built from them.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Largest count any size, threshold or window field accepts unless it has a tighter bound.
+pub const MAX_COUNT: u32 = 1_000_000;
+
+/// Largest `pool.max_size`.
+pub const MAX_POOL_SIZE: u32 = 10_000;
+
+/// Largest `fallback.max_memory_size` (1 TiB).
+pub const MAX_FALLBACK_MEMORY: u64 = 1 << 40;
+
 struct Checker {
     problems: Vec<Problem>,
 }
@@ -49,6 +62,59 @@ impl Checker {
             self.fail(field, Some(n.to_string()), "must be at least 1");
         }
     }
+
+    fn at_most_duration(&mut self, field: &str, d: Duration) {
+        if d > MAX_DURATION {
+            self.fail(
+                field,
+                Some(format_duration(d)),
+                format!("must be at most {}", format_duration(MAX_DURATION)),
+            );
+        }
+    }
+
+    fn at_most(&mut self, field: &str, n: u32, max: u32) {
+        if n > max {
+            self.fail(field, Some(n.to_string()), format!("must be at most {max}"));
+        }
+    }
+}
+
+/// Every duration field, for the common upper bound.
+fn durations(c: &RedisConfig) -> [(&'static str, Duration); 21] {
+    let (p, h, b, f, m) = (
+        &c.pool,
+        &c.health,
+        &c.circuit_breaker,
+        &c.fallback,
+        &c.metrics,
+    );
+    [
+        ("socket_timeout", c.socket_timeout),
+        ("retry_delay", c.retry_delay),
+        ("pool.acquire_timeout", p.acquire_timeout),
+        ("pool.create_retry_interval", p.create_retry_interval),
+        ("pool.idle_timeout", p.idle_timeout),
+        ("pool.reap_interval", p.reap_interval),
+        ("pool.max_lifetime", p.max_lifetime),
+        ("pool.validation_interval", p.validation_interval),
+        ("pool.validate_after_idle", p.validate_after_idle),
+        ("health.check_interval", h.check_interval),
+        ("health.timeout", h.timeout),
+        ("circuit_breaker.slow_call_duration", b.slow_call_duration),
+        ("circuit_breaker.monitoring_period", b.monitoring_period),
+        ("circuit_breaker.reset_timeout", b.reset_timeout),
+        ("circuit_breaker.max_reset_timeout", b.max_reset_timeout),
+        (
+            "circuit_breaker.max_wait_in_half_open",
+            b.max_wait_in_half_open,
+        ),
+        ("fallback.sync_interval", f.sync_interval),
+        ("metrics.collection_interval", m.collection_interval),
+        ("metrics.retention_period", m.retention_period),
+        ("metrics.reporting_threshold", m.reporting_threshold),
+        ("connect_timeout", c.connect_timeout),
+    ]
 }
 
 impl RedisConfig {
@@ -172,6 +238,35 @@ impl RedisConfig {
             );
         }
 
+        if fallback.max_memory_size > MAX_FALLBACK_MEMORY {
+            c.fail(
+                "fallback.max_memory_size",
+                Some(fallback.max_memory_size.to_string()),
+                format!("must be at most {MAX_FALLBACK_MEMORY} bytes (1 TiB)"),
+            );
+        }
+
+        for (field, d) in durations(self) {
+            c.at_most_duration(field, d);
+        }
+        c.at_most("pool.max_size", pool.max_size, MAX_POOL_SIZE);
+        c.at_most(
+            "pool.create_retry_count",
+            pool.create_retry_count,
+            MAX_COUNT,
+        );
+        c.at_most(
+            "health.failure_threshold",
+            health.failure_threshold,
+            MAX_COUNT,
+        );
+        c.at_most(
+            "health.success_threshold",
+            health.success_threshold,
+            MAX_COUNT,
+        );
+        c.at_most("health.window", health.window, MAX_COUNT);
+
         let metrics = &self.metrics;
         c.positive("metrics.collection_interval", metrics.collection_interval);
         c.positive("metrics.reporting_threshold", metrics.reporting_threshold);
@@ -220,6 +315,16 @@ fn check_breaker(c: &mut Checker, breaker: &CircuitBreakerConfig) {
         breaker.monitoring_period,
     );
     c.at_least_one("circuit_breaker.minimum_calls", breaker.minimum_calls);
+    c.at_most(
+        "circuit_breaker.failure_threshold",
+        breaker.failure_threshold,
+        MAX_COUNT,
+    );
+    c.at_most(
+        "circuit_breaker.minimum_calls",
+        breaker.minimum_calls,
+        MAX_COUNT,
+    );
     c.positive("circuit_breaker.reset_timeout", breaker.reset_timeout);
     if !(breaker.reset_timeout_multiplier >= 1.0 && breaker.reset_timeout_multiplier.is_finite()) {
         c.fail(
@@ -395,6 +500,56 @@ mod tests {
             problems.iter().all(|p| p.message == "must be more than 0"),
             "{problems:?}"
         );
+    }
+
+    /// Fails on the first validation, which had no upper bounds: `"500000000000y"` passed and
+    /// the request path's deadline arithmetic panicked on it.
+    #[test]
+    fn every_duration_and_count_has_an_upper_bound() {
+        let mut c = RedisConfig::default();
+        let huge = Duration::from_secs(500_000_000_000 * 365 * 24 * 3600);
+        c.socket_timeout = huge;
+        c.retry_delay = huge;
+        c.pool.idle_timeout = huge;
+        c.health.check_interval = huge;
+        c.health.timeout = huge;
+        c.circuit_breaker.reset_timeout = huge;
+        c.circuit_breaker.max_reset_timeout = huge;
+        c.circuit_breaker.max_wait_in_half_open = huge;
+        c.fallback.sync_interval = huge;
+        c.metrics.retention_period = huge;
+        c.pool.max_size = 1_000_000;
+        c.pool.shared_connections = 4;
+        c.health.window = u32::MAX;
+        c.fallback.max_memory_size = u64::MAX;
+        let problems = c.problems();
+        let named: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for field in [
+            "socket_timeout",
+            "retry_delay",
+            "pool.idle_timeout",
+            "health.check_interval",
+            "circuit_breaker.reset_timeout",
+            "circuit_breaker.max_wait_in_half_open",
+            "fallback.sync_interval",
+            "metrics.retention_period",
+            "pool.max_size",
+            "health.window",
+            "fallback.max_memory_size",
+        ] {
+            assert!(named.contains(&field), "{field} missing from {named:?}");
+        }
+        let bound = format_duration(MAX_DURATION);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.field == "socket_timeout" && p.message.contains(&bound)),
+            "{problems:?}"
+        );
+        // The bound itself is accepted.
+        let mut ok = RedisConfig::default();
+        ok.socket_timeout = MAX_DURATION;
+        assert!(fields(&ok).is_empty(), "{:?}", fields(&ok));
     }
 
     #[test]

@@ -1,154 +1,426 @@
-//! The journal file: a header, then length-prefixed, checksummed records appended in order.
+//! The journal file: a header naming the journal and its server, then length-prefixed,
+//! checksummed records appended in order.
 //!
-//! fsync policy: every append is one `write(2)` of whole records made before the write is
-//! acknowledged, so an acknowledged write survives a crash of the process; with
-//! `journal_fsync` each append is also fsynced, so it survives a crash of the machine.
+//! - **One writer.** The store holds an exclusive advisory lock on `<path>.lock` for its whole
+//!   life; a second store (in this process or another) on the same path fails to build.
+//! - **Whole records.** The file is opened `O_APPEND` and each append is one `write` of whole
+//!   records made before the write is acknowledged. An append that fails part-way (a full disk)
+//!   is cut back to the last whole record before the error is returned, and again before the
+//!   next append if that cut failed, so a later record never lands behind a torn one.
+//! - **Durable**: with `journal_fsync` every append is fsynced, and so is the directory after
+//!   the file is created or replaced.
+//! - **Private**: every file it creates has mode `0600`.
+//! - **Restore never drops a good record after a bad one**: decoding resumes after damage.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::op::{Record, Stop, decode_all, encode};
+use crate::op::{Damage, Record, Stop, decode_all, encode, frame, unframe};
 
-const MAGIC: &[u8; 10] = b"RRJOURNAL1";
-const HEADER_LEN: u64 = 18;
+/// The current format's magic.
+const MAGIC: &[u8; 10] = b"RRJOURNAL2";
+/// The first format: magic, then an 8-byte instance id.
+const MAGIC_V1: &[u8; 10] = b"RRJOURNAL1";
+const V1_HEADER_LEN: usize = 18;
 
-/// What restoring a journal file found at its end.
+/// What restoring a journal file found damaged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Cut {
-    /// Where the valid records end (bytes from the start of the file); the file was cut there.
+    /// Where the first damaged bytes start (from the start of the file).
     pub offset: u64,
-    /// Bytes dropped after it.
+    /// Bytes skipped in all (damaged records are dropped; every whole record after them kept).
     pub dropped: u64,
-    /// `true` when the last record was cut short (a write interrupted by a crash); `false`
-    /// when a record failed its checksum.
+    /// `true` when the damage is a last record cut short (a write interrupted by a crash);
+    /// `false` when a record failed its checksum.
     pub truncated: bool,
+}
+
+/// Who a journal belongs to: its identity, the identity before it (whose replay markers in
+/// Redis may be removed), and the server it replays into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// Random, new each time the journal is drained: batch ids never repeat across processes
+    /// or resets.
+    pub(crate) instance: u128,
+    /// The previous instance (0: none).
+    pub(crate) previous: u128,
+    /// `host:port/db` (never a password); empty when unknown.
+    pub(crate) server: String,
+}
+
+impl Header {
+    pub(crate) fn fresh(previous: u128, server: String) -> Self {
+        let mut instance = fastrand::u128(..);
+        while instance == 0 {
+            instance = fastrand::u128(..);
+        }
+        Self {
+            instance,
+            previous,
+            server,
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(MAGIC);
+        let mut p = Vec::with_capacity(40 + self.server.len());
+        p.extend_from_slice(&self.instance.to_le_bytes());
+        p.extend_from_slice(&self.previous.to_le_bytes());
+        p.extend_from_slice(self.server.as_bytes());
+        frame(&p, out);
+    }
+
+    /// Reads a header from the start of `bytes`: the header and its length.
+    fn decode(bytes: &[u8]) -> Option<(Self, usize)> {
+        let rest = bytes.strip_prefix(MAGIC)?;
+        let (p, len) = unframe(rest).ok()??;
+        if p.len() < 32 {
+            return None;
+        }
+        let instance = u128::from_le_bytes(p[..16].try_into().ok()?);
+        let previous = u128::from_le_bytes(p[16..32].try_into().ok()?);
+        let server = String::from_utf8(p[32..].to_vec()).ok()?;
+        Some((
+            Self {
+                instance,
+                previous,
+                server,
+            },
+            MAGIC.len() + len,
+        ))
+    }
+}
+
+/// A journal file's contents, read without taking its lock.
+pub(crate) struct Contents {
+    pub(crate) header: Header,
+    pub(crate) records: Vec<Record>,
+    pub(crate) cut: Option<Cut>,
+    /// Written by the first format (its replay markers are not this format's).
+    pub(crate) v1: bool,
+}
+
+/// Reads and decodes a journal file's bytes. `Ok(None)` for an empty file.
+pub(crate) fn decode_file(path: &Path, bytes: &[u8]) -> std::io::Result<Option<Contents>> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let (header, body_at, v1) = if let Some((header, len)) = Header::decode(bytes) {
+        (header, len, false)
+    } else if bytes.len() >= V1_HEADER_LEN && bytes.starts_with(MAGIC_V1) {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&bytes[MAGIC_V1.len()..V1_HEADER_LEN]);
+        let header = Header {
+            instance: u128::from(u64::from_le_bytes(id)),
+            previous: 0,
+            server: String::new(),
+        };
+        (header, V1_HEADER_LEN, true)
+    } else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a resilient-redis journal (bad header)",
+                path.display()
+            ),
+        ));
+    };
+    let (records, damage) = decode_all(&bytes[body_at..], v1);
+    let cut = summarise(&damage, body_at);
+    Ok(Some(Contents {
+        header,
+        records,
+        cut,
+        v1,
+    }))
+}
+
+fn summarise(damage: &[Damage], base: usize) -> Option<Cut> {
+    let first = damage.first()?;
+    Some(Cut {
+        offset: (base + first.offset) as u64,
+        dropped: damage.iter().map(|d| d.skipped as u64).sum(),
+        truncated: damage.len() == 1 && first.at_end && first.stop == Stop::Truncated,
+    })
+}
+
+/// `<path><suffix>`: a sibling that can never be the path itself.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Options for a file only its owner may read.
+fn private() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o
+}
+
+/// fsyncs the directory holding `path`, so a created or renamed entry survives power loss.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 pub(crate) struct JournalFile {
     file: File,
     path: PathBuf,
     fsync: bool,
+    /// Bytes known to be whole records.
+    good_len: u64,
+    /// An append failed and its bytes could not be cut off yet.
+    torn: bool,
+    /// Holds the exclusive lock for the store's life.
+    _lock: File,
+    /// Test hook: the next append writes only this many bytes, then fails.
+    #[cfg(test)]
+    pub(crate) fail_next_after: Option<usize>,
 }
 
 pub(crate) struct Opened {
     pub(crate) file: JournalFile,
-    pub(crate) instance: u64,
-    pub(crate) records: Vec<Record>,
-    pub(crate) cut: Option<Cut>,
+    pub(crate) contents: Option<Contents>,
+}
+
+/// The error for a journal another store holds.
+pub(crate) fn is_locked(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
 }
 
 impl JournalFile {
-    /// Opens the file, restoring what it holds, or creates it with a new instance id.
+    /// Locks the journal, then opens it (creating it when missing) and reads what it holds.
     pub(crate) fn open(path: &Path, fsync: bool) -> std::io::Result<Opened> {
-        let mut file = OpenOptions::new()
+        let lock_path = sibling(path, ".lock");
+        let lock = private()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let mut journal = JournalFile {
-            file,
-            path: path.to_owned(),
-            fsync,
-        };
-        let header_ok = bytes.len() as u64 >= HEADER_LEN && bytes.starts_with(MAGIC);
-        if !header_ok {
-            if !bytes.is_empty() {
+            .open(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
+                    std::io::ErrorKind::WouldBlock,
                     format!(
-                        "{} is not a resilient-redis journal (bad header)",
-                        path.display()
+                        "another process (or store) holds the journal's lock {}: one journal \
+                         file serves one process at a time; give each process its own \
+                         fallback.journal_path",
+                        lock_path.display()
                     ),
                 ));
             }
-            let instance = fastrand::u64(..);
-            journal.reset(instance)?;
-            return Ok(Opened {
-                file: journal,
-                instance,
-                records: Vec::new(),
-                cut: None,
-            });
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&bytes[MAGIC.len()..HEADER_LEN as usize]);
-        let instance = u64::from_le_bytes(id);
-        let body = &bytes[HEADER_LEN as usize..];
-        let (records, valid, stop) = decode_all(body);
-        let cut = stop.map(|why| Cut {
-            offset: HEADER_LEN + valid as u64,
-            dropped: (body.len() - valid) as u64,
-            truncated: why == Stop::Truncated,
-        });
-        if let Some(c) = &cut {
-            // Keep the valid prefix; what follows can never be read back.
-            journal.file.set_len(c.offset)?;
-            journal.file.sync_all()?;
+        let existed = path.exists();
+        let mut file = private().read(true).append(true).create(true).open(path)?;
+        if !existed && fsync {
+            sync_dir(path)?;
         }
-        journal.file.seek(SeekFrom::End(0))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let contents = decode_file(path, &bytes)?;
+        let journal = JournalFile {
+            file,
+            path: path.to_owned(),
+            fsync,
+            good_len: bytes.len() as u64,
+            torn: false,
+            _lock: lock,
+            #[cfg(test)]
+            fail_next_after: None,
+        };
         Ok(Opened {
             file: journal,
-            instance,
-            records,
-            cut,
+            contents,
         })
     }
 
-    /// Appends whole records in one write, before the caller acknowledges anything.
+    fn write_bytes(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_next_after.take() {
+            self.file.write_all(&buf[..n.min(buf.len())])?;
+            return Err(std::io::Error::other("injected: no space left on device"));
+        }
+        self.file.write_all(buf)
+    }
+
+    /// Cuts the file back to its last whole record.
+    fn cut_torn(&mut self) -> std::io::Result<()> {
+        self.file.set_len(self.good_len)?;
+        self.torn = false;
+        Ok(())
+    }
+
+    /// Appends whole records in one write, before the caller acknowledges anything. On failure
+    /// nothing of them stays in the file.
     pub(crate) fn append(&mut self, records: &[Record]) -> std::io::Result<()> {
+        if self.torn {
+            self.cut_torn()?;
+        }
         let mut buf = Vec::with_capacity(64 * records.len());
         for r in records {
             encode(r, &mut buf);
         }
-        self.file.write_all(&buf)?;
-        if self.fsync {
-            self.file.sync_data()?;
+        if let Err(e) = self.write_bytes(&buf) {
+            self.torn = true;
+            // Best effort now; retried before the next append if it fails.
+            let _ = self.cut_torn();
+            return Err(e);
         }
+        if self.fsync
+            && let Err(e) = self.file.sync_data()
+        {
+            // The bytes may or may not be on disk: treat them as not written.
+            self.torn = true;
+            let _ = self.cut_torn();
+            return Err(e);
+        }
+        self.good_len += buf.len() as u64;
         Ok(())
     }
 
-    /// Empties the file down to its header.
-    pub(crate) fn reset(&mut self, instance: u64) -> std::io::Result<()> {
-        self.file.set_len(0)?;
-        self.file.seek(SeekFrom::Start(0))?;
-        let mut header = Vec::with_capacity(HEADER_LEN as usize);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&instance.to_le_bytes());
-        self.file.write_all(&header)?;
-        self.file.sync_all()
-    }
-
-    /// Rewrites the file with exactly `records` (after a header), atomically: a temporary file is
-    /// written and fsynced, then renamed over the journal.
-    pub(crate) fn rewrite(&mut self, instance: u64, records: &[Record]) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("compact");
+    /// Replaces the file with `header` and exactly `records`, atomically: a sibling file is
+    /// written and fsynced, then renamed over the journal (and the directory fsynced when
+    /// `journal_fsync` is on).
+    pub(crate) fn rewrite(&mut self, header: &Header, records: &[Record]) -> std::io::Result<()> {
+        let tmp = sibling(&self.path, ".rewrite");
+        let mut buf = Vec::new();
+        header.encode(&mut buf);
+        for r in records {
+            encode(r, &mut buf);
+        }
         {
-            let mut f = File::create(&tmp)?;
-            let mut buf = Vec::new();
-            buf.extend_from_slice(MAGIC);
-            buf.extend_from_slice(&instance.to_le_bytes());
-            for r in records {
-                encode(r, &mut buf);
-            }
+            let mut f = private()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(&buf)?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
-        self.file = OpenOptions::new().read(true).write(true).open(&self.path)?;
-        self.file.seek(SeekFrom::End(0))?;
+        if self.fsync {
+            sync_dir(&self.path)?;
+        }
+        self.file = private().read(true).append(true).open(&self.path)?;
+        self.good_len = buf.len() as u64;
+        self.torn = false;
         Ok(())
     }
 
     pub(crate) fn sync(&mut self) -> std::io::Result<()> {
+        if self.torn {
+            self.cut_torn()?;
+        }
         self.file.sync_all()
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::{Entry, Op};
+
+    fn entry(seq: u64) -> Record {
+        Record::Entry(Entry::new(
+            seq,
+            1,
+            Op::Set {
+                key: format!("k{seq}").into_bytes(),
+                value: vec![7; 40],
+                expire_at: None,
+            },
+        ))
+    }
+
+    /// Fails on the first journal format: a failed append left its partial bytes in the file,
+    /// the next appends went after them, and restore stopped at the torn record, dropping every
+    /// acknowledged record behind it.
+    #[test]
+    fn a_torn_append_is_cut_back_before_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let header = Header::fresh(0, String::new());
+        let mut j = JournalFile::open(&path, false).unwrap().file;
+        j.rewrite(&header, &[]).unwrap();
+        j.append(&[entry(1)]).unwrap();
+        j.fail_next_after = Some(13);
+        assert!(
+            j.append(&[entry(2)]).is_err(),
+            "the failed write is reported"
+        );
+        j.append(&[entry(3)]).unwrap();
+        drop(j);
+        let bytes = std::fs::read(&path).unwrap();
+        let contents = decode_file(&path, &bytes).unwrap().unwrap();
+        assert_eq!(contents.records, [entry(1), entry(3)]);
+        assert_eq!(contents.cut, None, "no torn bytes were left behind");
+    }
+
+    /// Fails on the first journal format, which had no lock: two writers on one file
+    /// overwrote each other's records.
+    #[test]
+    fn a_second_opener_of_a_locked_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let first = JournalFile::open(&path, false).unwrap();
+        let err = JournalFile::open(&path, false).err().unwrap();
+        assert!(is_locked(&err), "{err}");
+        assert!(
+            err.to_string()
+                .contains("one journal file serves one process")
+        );
+        drop(first);
+        assert!(JournalFile::open(&path, false).is_ok(), "free once closed");
+    }
+
+    /// Fails on the first journal format, whose files took the umask's mode (world-readable
+    /// values on most systems).
+    #[cfg(unix)]
+    #[test]
+    fn every_file_it_creates_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = JournalFile::open(&path, true).unwrap().file;
+        j.rewrite(&Header::fresh(0, String::new()), &[entry(1)])
+            .unwrap();
+        for p in [path.clone(), sibling(&path, ".lock")] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+
+    /// Fails on the first journal format, whose temporary file was `<path>` with its extension
+    /// replaced by `compact`: a journal named `x.compact` was its own temporary file.
+    #[test]
+    fn the_temporary_file_is_never_the_journal_itself() {
+        for name in ["x.compact", "x", "x.rewrite", "journal.log"] {
+            let p = Path::new("/tmp").join(name);
+            assert_ne!(sibling(&p, ".rewrite"), p);
+            assert_ne!(sibling(&p, ".lock"), p);
+        }
     }
 }

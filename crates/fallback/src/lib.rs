@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod inspect;
 mod journal;
 mod model;
 mod op;
@@ -15,14 +16,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use resilient_redis_config::ErrorKind;
 
+pub use inspect::{JournalReport, inspect_journal};
 pub use journal::Cut;
 pub use model::{ModelTarget, ModelValue, Snapshot};
-pub use op::{Entry, Op};
+pub use op::{DeadLetter, Entry, Op};
 pub use replay::{
-    Batch, BatchId, BatchOutcome, MARKER_TTL_MS, REPLAY_SCRIPT, ReplayReport, SyncError,
-    SyncTarget, script_args,
+    Batch, BatchId, BatchOutcome, REPLAY_SCRIPT, Rejection, ReplayReport, SyncError, SyncTarget,
+    deadlines_key, marker_key, script_args,
 };
-pub use store::{MemoryStore, MemoryUsage};
+pub use store::{
+    MAX_BULK_LEN, MAX_DEADLINE_MS, MemoryStore, MemoryStoreBuilder, MemoryUsage, REPLAY_BATCH_BYTES,
+};
 
 /// Fields and values of a hash.
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
@@ -84,6 +88,40 @@ pub enum FallbackError {
     /// The configuration breaks a rule.
     #[error("invalid fallback configuration: {0}")]
     Config(#[from] resilient_redis_config::ConfigError),
+    /// The write is one Redis would refuse when it is replayed (a TTL past Redis's latest
+    /// deadline, an `HSET` with no fields, a value over 512 MiB): refused now, with the
+    /// argument and its problem.
+    #[error("write refused: {reason}")]
+    InvalidWrite {
+        /// The argument and its problem (never a key or a value).
+        reason: String,
+    },
+    /// Another store (in this process or another) holds the journal file.
+    #[error("journal file {} is in use: {reason}", path.display())]
+    JournalInUse {
+        /// The journal file.
+        path: PathBuf,
+        /// Why, with the lock file's name.
+        reason: String,
+    },
+    /// The journal file holds pending writes for another server than the one configured.
+    #[error(
+        "journal file {} holds pending writes for {journal}, but this process is configured \
+         for {configured}; replay it against {journal}, or set \
+         fallback.replay_to_other_server = true to send them to {configured}",
+        path.display()
+    )]
+    OtherServer {
+        /// The journal file.
+        path: PathBuf,
+        /// The server in the journal's header (`host:port/db`).
+        journal: String,
+        /// The server configured now.
+        configured: String,
+    },
+    /// The store was closed; it takes no more writes.
+    #[error("the fallback store is closed")]
+    Closed,
 }
 
 impl FallbackError {
@@ -93,9 +131,12 @@ impl FallbackError {
         match self {
             FallbackError::WrongType | FallbackError::NotAnInteger => ErrorKind::Server,
             FallbackError::Sync(e) => e.kind,
-            FallbackError::Config(_) => ErrorKind::Validation,
+            FallbackError::Config(_) | FallbackError::InvalidWrite { .. } => ErrorKind::Validation,
+            FallbackError::Closed => ErrorKind::Closed,
             FallbackError::Full { .. }
             | FallbackError::Journal { .. }
+            | FallbackError::JournalInUse { .. }
+            | FallbackError::OtherServer { .. }
             | FallbackError::PendingAtClose { .. } => ErrorKind::Fallback,
         }
     }

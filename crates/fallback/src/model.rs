@@ -1,10 +1,10 @@
 //! [`ModelTarget`]: Redis in memory, for testing replays without a server.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use crate::op::{Entry, Op};
-use crate::replay::{Batch, BatchOutcome, SyncError, SyncTarget};
+use crate::replay::{Batch, BatchOutcome, Rejection, SyncError, SyncTarget};
 
 /// A value in the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +25,8 @@ struct Slot {
 #[derive(Default)]
 struct State {
     keys: HashMap<Vec<u8>, Slot>,
-    markers: HashSet<String>,
+    /// The last batch applied per journal instance: `(seal, index)`.
+    markers: HashMap<u128, (u64, u32, Vec<Rejection>)>,
     /// Virtual deadlines of replays in progress, by deadlines key.
     virtual_deadlines: HashMap<String, HashMap<Vec<u8>, u64>>,
     batches: u32,
@@ -128,15 +129,24 @@ impl ModelTarget {
     }
 
     fn apply_batch(s: &mut State, batch: &Batch<'_>) -> BatchOutcome {
-        let marker = batch.id.marker_key();
-        if s.markers.contains(&marker) {
-            return BatchOutcome::AlreadyApplied;
+        if let Some((seal, index, rejected)) = s.markers.get(&batch.id.instance)
+            && batch.id.covered_by(*seal, *index)
+        {
+            let same = (*seal, *index) == (batch.id.seal, batch.id.index);
+            return BatchOutcome::AlreadyApplied {
+                rejected: if same { rejected.clone() } else { Vec::new() },
+            };
+        }
+        if let Some(old) = batch.retire {
+            s.markers.remove(&old);
+            s.virtual_deadlines
+                .remove(&crate::replay::deadlines_key(old));
         }
         let vd_key = batch.id.deadlines_key();
         let mut vd = s.virtual_deadlines.remove(&vd_key).unwrap_or_default();
         let now = batch.now;
-        let mut rejected = 0;
-        for Entry { at, op, .. } in batch.entries {
+        let mut rejected = Vec::new();
+        for (index, Entry { at, op, .. }) in batch.entries.iter().enumerate() {
             let t = *at;
             let mut settle = |keys: &mut HashMap<Vec<u8>, Slot>, k: &[u8]| {
                 purge(keys, k, now);
@@ -178,8 +188,8 @@ impl ModelTarget {
                 }
                 Op::IncrBy { key, .. } | Op::HSet { key, .. } | Op::HDel { key, .. } => {
                     settle(&mut s.keys, key);
-                    if write_value(&mut s.keys, op).is_err() {
-                        rejected += 1;
+                    if let Err(reason) = write_value(&mut s.keys, op) {
+                        rejected.push(Rejection::new(index, reason));
                     }
                     if !s.keys.contains_key(key) {
                         // HDEL of the last field deleted the key, and its deadline with it.
@@ -199,7 +209,10 @@ impl ModelTarget {
         } else if !vd.is_empty() {
             s.virtual_deadlines.insert(vd_key, vd);
         }
-        s.markers.insert(marker);
+        s.markers.insert(
+            batch.id.instance,
+            (batch.id.seal, batch.id.index, rejected.clone()),
+        );
         BatchOutcome::Applied { rejected }
     }
 }
@@ -232,22 +245,41 @@ fn set_deadline(
     }
 }
 
-/// INCRBY / HSET / HDEL with Redis's type rules; `Err` for a wrong type or a non-integer.
-fn write_value(keys: &mut HashMap<Vec<u8>, Slot>, op: &Op) -> Result<(), ()> {
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+const OVERFLOW: &str = "ERR increment or decrement would overflow";
+
+/// INCRBY / HSET / HDEL with Redis's type rules; `Err` with Redis's reply for a wrong type, a
+/// non-integer or an overflow (nothing changed then).
+fn write_value(keys: &mut HashMap<Vec<u8>, Slot>, op: &Op) -> Result<(), &'static str> {
     match op {
         Op::IncrBy { key, delta } => {
-            let slot = keys.entry(key.clone()).or_insert(Slot {
-                value: ModelValue::Str(b"0".to_vec()),
-                expire_at: None,
-            });
-            let ModelValue::Str(text) = &slot.value else {
-                return Err(());
+            let n: i64 = match keys.get(key).map(|slot| &slot.value) {
+                None => 0,
+                Some(ModelValue::Str(text)) => std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or(NOT_INTEGER)?,
+                Some(ModelValue::Hash(_)) => return Err(WRONGTYPE),
             };
-            let n: i64 = std::str::from_utf8(text)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or(())?;
-            slot.value = ModelValue::Str(n.checked_add(*delta).ok_or(())?.to_string().into_bytes());
+            let value = ModelValue::Str(
+                n.checked_add(*delta)
+                    .ok_or(OVERFLOW)?
+                    .to_string()
+                    .into_bytes(),
+            );
+            match keys.get_mut(key) {
+                Some(slot) => slot.value = value,
+                None => {
+                    keys.insert(
+                        key.clone(),
+                        Slot {
+                            value,
+                            expire_at: None,
+                        },
+                    );
+                }
+            }
             Ok(())
         }
         Op::HSet { key, fields } => {
@@ -256,7 +288,7 @@ fn write_value(keys: &mut HashMap<Vec<u8>, Slot>, op: &Op) -> Result<(), ()> {
                 expire_at: None,
             });
             let ModelValue::Hash(map) = &mut slot.value else {
-                return Err(());
+                return Err(WRONGTYPE);
             };
             for (f, v) in fields {
                 map.insert(f.clone(), v.clone());
@@ -268,7 +300,7 @@ fn write_value(keys: &mut HashMap<Vec<u8>, Slot>, op: &Op) -> Result<(), ()> {
                 return Ok(());
             };
             let ModelValue::Hash(map) = &mut slot.value else {
-                return Err(());
+                return Err(WRONGTYPE);
             };
             for f in fields {
                 map.remove(f);
@@ -302,17 +334,17 @@ impl SyncTarget for ModelTarget {
         };
         let lost_reply = fastrand::bool();
         if fail && !lost_reply {
-            return Err(SyncError {
-                kind: resilient_redis_config::ErrorKind::Connection,
-                message: "connection reset before the batch".into(),
-            });
+            return Err(SyncError::new(
+                resilient_redis_config::ErrorKind::Connection,
+                "connection reset before the batch",
+            ));
         }
         let outcome = Self::apply_batch(&mut s, batch);
         if fail {
-            return Err(SyncError {
-                kind: resilient_redis_config::ErrorKind::Connection,
-                message: "connection reset after the batch".into(),
-            });
+            return Err(SyncError::new(
+                resilient_redis_config::ErrorKind::Connection,
+                "connection reset after the batch",
+            ));
         }
         Ok(outcome)
     }

@@ -100,15 +100,50 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Record {
     Entry(Entry),
-    /// A replay began over the entries up to `last`, cut into batches of `batch_size`.
+    /// A replay began over the entries up to `last`, cut into batches of at most `batch_size`
+    /// entries and `batch_bytes` bytes (both kept, so a restored replay cuts the same batches).
     Seal {
         last: u64,
         batch_size: u32,
+        batch_bytes: u64,
     },
     /// The replay in progress has applied this many batches.
     Progress(u32),
     /// The replay in progress finished: its entries are gone.
     Done,
+    /// A replayed write the target refused: kept, never dropped silently.
+    DeadLetter(DeadLetter),
+}
+
+/// A journaled write that Redis refused when it was replayed (a `WRONGTYPE`, an `INCRBY` on a
+/// value that is not an integer): it was acknowledged to its caller, so it is kept in the
+/// journal's dead-letter section, counted and listed, instead of being dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The write.
+    pub entry: Entry,
+    /// Redis's reply, as it refused the write.
+    pub reason: String,
+}
+
+impl DeadLetter {
+    /// A dead letter of `entry`, refused for `reason`.
+    #[must_use]
+    pub fn new(entry: Entry, reason: impl Into<String>) -> Self {
+        Self {
+            entry,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Entry {
+    /// An entry: the write `op`, at position `seq`, accepted at `at` (Unix milliseconds).
+    #[must_use]
+    pub fn new(seq: u64, at: u64, op: Op) -> Self {
+        Self { seq, at, op }
+    }
 }
 
 impl fmt::Display for Op {
@@ -134,6 +169,7 @@ const REC_ENTRY: u8 = 1;
 const REC_SEAL: u8 = 2;
 const REC_PROGRESS: u8 = 3;
 const REC_DONE: u8 = 4;
+const REC_DEAD_LETTER: u8 = 5;
 
 const OP_SET: u8 = 1;
 const OP_DEL: u8 = 2;
@@ -155,10 +191,20 @@ fn put_u64(out: &mut Vec<u8>, n: u64) {
 pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
     let mut p = Vec::with_capacity(64);
     match record {
-        Record::Seal { last, batch_size } => {
+        Record::Seal {
+            last,
+            batch_size,
+            batch_bytes,
+        } => {
             p.push(REC_SEAL);
             put_u64(&mut p, *last);
             put_u64(&mut p, u64::from(*batch_size));
+            put_u64(&mut p, *batch_bytes);
+        }
+        Record::DeadLetter(d) => {
+            p.push(REC_DEAD_LETTER);
+            put_entry(&mut p, &d.entry);
+            put_bytes(&mut p, d.reason.as_bytes());
         }
         Record::Progress(n) => {
             p.push(REC_PROGRESS);
@@ -167,63 +213,72 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Done => p.push(REC_DONE),
         Record::Entry(e) => {
             p.push(REC_ENTRY);
-            put_u64(&mut p, e.seq);
-            put_u64(&mut p, e.at);
-            match &e.op {
-                Op::Set {
-                    key,
-                    value,
-                    expire_at,
-                } => {
-                    p.push(OP_SET);
-                    put_bytes(&mut p, key);
-                    put_bytes(&mut p, value);
-                    put_u64(&mut p, expire_at.unwrap_or(0));
-                }
-                Op::Del { keys } => {
-                    p.push(OP_DEL);
-                    put_u64(&mut p, keys.len() as u64);
-                    for k in keys {
-                        put_bytes(&mut p, k);
-                    }
-                }
-                Op::ExpireAt { key, at } => {
-                    p.push(OP_EXPIRE_AT);
-                    put_bytes(&mut p, key);
-                    put_u64(&mut p, *at);
-                }
-                Op::IncrBy { key, delta } => {
-                    p.push(OP_INCR_BY);
-                    put_bytes(&mut p, key);
-                    p.extend_from_slice(&delta.to_le_bytes());
-                }
-                Op::HSet { key, fields } => {
-                    p.push(OP_HSET);
-                    put_bytes(&mut p, key);
-                    put_u64(&mut p, fields.len() as u64);
-                    for (f, v) in fields {
-                        put_bytes(&mut p, f);
-                        put_bytes(&mut p, v);
-                    }
-                }
-                Op::HDel { key, fields } => {
-                    p.push(OP_HDEL);
-                    put_bytes(&mut p, key);
-                    put_u64(&mut p, fields.len() as u64);
-                    for f in fields {
-                        put_bytes(&mut p, f);
-                    }
-                }
+            put_entry(&mut p, e);
+        }
+    }
+    frame(&p, out);
+}
+
+/// Frames a payload: `len | crc32 | payload`.
+pub(crate) fn frame(p: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
+    out.extend_from_slice(p);
+}
+
+fn put_entry(p: &mut Vec<u8>, e: &Entry) {
+    put_u64(p, e.seq);
+    put_u64(p, e.at);
+    match &e.op {
+        Op::Set {
+            key,
+            value,
+            expire_at,
+        } => {
+            p.push(OP_SET);
+            put_bytes(p, key);
+            put_bytes(p, value);
+            put_u64(p, expire_at.unwrap_or(0));
+        }
+        Op::Del { keys } => {
+            p.push(OP_DEL);
+            put_u64(p, keys.len() as u64);
+            for k in keys {
+                put_bytes(p, k);
+            }
+        }
+        Op::ExpireAt { key, at } => {
+            p.push(OP_EXPIRE_AT);
+            put_bytes(p, key);
+            put_u64(p, *at);
+        }
+        Op::IncrBy { key, delta } => {
+            p.push(OP_INCR_BY);
+            put_bytes(p, key);
+            p.extend_from_slice(&delta.to_le_bytes());
+        }
+        Op::HSet { key, fields } => {
+            p.push(OP_HSET);
+            put_bytes(p, key);
+            put_u64(p, fields.len() as u64);
+            for (f, v) in fields {
+                put_bytes(p, f);
+                put_bytes(p, v);
+            }
+        }
+        Op::HDel { key, fields } => {
+            p.push(OP_HDEL);
+            put_bytes(p, key);
+            put_u64(p, fields.len() as u64);
+            for f in fields {
+                put_bytes(p, f);
             }
         }
     }
-    out.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&p).to_le_bytes());
-    out.extend_from_slice(&p);
 }
 
 /// Why decoding stopped before the end of the input.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stop {
     /// The input ends inside a record (a write cut short).
     Truncated,
@@ -266,94 +321,147 @@ impl Reader<'_> {
     }
 }
 
-fn decode_payload(p: &[u8]) -> Option<Record> {
+fn read_entry(r: &mut Reader<'_>) -> Option<Entry> {
+    let seq = r.u64()?;
+    let at = r.u64()?;
+    let op = match r.u8()? {
+        OP_SET => {
+            let key = r.bytes()?;
+            let value = r.bytes()?;
+            let expire_at = Some(r.u64()?).filter(|t| *t != 0);
+            Op::Set {
+                key,
+                value,
+                expire_at,
+            }
+        }
+        OP_DEL => {
+            let n = r.count()?;
+            Op::Del {
+                keys: (0..n).map(|_| r.bytes()).collect::<Option<_>>()?,
+            }
+        }
+        OP_EXPIRE_AT => Op::ExpireAt {
+            key: r.bytes()?,
+            at: r.u64()?,
+        },
+        OP_INCR_BY => {
+            let key = r.bytes()?;
+            let delta = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
+            Op::IncrBy { key, delta }
+        }
+        OP_HSET => {
+            let key = r.bytes()?;
+            let n = r.count()?;
+            let fields = (0..n)
+                .map(|_| Some((r.bytes()?, r.bytes()?)))
+                .collect::<Option<_>>()?;
+            Op::HSet { key, fields }
+        }
+        OP_HDEL => {
+            let key = r.bytes()?;
+            let n = r.count()?;
+            Op::HDel {
+                key,
+                fields: (0..n).map(|_| r.bytes()).collect::<Option<_>>()?,
+            }
+        }
+        _ => return None,
+    };
+    Some(Entry { seq, at, op })
+}
+
+/// Decodes one payload. `v1` reads the first format's seal (without a byte bound).
+fn decode_payload(p: &[u8], v1: bool) -> Option<Record> {
     let mut r = Reader { buf: p };
     let record = match r.u8()? {
         REC_SEAL => Record::Seal {
             last: r.u64()?,
             batch_size: u32::try_from(r.u64()?).ok()?,
+            batch_bytes: if v1 { u64::MAX } else { r.u64()? },
         },
         REC_PROGRESS => Record::Progress(u32::try_from(r.u64()?).ok()?),
         REC_DONE => Record::Done,
-        REC_ENTRY => {
-            let seq = r.u64()?;
-            let at = r.u64()?;
-            let op = match r.u8()? {
-                OP_SET => {
-                    let key = r.bytes()?;
-                    let value = r.bytes()?;
-                    let expire_at = Some(r.u64()?).filter(|t| *t != 0);
-                    Op::Set {
-                        key,
-                        value,
-                        expire_at,
-                    }
-                }
-                OP_DEL => {
-                    let n = r.count()?;
-                    Op::Del {
-                        keys: (0..n).map(|_| r.bytes()).collect::<Option<_>>()?,
-                    }
-                }
-                OP_EXPIRE_AT => Op::ExpireAt {
-                    key: r.bytes()?,
-                    at: r.u64()?,
-                },
-                OP_INCR_BY => {
-                    let key = r.bytes()?;
-                    let delta = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
-                    Op::IncrBy { key, delta }
-                }
-                OP_HSET => {
-                    let key = r.bytes()?;
-                    let n = r.count()?;
-                    let fields = (0..n)
-                        .map(|_| Some((r.bytes()?, r.bytes()?)))
-                        .collect::<Option<_>>()?;
-                    Op::HSet { key, fields }
-                }
-                OP_HDEL => {
-                    let key = r.bytes()?;
-                    let n = r.count()?;
-                    Op::HDel {
-                        key,
-                        fields: (0..n).map(|_| r.bytes()).collect::<Option<_>>()?,
-                    }
-                }
-                _ => return None,
-            };
-            Record::Entry(Entry { seq, at, op })
+        REC_ENTRY => Record::Entry(read_entry(&mut r)?),
+        REC_DEAD_LETTER if !v1 => {
+            let entry = read_entry(&mut r)?;
+            let reason = String::from_utf8_lossy(&r.bytes()?).into_owned();
+            Record::DeadLetter(DeadLetter { entry, reason })
         }
         _ => return None,
     };
     r.buf.is_empty().then_some(record)
 }
 
-/// Decodes records from the start of `buf`. Returns them, the length of the valid prefix, and
-/// why decoding stopped early, if it did.
-pub(crate) fn decode_all(buf: &[u8]) -> (Vec<Record>, usize, Option<Stop>) {
+/// One framed payload at the start of `buf`: `Ok(Some((payload, framed_len)))`, `Ok(None)` when
+/// `buf` ends inside the frame, `Err(())` when its checksum is wrong.
+pub(crate) fn unframe(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ()> {
+    if buf.len() < 8 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let Some(payload) = buf.get(8..8 + len) else {
+        return Ok(None);
+    };
+    if crc32fast::hash(payload) == crc {
+        Ok(Some((payload, 8 + len)))
+    } else {
+        Err(())
+    }
+}
+
+/// A cheap look before the checksum: a length that fits and a known record type.
+fn plausible(buf: &[u8]) -> bool {
+    buf.len() > 8
+        && (u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize) <= buf.len() - 8
+        && (REC_ENTRY..=REC_DEAD_LETTER).contains(&buf[8])
+}
+
+/// Damage found while decoding: bytes skipped at `offset` (from the start of the decoded
+/// buffer), and whether they ran to the end of it (a write cut short).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub(crate) offset: usize,
+    pub(crate) skipped: usize,
+    pub(crate) at_end: bool,
+    pub(crate) stop: Stop,
+}
+
+/// Decodes every record of `buf`. A damaged record does not hide the ones after it: decoding
+/// resumes at the next offset where a whole, checksummed record decodes.
+pub(crate) fn decode_all(buf: &[u8], v1: bool) -> (Vec<Record>, Vec<Damage>) {
     let mut records = Vec::new();
+    let mut damage = Vec::new();
     let mut at = 0;
     while at < buf.len() {
-        let rest = &buf[at..];
-        if rest.len() < 8 {
-            return (records, at, Some(Stop::Truncated));
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        let Some(payload) = rest.get(8..8 + len) else {
-            return (records, at, Some(Stop::Truncated));
+        let stop = match unframe(&buf[at..]) {
+            Ok(Some((payload, len))) => match decode_payload(payload, v1) {
+                Some(record) => {
+                    records.push(record);
+                    at += len;
+                    continue;
+                }
+                None => Stop::Corrupt,
+            },
+            Ok(None) => Stop::Truncated,
+            Err(()) => Stop::Corrupt,
         };
-        if crc32fast::hash(payload) != crc {
-            return (records, at, Some(Stop::Corrupt));
-        }
-        let Some(record) = decode_payload(payload) else {
-            return (records, at, Some(Stop::Corrupt));
-        };
-        records.push(record);
-        at += 8 + len;
+        // Find the next whole record after the damage.
+        let resume = (at + 1..buf.len()).find(|&q| {
+            plausible(&buf[q..])
+                && matches!(unframe(&buf[q..]), Ok(Some((payload, _))) if decode_payload(payload, v1).is_some())
+        });
+        let next = resume.unwrap_or(buf.len());
+        damage.push(Damage {
+            offset: at,
+            skipped: next - at,
+            at_end: resume.is_none(),
+            stop,
+        });
+        at = next;
     }
-    (records, at, None)
+    (records, damage)
 }
 
 #[cfg(test)]
@@ -413,8 +521,20 @@ mod tests {
             Record::Seal {
                 last: 6,
                 batch_size: 2,
+                batch_bytes: 1 << 20,
             },
             Record::Progress(1),
+            Record::DeadLetter(DeadLetter::new(
+                Entry::new(
+                    4,
+                    13,
+                    Op::IncrBy {
+                        key: b"c".to_vec(),
+                        delta: -7,
+                    },
+                ),
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+            )),
             Record::Done,
         ]
     }
@@ -425,29 +545,44 @@ mod tests {
         for r in sample() {
             encode(&r, &mut buf);
         }
-        let (records, len, stop) = decode_all(&buf);
+        let (records, damage) = decode_all(&buf, false);
         assert_eq!(records, sample());
-        assert_eq!((len, stop), (buf.len(), None));
+        assert_eq!(damage, []);
     }
 
+    /// Fails on the first journal format, which stopped at the first bad record and dropped
+    /// every acknowledged record after it.
     #[test]
-    fn a_flipped_byte_is_corruption_and_keeps_the_prefix() {
+    fn a_damaged_record_keeps_the_records_after_it() {
         let mut buf = Vec::new();
+        let mut starts = Vec::new();
         for r in sample() {
+            starts.push(buf.len());
             encode(&r, &mut buf);
         }
-        let mut first = Vec::new();
-        encode(&sample()[0], &mut first);
-        let last = buf.len() - 1;
-        buf[last] ^= 0xFF;
-        let (records, _, stop) = decode_all(&buf);
-        assert_eq!(stop, Some(Stop::Corrupt));
-        assert_eq!(records.len(), sample().len() - 1);
-        buf[first.len() + 9] ^= 0xFF; // inside the second record
-        let (records, len, stop) = decode_all(&buf);
+        // Inside the second record: its checksum fails, every other record survives.
+        buf[starts[1] + 9] ^= 0xFF;
+        let (records, damage) = decode_all(&buf, false);
+        let mut expected = sample();
+        expected.remove(1);
+        assert_eq!(records, expected);
         assert_eq!(
-            (records.len(), len, stop),
-            (1, first.len(), Some(Stop::Corrupt))
+            damage,
+            [Damage {
+                offset: starts[1],
+                skipped: starts[2] - starts[1],
+                at_end: false,
+                stop: Stop::Corrupt,
+            }]
+        );
+        // The last record cut short: reported as a torn end.
+        let cut = &buf[..buf.len() - 1];
+        let (records, damage) = decode_all(cut, false);
+        assert_eq!(records.len(), sample().len() - 2);
+        assert!(
+            damage
+                .last()
+                .is_some_and(|d| d.at_end && d.stop == Stop::Truncated)
         );
     }
 }

@@ -7,10 +7,21 @@ use std::time::Duration;
 
 use resilient_redis_config::FallbackConfig;
 
-use crate::journal::{Cut, JournalFile};
-use crate::op::{Entry, Op, Record};
-use crate::replay::{Batch, BatchId, BatchOutcome, ReplayReport, SyncTarget};
+use crate::journal::{Contents, Cut, Header, JournalFile, is_locked};
+use crate::op::{DeadLetter, Entry, Op, Record};
+use crate::replay::{Batch, BatchId, BatchOutcome, Rejection, ReplayReport, SyncTarget};
 use crate::{Clock, FallbackError, FallbackStore, SystemClock, Ttl};
+
+/// Largest key, field or value Redis accepts by default (`proto-max-bulk-len`, 512 MiB): a
+/// longer one is refused at the call, since Redis would refuse its replay.
+pub const MAX_BULK_LEN: usize = 512 * 1024 * 1024;
+
+/// Latest deadline Redis accepts, Unix milliseconds: a TTL that ends later is refused at the call.
+pub const MAX_DEADLINE_MS: u64 = i64::MAX as u64;
+
+/// Most argument bytes in one replay batch (a batch holds at least one entry): keeps each
+/// script call far below Redis's query buffer limit.
+pub const REPLAY_BATCH_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Heap and table bytes one written value costs beyond its key and value bytes: the map slot
 /// (key `Vec`, value struct) plus the hash table's control byte and spare capacity.
@@ -27,7 +38,8 @@ pub(crate) const SHADOW_OVERHEAD: u64 = 256;
 pub struct MemoryUsage {
     /// Held by pending writes and the values they wrote: never evicted.
     pub pinned: u64,
-    /// Held by shadow copies: evicted first.
+    /// Held by shadow copies and by values already replayed (readable until fallback mode
+    /// ends): evicted first.
     pub shadow: u64,
     /// `fallback.max_memory_size`.
     pub limit: u64,
@@ -45,9 +57,12 @@ enum Local {
 struct Written {
     value: Local,
     expire_at: Option<u64>,
-    /// The last journal entry that wrote it: it may leave memory once that entry is replayed.
+    /// The last journal entry that wrote it.
     last_seq: u64,
     bytes: u64,
+    /// That entry has been replayed: the value stays readable until fallback mode ends (or
+    /// its room is needed), but it is no longer pinned.
+    settled: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -56,11 +71,14 @@ struct Shadow {
     expire_at: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Seal {
     last: u64,
     batch_size: u32,
+    batch_bytes: u64,
     done: u32,
+    /// Where each batch ends (exclusive index into the sealed entries), cut on first use.
+    bounds: Option<Vec<usize>>,
 }
 
 struct State {
@@ -68,9 +86,14 @@ struct State {
     journal: VecDeque<(Entry, u64)>,
     next_seq: u64,
     seal: Option<Seal>,
+    /// Pending entries, the written values they leave, and dead letters: never evicted.
     pinned: u64,
+    /// Written values already replayed: evictable.
+    settled: u64,
     file: Option<JournalFile>,
-    instance: u64,
+    header: Header,
+    dead: Vec<DeadLetter>,
+    closed: bool,
 }
 
 /// The fallback store: written values and a journal in memory (bounded by bytes, never evicted,
@@ -84,6 +107,40 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     config: FallbackConfig,
     cut: Option<Cut>,
+}
+
+/// Builds a [`MemoryStore`]: its clock and the server its journal replays into.
+#[must_use]
+pub struct MemoryStoreBuilder {
+    config: FallbackConfig,
+    clock: Arc<dyn Clock>,
+    server: String,
+}
+
+impl MemoryStoreBuilder {
+    /// Reads time from `clock` (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The server the journal replays into, as `host:port/db` (never a password). It is
+    /// written in the journal file's header; a journal with pending writes for another server
+    /// is refused at build unless `fallback.replay_to_other_server` is set.
+    pub fn server(mut self, server: impl Into<String>) -> Self {
+        self.server = server.into();
+        self
+    }
+
+    /// Opens the store, restoring the journal file if one is configured and exists.
+    ///
+    /// # Errors
+    /// [`FallbackError::Config`]; [`FallbackError::JournalInUse`] when another store holds the
+    /// journal file; [`FallbackError::OtherServer`]; [`FallbackError::Journal`] when the file
+    /// cannot be opened, read or repaired.
+    pub fn build(self) -> Result<MemoryStore, FallbackError> {
+        MemoryStore::open(&self.config, self.clock, self.server)
+    }
 }
 
 /// A flag that marks one replay in progress (no Tokio needed).
@@ -125,6 +182,10 @@ fn entry_bytes(op: &Op) -> u64 {
     op.heap_bytes() + ENTRY_OVERHEAD
 }
 
+fn dead_bytes(d: &DeadLetter) -> u64 {
+    entry_bytes(&d.entry.op) + d.reason.len() as u64
+}
+
 fn local_bytes(key: &[u8], value: &Local) -> u64 {
     let v = match value {
         Local::Str(s) => s.len(),
@@ -134,23 +195,142 @@ fn local_bytes(key: &[u8], value: &Local) -> u64 {
     (key.len() + v) as u64 + VALUE_OVERHEAD
 }
 
+fn invalid(reason: impl Into<String>) -> FallbackError {
+    FallbackError::InvalidWrite {
+        reason: reason.into(),
+    }
+}
+
+/// Refuses what Redis would refuse when the write is replayed, so that no acknowledged write
+/// can fail its replay for its shape.
+fn validate(op: &Op) -> Result<(), FallbackError> {
+    let bulk = |what: &str, b: &[u8]| {
+        if b.len() > MAX_BULK_LEN {
+            Err(invalid(format!(
+                "{what} of {} bytes is longer than Redis accepts ({MAX_BULK_LEN} bytes)",
+                b.len()
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let deadline = |at: u64| {
+        if at > MAX_DEADLINE_MS {
+            Err(invalid(format!(
+                "ttl ends at Unix time {at} ms, past the latest Redis accepts ({MAX_DEADLINE_MS} ms)"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match op {
+        Op::Set {
+            key,
+            value,
+            expire_at,
+        } => {
+            bulk("key", key)?;
+            bulk("value", value)?;
+            expire_at.map_or(Ok(()), deadline)
+        }
+        Op::Del { keys } => {
+            if keys.is_empty() {
+                return Err(invalid("keys: DEL needs at least one key"));
+            }
+            keys.iter().try_for_each(|k| bulk("key", k))
+        }
+        Op::ExpireAt { key, at } => {
+            bulk("key", key)?;
+            deadline(*at)
+        }
+        Op::IncrBy { key, .. } => bulk("key", key),
+        Op::HSet { key, fields } => {
+            bulk("key", key)?;
+            if fields.is_empty() {
+                return Err(invalid("fields: HSET needs at least one field"));
+            }
+            fields
+                .iter()
+                .try_for_each(|(f, v)| bulk("field", f).and_then(|()| bulk("value", v)))
+        }
+        Op::HDel { key, fields } => {
+            bulk("key", key)?;
+            if fields.is_empty() {
+                return Err(invalid("fields: HDEL needs at least one field"));
+            }
+            fields.iter().try_for_each(|f| bulk("field", f))
+        }
+    }
+}
+
+/// What one entry weighs in a replay batch (its argument bytes).
+fn batch_weight(op: &Op) -> u64 {
+    op.heap_bytes() + 64
+}
+
+/// Cuts the sealed entries into batches: at most `size` entries and `bytes` bytes each (one
+/// entry at least). Deterministic, so a restored replay cuts the same batches.
+fn cut_batches(entries: impl Iterator<Item = u64>, size: u32, bytes: u64) -> Vec<usize> {
+    let size = size.max(1) as usize;
+    let mut bounds = Vec::new();
+    let (mut count, mut weight, mut at) = (0usize, 0u64, 0usize);
+    for w in entries {
+        if count > 0 && (count == size || weight.saturating_add(w) > bytes) {
+            bounds.push(at);
+            count = 0;
+            weight = 0;
+        }
+        count += 1;
+        weight = weight.saturating_add(w);
+        at += 1;
+    }
+    if count > 0 {
+        bounds.push(at);
+    }
+    bounds
+}
+
+fn journal_error(path: &std::path::Path, source: std::io::Error) -> FallbackError {
+    FallbackError::Journal {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 impl MemoryStore {
     /// A store on the `[fallback]` settings and the system clock, restoring the journal file if
     /// one is configured and exists.
     ///
     /// # Errors
-    /// [`FallbackError::Config`], [`FallbackError::Journal`] when the file cannot be opened.
+    /// As [`MemoryStoreBuilder::build`].
     pub fn new(config: &FallbackConfig) -> Result<Self, FallbackError> {
-        Self::with_clock(config, Arc::new(SystemClock))
+        Self::builder(config).build()
     }
 
     /// As [`MemoryStore::new`], reading time from `clock`.
     ///
     /// # Errors
-    /// As [`MemoryStore::new`].
+    /// As [`MemoryStoreBuilder::build`].
     pub fn with_clock(
         config: &FallbackConfig,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self, FallbackError> {
+        Self::builder(config).clock(clock).build()
+    }
+
+    /// A builder on the `[fallback]` settings.
+    pub fn builder(config: &FallbackConfig) -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            config: config.clone(),
+            clock: Arc::new(SystemClock),
+            server: String::new(),
+        }
+    }
+
+    fn open(
+        config: &FallbackConfig,
+        clock: Arc<dyn Clock>,
+        server: String,
     ) -> Result<Self, FallbackError> {
         let mut whole = resilient_redis_config::RedisConfig::default();
         whole.fallback = config.clone();
@@ -172,54 +352,49 @@ impl MemoryStore {
             next_seq: 1,
             seal: None,
             pinned: 0,
+            settled: 0,
             file: None,
-            instance: fastrand::u64(..),
+            header: Header::fresh(0, server.clone()),
+            dead: Vec::new(),
+            closed: false,
         };
         let mut cut = None;
         if let Some(path) = &config.journal_path {
             let opened = JournalFile::open(path, config.journal_fsync).map_err(|source| {
-                FallbackError::Journal {
-                    path: path.clone(),
-                    source,
+                if is_locked(&source) {
+                    FallbackError::JournalInUse {
+                        path: path.clone(),
+                        reason: source.to_string(),
+                    }
+                } else {
+                    journal_error(path, source)
                 }
             })?;
-            state.instance = opened.instance;
-            cut = opened.cut;
+            let mut file = opened.file;
+            match opened.contents {
+                None => {
+                    file.rewrite(&state.header, &[])
+                        .map_err(|e| journal_error(path, e))?;
+                }
+                Some(contents) => {
+                    cut = contents.cut.clone();
+                    restore(&mut state, contents, &server, config, path)?;
+                    let records = records_of(&state);
+                    file.rewrite(&state.header, &records)
+                        .map_err(|e| journal_error(path, e))?;
+                }
+            }
             if let Some(c) = &cut {
                 tracing::warn!(
                     offset = c.offset,
                     dropped = c.dropped,
                     truncated = c.truncated,
-                    "journal file ended in a damaged record; kept the records before it"
+                    "journal file held damaged bytes; kept every whole record around them"
                 );
             }
-            for record in opened.records {
-                match record {
-                    Record::Entry(e) => {
-                        state.next_seq = state.next_seq.max(e.seq + 1);
-                        apply_local(&mut state, &e);
-                        let b = entry_bytes(&e.op);
-                        state.pinned += b;
-                        state.journal.push_back((e, b));
-                    }
-                    Record::Seal { last, batch_size } => {
-                        state.seal = Some(Seal {
-                            last,
-                            batch_size,
-                            done: 0,
-                        })
-                    }
-                    Record::Progress(done) => {
-                        if let Some(seal) = &mut state.seal {
-                            seal.done = done;
-                        }
-                    }
-                    Record::Done => finish_seal(&mut state, None),
-                }
-            }
-            state.file = Some(opened.file);
+            state.file = Some(file);
         }
-        Ok(Self {
+        let store = Self {
             state: Mutex::new(state),
             shadow,
             active: AtomicBool::new(false),
@@ -227,19 +402,53 @@ impl MemoryStore {
             clock,
             config: config.clone(),
             cut,
-        })
+        };
+        // Values whose writes were replayed before the restart are not needed.
+        store.release_settled(&mut store.lock());
+        Ok(store)
     }
 
-    /// What restoring the journal file found at its end: `None` when it was whole.
+    /// What restoring the journal file found damaged: `None` when it was whole.
     #[must_use]
     pub fn restore_cut(&self) -> Option<&Cut> {
         self.cut.as_ref()
     }
 
-    /// The journal's instance id (in every batch id of its replays).
+    /// The journal's current instance id (in every batch id of its replays; renewed each time
+    /// the journal is drained).
     #[must_use]
-    pub fn instance(&self) -> u64 {
-        self.lock().instance
+    pub fn instance(&self) -> u128 {
+        self.lock().header.instance
+    }
+
+    /// Writes Redis refused at replay: kept (in the journal file too), never dropped silently.
+    #[must_use]
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.lock().dead.clone()
+    }
+
+    /// Forgets the dead letters (after an operator has dealt with them); returns how many.
+    ///
+    /// # Errors
+    /// [`FallbackError::Journal`] when the journal file cannot be rewritten without them.
+    pub fn discard_dead_letters(&self) -> Result<usize, FallbackError> {
+        let mut state = self.lock();
+        let n = state.dead.len();
+        let freed: u64 = state.dead.iter().map(dead_bytes).sum();
+        let kept = std::mem::take(&mut state.dead);
+        if state.file.is_some() {
+            let records = records_of(&state);
+            let header = state.header.clone();
+            if let Some(file) = &mut state.file
+                && let Err(e) = file.rewrite(&header, &records)
+            {
+                let path = file.path().to_owned();
+                state.dead = kept;
+                return Err(journal_error(&path, e));
+            }
+        }
+        state.pinned = state.pinned.saturating_sub(freed);
+        Ok(n)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -254,10 +463,18 @@ impl MemoryStore {
         })
     }
 
-    fn deadline(&self, ttl: Duration) -> u64 {
-        self.clock
-            .now_ms()
-            .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+    /// The deadline `ttl` from now, or a refusal when Redis would not accept it.
+    fn deadline(&self, ttl: Duration) -> Result<u64, FallbackError> {
+        let at = u64::try_from(ttl.as_millis())
+            .ok()
+            .and_then(|ms| self.clock.now_ms().checked_add(ms))
+            .filter(|at| *at <= MAX_DEADLINE_MS);
+        at.ok_or_else(|| {
+            invalid(format!(
+                "ttl of {} ms ends past the latest deadline Redis accepts (Unix time {MAX_DEADLINE_MS} ms)",
+                ttl.as_millis()
+            ))
+        })
     }
 
     /// The value the store holds for `key` now (written first, then shadow).
@@ -282,26 +499,25 @@ impl MemoryStore {
         self.write_with(ops, |_| Ok(()))
     }
 
-    /// Journals `ops` and applies them locally, all under one lock: `inspect` sees the first
-    /// key's value before the write, may refuse it (a wrong type, say), and gives the answer, so
+    /// Journals `ops` and applies them locally, all under one lock: `inspect` reads values as
+    /// they are before the write, may refuse it (a wrong type, say), and gives the answer, so
     /// no other writer can slip between what the caller is told and what is journaled.
     /// A value known only as a shadow copy is carried into the written values first, so that
     /// INCRBY and PEXPIREAT apply to it locally.
     fn write_with<T>(
         &self,
         ops: Vec<Op>,
-        inspect: impl FnOnce(Option<&Local>) -> Result<T, FallbackError>,
+        inspect: impl FnOnce(&dyn Fn(&[u8]) -> Option<Local>) -> Result<T, FallbackError>,
     ) -> Result<T, FallbackError> {
+        ops.iter().try_for_each(validate)?;
         let mut state = self.lock();
-        let first_key = ops
-            .first()
-            .and_then(|op| op.keys().first().map(|k| k.to_vec()));
-        let answer = inspect(
-            first_key
-                .as_ref()
-                .and_then(|k| self.read(&state, k).0)
-                .as_ref(),
-        )?;
+        if state.closed {
+            return Err(FallbackError::Closed);
+        }
+        let answer = {
+            let st = &*state;
+            inspect(&|k: &[u8]| self.read(st, k).0)?
+        };
         let at = self.clock.now_ms();
         let entries: Vec<Entry> = ops
             .into_iter()
@@ -327,13 +543,15 @@ impl MemoryStore {
             .sum();
         let limit = self.config.max_memory_size;
         // The shadow cache holds at most half the bound, so below half nothing needs checking.
-        if state.pinned + needed > limit / 2 && state.pinned + needed + self.shadow_bytes() > limit
+        if state.pinned + needed > limit / 2
+            && state.pinned + state.settled + needed + self.shadow_bytes() > limit
         {
-            // Shadow copies give way to writes.
+            // Shadow copies and values already replayed give way to writes.
             if let Some(shadow) = &self.shadow {
                 shadow.invalidate_all();
                 shadow.run_pending_tasks();
             }
+            evict_settled(&mut state);
             if state.pinned + needed + self.shadow_bytes() > limit {
                 return Err(FallbackError::Full {
                     needed,
@@ -345,10 +563,7 @@ impl MemoryStore {
         if let Some(file) = &mut state.file {
             let records: Vec<Record> = entries.iter().cloned().map(Record::Entry).collect();
             file.append(&records)
-                .map_err(|source| FallbackError::Journal {
-                    path: file.path().to_owned(),
-                    source,
-                })?;
+                .map_err(|source| journal_error(file.path(), source))?;
         }
         state.next_seq += entries.len() as u64;
         for e in entries {
@@ -386,50 +601,238 @@ impl MemoryStore {
                 expire_at: copy.expire_at,
                 last_seq: seq,
                 bytes,
+                settled: false,
             },
         );
     }
 
-    /// Moves the replayed sealed entries out; their written values become shadow copies.
-    fn complete_seal(&self, state: &mut State) -> Result<(), FallbackError> {
+    /// Drops the values already replayed; string values become shadow copies when shadowing is
+    /// on. Called when fallback mode ends (reads go to Redis again).
+    fn release_settled(&self, state: &mut State) {
+        if state.settled == 0 {
+            return;
+        }
         let now = self.clock.now_ms();
         let shadow = self.shadow.as_ref();
-        finish_seal(
-            state,
-            Some(&mut |key: &[u8], w: &Written| {
-                if let (Some(cache), Local::Str(v)) = (shadow, &w.value)
-                    && w.expire_at.is_none_or(|d| d > now)
-                {
-                    cache.insert(
-                        key.to_vec(),
-                        Arc::new(Shadow {
-                            value: Some(v.clone()),
-                            expire_at: w.expire_at,
-                        }),
-                    );
-                }
-            }),
-        );
-        let instance = state.instance;
-        let drained = state.journal.is_empty();
-        if let Some(file) = &mut state.file {
-            let path = file.path().to_owned();
-            let result = if drained {
-                file.reset(instance)
-            } else {
-                file.append(&[Record::Done])
-            };
-            result.map_err(|source| FallbackError::Journal { path, source })?;
+        state.written.retain(|key, w| {
+            if !w.settled {
+                return true;
+            }
+            if let (Some(cache), Local::Str(v)) = (shadow, &w.value)
+                && w.expire_at.is_none_or(|d| d > now)
+            {
+                cache.insert(
+                    key.clone(),
+                    Arc::new(Shadow {
+                        value: Some(v.clone()),
+                        expire_at: w.expire_at,
+                    }),
+                );
+            }
+            false
+        });
+        state.settled = 0;
+    }
+
+    /// The sealed entries are all replayed: they leave the journal; their values stay readable
+    /// while fallback mode is on. A drained journal starts a new instance, so batch ids never
+    /// repeat, and keeps only its dead letters.
+    fn complete_seal(&self, state: &mut State) -> Result<(), FallbackError> {
+        finish_seal(state);
+        if !self.is_fallback_mode() {
+            self.release_settled(state);
+        }
+        if state.journal.is_empty() {
+            let header = Header::fresh(state.header.instance, state.header.server.clone());
+            let records = state
+                .dead
+                .iter()
+                .cloned()
+                .map(Record::DeadLetter)
+                .collect::<Vec<_>>();
+            if let Some(file) = &mut state.file {
+                file.rewrite(&header, &records)
+                    .map_err(|e| journal_error(file.path(), e))?;
+            }
+            state.header = header;
+            state.next_seq = 1;
+        } else if let Some(file) = &mut state.file {
+            file.append(&[Record::Done])
+                .map_err(|e| journal_error(file.path(), e))?;
         }
         Ok(())
     }
+
+    /// Keeps the writes the target refused as dead letters: counted, logged, in the journal.
+    fn bury(&self, state: &mut State, id: BatchId, entries: &[Entry], rejected: Vec<Rejection>) {
+        let mut records = Vec::new();
+        for r in rejected {
+            let Some(entry) = entries.get(r.index) else {
+                continue;
+            };
+            let key = entry
+                .op
+                .keys()
+                .first()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default();
+            tracing::error!(
+                batch = %id,
+                seq = entry.seq,
+                op = %entry.op,
+                key = %key,
+                reason = %r.reason,
+                "replay: Redis refused an acknowledged write; kept as a dead letter in the journal"
+            );
+            let letter = DeadLetter::new(entry.clone(), r.reason);
+            if state
+                .dead
+                .iter()
+                .any(|d| d.entry.seq == entry.seq && d.entry == letter.entry)
+            {
+                continue; // reported again for a batch whose outcome was already recorded
+            }
+            state.pinned += dead_bytes(&letter);
+            records.push(Record::DeadLetter(letter.clone()));
+            state.dead.push(letter);
+        }
+        if !records.is_empty()
+            && let Some(file) = &mut state.file
+            && let Err(e) = file.append(&records)
+        {
+            // Kept in memory; the next rewrite of the file carries them.
+            tracing::error!(error = %e, "cannot append dead letters to the journal file");
+        }
+    }
 }
 
-/// What to do with a written value that leaves memory after its replay.
-type Keep<'a> = dyn FnMut(&[u8], &Written) + 'a;
+/// The records that reproduce `state`'s journal: dead letters, pending entries, and the replay
+/// in progress.
+fn records_of(state: &State) -> Vec<Record> {
+    let mut records: Vec<Record> = state.dead.iter().cloned().map(Record::DeadLetter).collect();
+    records.extend(state.journal.iter().map(|(e, _)| Record::Entry(e.clone())));
+    if let Some(seal) = &state.seal {
+        records.push(Record::Seal {
+            last: seal.last,
+            batch_size: seal.batch_size,
+            batch_bytes: seal.batch_bytes,
+        });
+        if seal.done > 0 {
+            records.push(Record::Progress(seal.done));
+        }
+    }
+    records
+}
 
-/// Drops the sealed entries (all replayed) and the written values only they wrote.
-fn finish_seal(state: &mut State, mut keep: Option<&mut Keep<'_>>) {
+/// Rebuilds the store's state from a journal file's contents.
+fn restore(
+    state: &mut State,
+    contents: Contents,
+    server: &str,
+    config: &FallbackConfig,
+    path: &std::path::Path,
+) -> Result<(), FallbackError> {
+    let Contents {
+        header,
+        records,
+        v1,
+        ..
+    } = contents;
+    state.header = header;
+    for record in records {
+        match record {
+            Record::Entry(e) => {
+                state.next_seq = state.next_seq.max(e.seq + 1);
+                apply_local(state, &e);
+                let b = entry_bytes(&e.op);
+                state.pinned += b;
+                state.journal.push_back((e, b));
+            }
+            Record::Seal {
+                last,
+                batch_size,
+                batch_bytes,
+            } => {
+                state.seal = Some(Seal {
+                    last,
+                    batch_size,
+                    batch_bytes,
+                    done: 0,
+                    bounds: None,
+                });
+            }
+            Record::Progress(done) => {
+                if let Some(seal) = &mut state.seal {
+                    seal.done = done;
+                }
+            }
+            Record::Done => finish_seal(state),
+            Record::DeadLetter(d) => {
+                state.pinned += dead_bytes(&d);
+                state.dead.push(d);
+            }
+        }
+    }
+    let pending = !state.journal.is_empty() || state.seal.is_some();
+    if v1 {
+        if state.seal.is_some() {
+            return Err(journal_error(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "this journal was written by an earlier version and a replay of it is in \
+                     progress: finish it with that version first",
+                ),
+            ));
+        }
+        // Its entries were never replayed: a new instance in the current format. Entries the
+        // earlier version accepted but Redis would refuse become dead letters now.
+        state.header = Header::fresh(0, server.to_owned());
+        let journal = std::mem::take(&mut state.journal);
+        for (e, b) in journal {
+            match validate(&e.op) {
+                Ok(()) => state.journal.push_back((e, b)),
+                Err(why) => {
+                    state.pinned = state.pinned.saturating_sub(b);
+                    let letter = DeadLetter::new(e, format!("refused at restore: {why}"));
+                    state.pinned += dead_bytes(&letter);
+                    state.dead.push(letter);
+                }
+            }
+        }
+    }
+    if !server.is_empty() && state.header.server != server {
+        if pending && !state.header.server.is_empty() && !config.replay_to_other_server {
+            return Err(FallbackError::OtherServer {
+                path: path.to_owned(),
+                journal: state.header.server.clone(),
+                configured: server.to_owned(),
+            });
+        }
+        if pending && !state.header.server.is_empty() {
+            tracing::warn!(
+                journal = %state.header.server,
+                configured = %server,
+                "replaying a journal written for another server (fallback.replay_to_other_server)"
+            );
+        }
+        state.header.server = server.to_owned();
+    }
+    Ok(())
+}
+
+/// Drops every shadow-like written value (already replayed) to make room.
+fn evict_settled(state: &mut State) {
+    if state.settled == 0 {
+        return;
+    }
+    state.written.retain(|_, w| !w.settled);
+    state.settled = 0;
+}
+
+/// The sealed entries are replayed: drops them from the journal; the written values only they
+/// wrote are settled (readable, no longer pinned).
+fn finish_seal(state: &mut State) {
     let Some(seal) = state.seal.take() else {
         return;
     };
@@ -442,20 +845,15 @@ fn finish_seal(state: &mut State, mut keep: Option<&mut Keep<'_>>) {
             state.pinned = state.pinned.saturating_sub(b);
         }
     }
-    let done: Vec<Vec<u8>> = state
-        .written
-        .iter()
-        .filter(|(_, w)| w.last_seq <= seal.last)
-        .map(|(k, _)| k.clone())
-        .collect();
-    for key in done {
-        if let Some(w) = state.written.remove(&key) {
-            state.pinned = state.pinned.saturating_sub(w.bytes);
-            if let Some(f) = keep.as_deref_mut() {
-                f(&key, &w);
-            }
+    let mut moved = 0;
+    for w in state.written.values_mut() {
+        if !w.settled && w.last_seq <= seal.last {
+            w.settled = true;
+            moved += w.bytes;
         }
     }
+    state.pinned = state.pinned.saturating_sub(moved);
+    state.settled += moved;
 }
 
 /// Applies a journaled write to the written values (no journaling, no checks).
@@ -469,9 +867,14 @@ fn apply_local(state: &mut State, e: &Entry) {
                 expire_at,
                 last_seq: e.seq,
                 bytes,
+                settled: false,
             },
         ) {
-            state.pinned = state.pinned.saturating_sub(old.bytes);
+            if old.settled {
+                state.settled = state.settled.saturating_sub(old.bytes);
+            } else {
+                state.pinned = state.pinned.saturating_sub(old.bytes);
+            }
         }
         state.pinned += bytes;
     };
@@ -553,7 +956,7 @@ impl FallbackStore for MemoryStore {
     }
 
     fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), FallbackError> {
-        let expire_at = ttl.map(|t| self.deadline(t));
+        let expire_at = ttl.map(|t| self.deadline(t)).transpose()?;
         self.write(vec![Op::Set {
             key: key.to_vec(),
             value: value.to_vec(),
@@ -562,16 +965,13 @@ impl FallbackStore for MemoryStore {
     }
 
     fn delete(&self, keys: &[Vec<u8>]) -> Result<u64, FallbackError> {
-        let known = {
-            let state = self.lock();
-            keys.iter()
-                .filter(|k| self.read(&state, k).0.is_some())
-                .count() as u64
-        };
-        self.write(vec![Op::Del {
-            keys: keys.to_vec(),
-        }])?;
-        Ok(known)
+        // Counted under the write's own lock, so the answer matches what was journaled.
+        self.write_with(
+            vec![Op::Del {
+                keys: keys.to_vec(),
+            }],
+            |read| Ok(keys.iter().filter(|k| read(k).is_some()).count() as u64),
+        )
     }
 
     fn exists(&self, key: &[u8]) -> Result<bool, FallbackError> {
@@ -581,9 +981,9 @@ impl FallbackStore for MemoryStore {
     fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, FallbackError> {
         let op = Op::ExpireAt {
             key: key.to_vec(),
-            at: self.deadline(ttl),
+            at: self.deadline(ttl)?,
         };
-        self.write_with(vec![op], |before| Ok(before.is_some()))
+        self.write_with(vec![op], |read| Ok(read(key).is_some()))
     }
 
     fn ttl(&self, key: &[u8]) -> Result<Ttl, FallbackError> {
@@ -600,8 +1000,8 @@ impl FallbackStore for MemoryStore {
             key: key.to_vec(),
             delta,
         };
-        self.write_with(vec![op], |before| {
-            let base = match before {
+        self.write_with(vec![op], |read| {
+            let base = match read(key).as_ref() {
                 None => 0,
                 Some(Local::Str(s)) => std::str::from_utf8(s)
                     .ok()
@@ -626,7 +1026,7 @@ impl FallbackStore for MemoryStore {
             key: key.to_vec(),
             fields: fields.to_vec(),
         };
-        self.write_with(vec![op], |before| match before {
+        self.write_with(vec![op], |read| match read(key).as_ref() {
             None => Ok(fields.len() as u64),
             Some(Local::Hash(m)) => {
                 Ok(fields.iter().filter(|(f, _)| !m.contains_key(f)).count() as u64)
@@ -640,7 +1040,7 @@ impl FallbackStore for MemoryStore {
             key: key.to_vec(),
             fields: fields.to_vec(),
         };
-        self.write_with(vec![op], |before| match before {
+        self.write_with(vec![op], |read| match read(key).as_ref() {
             None => Ok(0),
             Some(Local::Hash(m)) => Ok(fields.iter().filter(|f| m.contains_key(*f)).count() as u64),
             Some(_) => Err(FallbackError::WrongType),
@@ -700,6 +1100,8 @@ impl FallbackStore for MemoryStore {
         if self.active.swap(false, Ordering::AcqRel) {
             tracing::info!("fallback mode off");
         }
+        // Reads go to Redis again: the values already replayed are no longer needed.
+        self.release_settled(&mut self.lock());
     }
 
     fn pending_writes(&self) -> u64 {
@@ -707,16 +1109,22 @@ impl FallbackStore for MemoryStore {
     }
 
     fn memory(&self) -> MemoryUsage {
+        let (pinned, settled) = {
+            let state = self.lock();
+            (state.pinned, state.settled)
+        };
         MemoryUsage {
-            pinned: self.lock().pinned,
-            shadow: self.shadow_bytes(),
+            pinned,
+            shadow: self.shadow_bytes() + settled,
             limit: self.config.max_memory_size,
         }
     }
 
     fn observe(&self, key: &[u8], value: Option<Vec<u8>>, ttl: Option<Duration>) {
         let Some(shadow) = &self.shadow else { return };
-        let expire_at = ttl.map(|t| self.deadline(t));
+        let Ok(expire_at) = ttl.map(|t| self.deadline(t)).transpose() else {
+            return;
+        };
         shadow.insert(key.to_vec(), Arc::new(Shadow { value, expire_at }));
     }
 
@@ -728,7 +1136,7 @@ impl FallbackStore for MemoryStore {
         };
         loop {
             // Under the lock: seal if needed and copy the next batch out.
-            let (id, last, entries) = {
+            let (id, last, retire, entries) = {
                 let mut state = self.lock();
                 if state.seal.is_none() {
                     let Some(last) = state.journal.back().map(|(e, _)| e.seq) else {
@@ -737,67 +1145,68 @@ impl FallbackStore for MemoryStore {
                     let seal = Seal {
                         last,
                         batch_size: self.config.replay_batch_size,
+                        batch_bytes: REPLAY_BATCH_BYTES,
                         done: 0,
+                        bounds: None,
                     };
                     if let Some(file) = &mut state.file {
-                        let path = file.path().to_owned();
                         file.append(&[Record::Seal {
                             last,
                             batch_size: seal.batch_size,
+                            batch_bytes: seal.batch_bytes,
                         }])
-                        .map_err(|source| FallbackError::Journal { path, source })?;
+                        .map_err(|e| journal_error(file.path(), e))?;
                     }
                     state.seal = Some(seal);
                 }
-                let seal = state.seal.unwrap_or(Seal {
-                    last: 0,
-                    batch_size: 1,
-                    done: 0,
+                let instance = state.header.instance;
+                let State { seal, journal, .. } = &mut *state;
+                let Some(seal) = seal.as_mut() else { break };
+                let bounds = seal.bounds.get_or_insert_with(|| {
+                    cut_batches(
+                        journal
+                            .iter()
+                            .take_while(|(e, _)| e.seq <= seal.last)
+                            .map(|(e, _)| batch_weight(&e.op)),
+                        seal.batch_size,
+                        seal.batch_bytes,
+                    )
                 });
-                let sealed = state
-                    .journal
-                    .iter()
-                    .take_while(|(e, _)| e.seq <= seal.last)
-                    .count();
-                let size = seal.batch_size.max(1) as usize;
-                let batches = sealed.div_ceil(size);
-                let start = seal.done as usize * size;
-                if start >= sealed {
+                let index = seal.done as usize;
+                let Some(&end) = bounds.get(index) else {
                     self.complete_seal(&mut state)?;
                     continue;
-                }
-                let end = (start + size).min(sealed);
+                };
+                let start = index.checked_sub(1).map_or(0, |i| bounds[i]);
+                let last = index + 1 == bounds.len();
+                let id = BatchId::new(instance, seal.last, seal.done);
                 let entries: Vec<Entry> = state
                     .journal
                     .range(start..end)
                     .map(|(e, _)| e.clone())
                     .collect();
-                let id = BatchId {
-                    instance: state.instance,
-                    seal: seal.last,
-                    index: seal.done,
-                };
-                (id, seal.done as usize + 1 == batches, entries)
+                let previous = state.header.previous;
+                (id, last, (previous != 0).then_some(previous), entries)
             };
-            let batch = Batch {
-                id,
-                now: self.clock.now_ms(),
-                last,
-                entries: &entries,
-            };
+            let mut batch = Batch::new(id, self.clock.now_ms(), last, &entries);
+            batch.retire = retire;
             let outcome = target.apply(&batch).await?;
+            let mut state = self.lock();
+            if retire.is_some() {
+                state.header.previous = 0;
+            }
             match outcome {
                 BatchOutcome::Applied { rejected } => {
                     report.batches_applied += 1;
-                    report.entries_applied += entries.len() as u64;
-                    report.rejected += u64::from(rejected);
-                    if rejected > 0 {
-                        tracing::warn!(batch = %id, rejected, "replay: the target refused some writes");
-                    }
+                    report.entries_applied += (entries.len() - rejected.len()) as u64;
+                    report.rejected += rejected.len() as u64;
+                    self.bury(&mut state, id, &entries, rejected);
                 }
-                BatchOutcome::AlreadyApplied => report.batches_skipped += 1,
+                BatchOutcome::AlreadyApplied { rejected } => {
+                    report.batches_skipped += 1;
+                    self.bury(&mut state, id, &entries, rejected);
+                }
             }
-            let mut state = self.lock();
             let done = if let Some(seal) = &mut state.seal {
                 seal.done += 1;
                 seal.done
@@ -807,9 +1216,8 @@ impl FallbackStore for MemoryStore {
             if last {
                 self.complete_seal(&mut state)?;
             } else if let Some(file) = &mut state.file {
-                let path = file.path().to_owned();
                 file.append(&[Record::Progress(done)])
-                    .map_err(|source| FallbackError::Journal { path, source })?;
+                    .map_err(|e| journal_error(file.path(), e))?;
             }
         }
         report.pending = self.pending_writes();
@@ -818,32 +1226,15 @@ impl FallbackStore for MemoryStore {
 
     fn close(&self) -> Result<(), FallbackError> {
         let mut state = self.lock();
+        state.closed = true;
         let pending = state.journal.len() as u64;
-        let instance = state.instance;
-        let records: Vec<Record> = state
-            .journal
-            .iter()
-            .map(|(e, _)| Record::Entry(e.clone()))
-            .collect();
-        let replay_in_progress = state.seal.is_some();
+        let records = records_of(&state);
+        let header = state.header.clone();
         match &mut state.file {
-            Some(file) if self.config.persist_on_shutdown => {
-                let path = file.path().to_owned();
-                // Compact to exactly what is pending; a replay in progress starts over cleanly
-                // (its batch ids change with the new seal, which is safe: sealed batches that
-                // were applied are gone from the journal only once the whole seal finished).
-                let result = if replay_in_progress {
-                    file.sync()
-                } else {
-                    file.rewrite(instance, &records)
-                };
-                result.map_err(|source| FallbackError::Journal { path, source })
-            }
-            Some(file) => {
-                let path = file.path().to_owned();
-                file.sync()
-                    .map_err(|source| FallbackError::Journal { path, source })
-            }
+            Some(file) if self.config.persist_on_shutdown => file
+                .rewrite(&header, &records)
+                .map_err(|e| journal_error(file.path(), e)),
+            Some(file) => file.sync().map_err(|e| journal_error(file.path(), e)),
             None if pending > 0 => Err(FallbackError::PendingAtClose { pending }),
             None => Ok(()),
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use resilient_redis_fallback::{
     Batch, BatchOutcome, REPLAY_SCRIPT, SyncError, SyncTarget, script_args,
 };
+
 use resilient_redis_health::{Probe, ProbeError};
 use resilient_redis_pool::ConnectionPool;
 
@@ -32,6 +33,34 @@ impl Probe for PoolProbe {
     }
 }
 
+/// The server a configuration points at, as `host:port/db` (`unix:PATH/db` for a socket),
+/// never with a password: what a fallback journal records as its server.
+#[must_use]
+pub fn server_identity(url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return String::new();
+    };
+    let db_in_query = || {
+        parsed
+            .query_pairs()
+            .find(|(k, _)| k == "db")
+            .map_or_else(|| "0".to_owned(), |(_, v)| v.into_owned())
+    };
+    match parsed.scheme() {
+        "unix" | "redis+unix" => format!("unix:{}/{}", parsed.path(), db_in_query()),
+        _ => {
+            let host = parsed.host_str().unwrap_or("localhost");
+            let port = parsed.port().unwrap_or(6379);
+            let db = parsed
+                .path()
+                .trim_start_matches('/')
+                .parse::<i64>()
+                .unwrap_or(0);
+            format!("{host}:{port}/{db}")
+        }
+    }
+}
+
 /// Replays fallback batches into Redis with the fallback crate's script, over the pool.
 pub struct RedisSyncTarget {
     pool: Arc<dyn ConnectionPool>,
@@ -52,22 +81,36 @@ impl RedisSyncTarget {
 #[async_trait::async_trait]
 impl SyncTarget for RedisSyncTarget {
     async fn apply(&self, batch: &Batch<'_>) -> Result<BatchOutcome, SyncError> {
-        let mut conn = self.pool.shared().map_err(|e| SyncError {
-            kind: e.kind(),
-            message: e.to_string(),
-        })?;
+        let mut conn = self
+            .pool
+            .shared()
+            .map_err(|e| SyncError::new(e.kind(), e.to_string()))?;
         let mut invocation = self.script.prepare_invoke();
         for arg in script_args(batch) {
             invocation.arg(arg);
         }
-        let (applied, rejected): (i64, i64) =
-            invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| SyncError {
-                    kind: resilient_redis_pool::classify(&e),
-                    message: e.to_string(),
-                })?;
-        Ok(BatchOutcome::from_script_reply(applied, rejected))
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| SyncError::new(resilient_redis_pool::classify(&e), e.to_string()))?;
+        BatchOutcome::from_script_reply(&reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_identity;
+
+    #[test]
+    fn the_identity_names_host_port_and_db_never_the_password() {
+        assert_eq!(
+            server_identity("redis://user:hunter2@cache.internal:6380/3"),
+            "cache.internal:6380/3"
+        );
+        assert_eq!(server_identity("rediss://h"), "h:6379/0");
+        assert_eq!(
+            server_identity("unix:///run/redis.sock?db=2"),
+            "unix:/run/redis.sock/2"
+        );
     }
 }

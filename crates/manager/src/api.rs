@@ -66,6 +66,31 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// Refuses a TTL whose deadline Redis would refuse (past Unix time `i64::MAX` ms), in every
+/// mode, so the caller sees the same error whether Redis or memory would have answered.
+fn check_ttl(ttl: Duration) -> Result<(), Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    if now.saturating_add(ttl.as_millis()) > u128::from(resilient_redis_fallback::MAX_DEADLINE_MS) {
+        return Err(Error::Validation(format!(
+            "ttl of {} ms ends past the latest deadline Redis accepts",
+            ttl.as_millis()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an empty argument list Redis would refuse (`wrong number of arguments`).
+fn non_empty<T>(what: &str, command: &str, items: &[T]) -> Result<(), Error> {
+    if items.is_empty() {
+        return Err(Error::Validation(format!(
+            "{what}: {command} needs at least one"
+        )));
+    }
+    Ok(())
+}
+
 /// The operations as inherent methods: called on a `RedisManager` directly they cost no boxed
 /// future; [`RedisApi`] forwards to them.
 impl RedisManager {
@@ -94,6 +119,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
+        ttl.map_or(Ok(()), check_ttl)?;
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
         if let Some(t) = ttl {
@@ -117,6 +143,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error> {
+        non_empty("keys", "DEL", keys)?;
         let mut cmd = redis::cmd("DEL");
         cmd.arg(keys);
         self.call(
@@ -157,6 +184,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error> {
+        check_ttl(ttl)?;
         let mut cmd = redis::cmd("PEXPIRE");
         cmd.arg(key).arg(millis(ttl));
         self.call(
@@ -213,6 +241,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        non_empty("keys", "MGET", keys)?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
         self.call(
@@ -235,6 +264,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
+        non_empty("pairs", "MSET", pairs)?;
         let mut cmd = redis::cmd("MSET");
         for (k, v) in pairs {
             cmd.arg(k).arg(v);
@@ -277,6 +307,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error> {
+        non_empty("fields", "HSET", fields)?;
         let mut cmd = redis::cmd("HSET");
         cmd.arg(key);
         for (f, v) in fields {
@@ -298,6 +329,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error> {
+        non_empty("fields", "HDEL", fields)?;
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(key).arg(fields);
         self.call(
@@ -345,6 +377,15 @@ impl RedisManager {
     pub async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error> {
         // A pipeline runs as one request on the shared connection.
         let started = tokio::time::Instant::now();
+        if self.journal_pending() {
+            let e = crate::manager::overtake_error();
+            self.inner.metrics.record_operation(
+                "pipeline",
+                started.elapsed(),
+                resilient_redis_metrics::Outcome::Error(e.kind()),
+            );
+            return Err(e);
+        }
         let mut conn = self.inner.pool.shared().map_err(|e| Error::Unavailable {
             kind: e.kind(),
             message: e.to_string(),

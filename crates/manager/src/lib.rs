@@ -8,7 +8,7 @@ mod error;
 mod manager;
 mod report;
 
-pub use adapters::{PoolProbe, RedisSyncTarget};
+pub use adapters::{PoolProbe, RedisSyncTarget, server_identity};
 pub use api::{RedisApi, RedisApiExt};
 pub use error::Error;
 pub use manager::{RedisManager, RedisManagerBuilder};

@@ -1,7 +1,7 @@
 //! [`RedisManager`]: the request path and the recovery loop.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::{Cmd, Value};
@@ -51,6 +51,11 @@ pub(crate) struct Inner {
     fallback_enabled: bool,
     shadow: bool,
     closed: AtomicBool,
+    /// Orders fallback-mode changes against journal appends: every answer from the fallback
+    /// store (and so every journal append) happens under a read guard, after checking the mode
+    /// and `closed`; leaving fallback mode and closing take the write guard. So fallback mode
+    /// never ends while an append is in flight, and nothing is journaled after close.
+    gate: RwLock<()>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -162,7 +167,11 @@ impl RedisManagerBuilder {
         };
         let store: Arc<dyn FallbackStore> = match self.store {
             Some(s) => s,
-            None => Arc::new(MemoryStore::new(&config.fallback)?),
+            None => Arc::new(
+                MemoryStore::builder(&config.fallback)
+                    .server(crate::adapters::server_identity(config.url.expose()))
+                    .build()?,
+            ),
         };
         let metrics: Arc<dyn MetricsCollector> = match self.metrics {
             Some(m) => m,
@@ -183,6 +192,7 @@ impl RedisManagerBuilder {
             metrics,
             target,
             closed: AtomicBool::new(false),
+            gate: RwLock::new(()),
             tasks: Mutex::new(Vec::new()),
         });
         if inner.store.pending_writes() > 0 && inner.fallback_enabled {
@@ -346,10 +356,17 @@ impl RedisManager {
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
             .collect();
-        for task in tasks {
+        // Stop the recovery loop and wait until it is gone, so a replay it was running has
+        // released the journal before close replays.
+        for task in &tasks {
             task.abort();
         }
+        for task in tasks {
+            let _ = task.await;
+        }
         inner.health.stop().await;
+        // Wait for answers from memory in flight; later ones see `closed` and refuse.
+        drop(inner.gate.write().unwrap_or_else(PoisonError::into_inner));
         if inner.store.pending_writes() > 0 {
             match tokio::time::timeout(deadline, inner.store.replay(Arc::clone(&inner.target)))
                 .await
@@ -387,15 +404,22 @@ impl RedisManager {
             let fallback = fallback.filter(|_| inner.fallback_enabled);
             if let Some(serve) = fallback
                 && inner.store.is_fallback_mode()
+                && let Some(answer) = self.serve(op, started, serve, false)
             {
-                return self.serve(op, started, serve);
+                return answer;
+            }
+            if kind == Kind::Opaque && self.journal_pending() {
+                let e = overtake_error();
+                inner
+                    .metrics
+                    .record_operation(op, started.elapsed(), Outcome::Error(e.kind()));
+                return Err(e);
             }
             let permit = match inner.breaker.try_acquire() {
                 Ok(p) => p,
                 Err(rejected) => {
                     if let Some(serve) = fallback {
-                        inner.store.activate();
-                        return self.serve(op, started, serve);
+                        return self.serve_activating(op, started, serve);
                     }
                     let e = Error::Unavailable {
                         kind: ErrorKind::CircuitBreaker,
@@ -408,7 +432,10 @@ impl RedisManager {
                 }
             };
             let cfg = &inner.config;
-            let deadline = started + cfg.socket_timeout * (cfg.max_retries + 1);
+            let budget = cfg
+                .socket_timeout
+                .saturating_mul(cfg.max_retries.saturating_add(1));
+            let deadline = started.checked_add(budget);
             let mut delay = cfg.retry_delay;
             let mut attempts = 0;
             let (failure, sent) = loop {
@@ -452,12 +479,13 @@ impl RedisManager {
                     && kind != Kind::Opaque
                     && !(kind == Kind::NonIdempotentWrite && sent)
                     && attempts <= cfg.max_retries
-                    && Instant::now() + delay < deadline;
+                    && deadline
+                        .is_none_or(|d| Instant::now().checked_add(delay).is_some_and(|t| t < d));
                 if !retry {
                     break (err, sent);
                 }
                 let jitter = delay.mul_f64(fastrand::f64() * 0.5);
-                tokio::time::sleep(delay + jitter).await;
+                tokio::time::sleep(delay.saturating_add(jitter)).await;
                 delay = delay.saturating_mul(2);
             };
             let err_kind = effective_kind(&failure);
@@ -480,8 +508,7 @@ impl RedisManager {
             if let Some(serve) = fallback
                 && err_kind.is_transient()
             {
-                inner.store.activate();
-                return self.serve(op, started, serve);
+                return self.serve_activating(op, started, serve);
             }
             inner
                 .metrics
@@ -499,21 +526,50 @@ impl RedisManager {
         result
     }
 
-    fn serve<T>(
+    /// Whether journaled writes wait for their replay (only ever in fallback mode).
+    pub(crate) fn journal_pending(&self) -> bool {
+        self.inner.store.is_fallback_mode() && self.inner.store.pending_writes() > 0
+    }
+
+    /// Enters fallback mode and answers from the fallback store.
+    fn serve_activating<T>(
         &self,
         op: &'static str,
         started: Instant,
         serve: &Serve<'_, T>,
     ) -> Result<T, Error> {
-        let result = serve(self.inner.store.as_ref());
+        self.serve(op, started, serve, true)
+            .unwrap_or(Err(Error::Closed))
+    }
+
+    /// Answers from the fallback store under the mode gate: `None` when fallback mode ended
+    /// meanwhile (the caller goes to Redis), unless `activate` turns it on.
+    fn serve<T>(
+        &self,
+        op: &'static str,
+        started: Instant,
+        serve: &Serve<'_, T>,
+        activate: bool,
+    ) -> Option<Result<T, Error>> {
+        let inner = &*self.inner;
+        let _gate = inner.gate.read().unwrap_or_else(PoisonError::into_inner);
+        if inner.closed.load(Ordering::Acquire) {
+            return Some(Err(Error::Closed));
+        }
+        if activate {
+            inner.store.activate();
+        } else if !inner.store.is_fallback_mode() {
+            return None;
+        }
+        let result = serve(inner.store.as_ref());
         let outcome = match &result {
             Ok(_) => Outcome::Fallback,
             Err(e) => Outcome::Error(e.kind()),
         };
-        self.inner
+        inner
             .metrics
             .record_operation(op, started.elapsed(), outcome);
-        result.map_err(Error::from)
+        Some(result.map_err(Error::from))
     }
 }
 
@@ -531,6 +587,16 @@ fn effective_kind(err: &PoolError) -> ErrorKind {
         return ErrorKind::Connection;
     }
     err.kind()
+}
+
+/// The refusal of a command that could overtake journaled writes.
+pub(crate) fn overtake_error() -> Error {
+    Error::Unavailable {
+        kind: ErrorKind::Fallback,
+        message: "journaled writes are waiting for their replay: commands the fallback cannot \
+                  serve are refused until it is done, so that they cannot overtake them"
+            .into(),
+    }
 }
 
 fn server_error(err: PoolError) -> Error {
@@ -638,9 +704,19 @@ async fn recover(inner: &Inner) {
                     "replayed journaled writes"
                 );
             }
-            if inner.store.pending_writes() == 0 && inner.store.is_fallback_mode() {
-                inner.store.deactivate();
-                tracing::info!("Redis is back and the journal is drained: fallback mode off");
+            if report.rejected > 0 {
+                tracing::error!(
+                    dead_letters = report.rejected,
+                    "Redis refused replayed writes; they are kept as dead letters in the journal"
+                );
+            }
+            {
+                // No append is in flight while the write guard is held, so "drained" holds.
+                let _gate = inner.gate.write().unwrap_or_else(PoisonError::into_inner);
+                if inner.store.pending_writes() == 0 && inner.store.is_fallback_mode() {
+                    inner.store.deactivate();
+                    tracing::info!("Redis is back and the journal is drained: fallback mode off");
+                }
             }
             inner.metrics.record_fallback(FallbackGauge::new(
                 inner.store.is_fallback_mode(),

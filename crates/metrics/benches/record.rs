@@ -13,7 +13,7 @@ use resilient_redis_config::{ErrorKind, MetricsConfig};
 use resilient_redis_metrics::{Collector, MetricsCollector, Outcome, PrometheusExporter};
 
 fn outcome(i: u64) -> Outcome {
-    if i % 50 == 0 {
+    if i.is_multiple_of(50) {
         Outcome::Error(ErrorKind::Timeout)
     } else {
         Outcome::Success
