@@ -181,6 +181,16 @@ async fn a_poison_write_in_an_outage_is_refused_and_the_rest_replays_once() {
     assert_eq!(big, 5000);
     let k: Option<String> = direct.get("k").await.unwrap();
     assert_eq!(k, None, "the refused write was never acknowledged");
+    assert_eq!(m.health_check().await.dead_letters, 1, "counted");
+    assert_eq!(m.metrics().snapshot().fallback.dead_letters, 1);
+    assert!(
+        m.metrics()
+            .report()
+            .recommendations
+            .iter()
+            .any(|r| r.code == "dead_letters"),
+        "and reported"
+    );
     m.close(Duration::from_secs(2)).await.unwrap();
     let report = resilient_redis_fallback::inspect_journal(&journal).unwrap();
     assert_eq!(report.dead_letters.len(), 1, "{report:?}");

@@ -56,7 +56,27 @@ pub(crate) struct Inner {
     /// and `closed`; leaving fallback mode and closing take the write guard. So fallback mode
     /// never ends while an append is in flight, and nothing is journaled after close.
     gate: RwLock<()>,
+    /// Writes Redis refused at replay since the start (kept as dead letters by the store).
+    dead_letters: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn fallback_gauge(&self) -> FallbackGauge {
+        FallbackGauge::new(self.store.is_fallback_mode(), self.store.pending_writes())
+            .with_dead_letters(self.dead_letters.load(Ordering::Relaxed))
+    }
+
+    fn count_dead_letters(&self, report: &resilient_redis_fallback::ReplayReport) {
+        if report.rejected > 0 {
+            self.dead_letters
+                .fetch_add(report.rejected, Ordering::Relaxed);
+            tracing::error!(
+                dead_letters = report.rejected,
+                "Redis refused replayed writes; they are kept as dead letters in the journal"
+            );
+        }
+    }
 }
 
 /// The resilient Redis client applications call: every operation passes the circuit breaker,
@@ -193,6 +213,7 @@ impl RedisManagerBuilder {
             target,
             closed: AtomicBool::new(false),
             gate: RwLock::new(()),
+            dead_letters: std::sync::atomic::AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
         if inner.store.pending_writes() > 0 && inner.fallback_enabled {
@@ -334,6 +355,7 @@ impl RedisManager {
             pool: inner.pool.status().to_string(),
             fallback_mode,
             pending_writes: inner.store.pending_writes(),
+            dead_letters: inner.dead_letters.load(Ordering::Relaxed),
             error_rate: snapshot.error_rate,
         }
     }
@@ -371,10 +393,14 @@ impl RedisManager {
             match tokio::time::timeout(deadline, inner.store.replay(Arc::clone(&inner.target)))
                 .await
             {
-                Ok(Ok(report)) => tracing::info!(
-                    applied = report.entries_applied,
-                    "replayed pending writes on close"
-                ),
+                Ok(Ok(report)) => {
+                    inner.count_dead_letters(&report);
+                    inner.metrics.record_fallback(inner.fallback_gauge());
+                    tracing::info!(
+                        applied = report.entries_applied,
+                        "replayed pending writes on close"
+                    );
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot replay pending writes on close"),
                 Err(_) => tracing::warn!("replay on close timed out"),
             }
@@ -654,7 +680,7 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
                 tracing::warn!(state = %state, "circuit breaker changed state");
                 if state == BreakerState::Open && m.fallback_enabled {
                     m.store.activate();
-                    m.metrics.record_fallback(FallbackGauge::new(true, m.store.pending_writes()));
+                    m.metrics.record_fallback(m.fallback_gauge());
                 }
             }
             changed = health_rx.changed() => {
@@ -681,7 +707,7 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
             _ = gauges.tick() => {
                 let Some(m) = inner.upgrade() else { return };
                 m.metrics.record_pool(pool_gauges(m.pool.as_ref()), None);
-                m.metrics.record_fallback(FallbackGauge::new(m.store.is_fallback_mode(), m.store.pending_writes()));
+                m.metrics.record_fallback(m.fallback_gauge());
             }
         }
     }
@@ -704,12 +730,7 @@ async fn recover(inner: &Inner) {
                     "replayed journaled writes"
                 );
             }
-            if report.rejected > 0 {
-                tracing::error!(
-                    dead_letters = report.rejected,
-                    "Redis refused replayed writes; they are kept as dead letters in the journal"
-                );
-            }
+            inner.count_dead_letters(&report);
             {
                 // No append is in flight while the write guard is held, so "drained" holds.
                 let _gate = inner.gate.write().unwrap_or_else(PoisonError::into_inner);
@@ -718,10 +739,7 @@ async fn recover(inner: &Inner) {
                     tracing::info!("Redis is back and the journal is drained: fallback mode off");
                 }
             }
-            inner.metrics.record_fallback(FallbackGauge::new(
-                inner.store.is_fallback_mode(),
-                inner.store.pending_writes(),
-            ));
+            inner.metrics.record_fallback(inner.fallback_gauge());
         }
         Err(e) => tracing::debug!(error = %e, "replay not possible yet"),
     }
@@ -737,5 +755,61 @@ impl Drop for Inner {
         {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use resilient_redis_fallback::{FallbackStore, MemoryStore, ModelTarget};
+
+    use super::*;
+
+    /// Fails without the mode gate: recovery found the journal drained and ended fallback mode
+    /// while a request was between "fallback mode?" and its journal append; that write was
+    /// acknowledged, the caller's next write went straight to Redis and was later overwritten
+    /// by the replay of the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the guard stands for a request paused inside its append; the other worker runs recovery"
+    )]
+    async fn fallback_mode_does_not_end_while_an_append_is_in_flight() {
+        let config = RedisConfig::default();
+        let store = Arc::new(MemoryStore::new(&config.fallback).unwrap());
+        let mut health = resilient_redis_health::MockHealthMonitor::new();
+        health.expect_stop().return_const(());
+        let m = RedisManager::builder(config)
+            .pool(Arc::new(resilient_redis_pool::MockConnectionPool::new()))
+            .health(Arc::new(health))
+            .breaker(Arc::new(NoopBreaker::new()))
+            .fallback(Arc::clone(&store) as Arc<dyn FallbackStore>)
+            .metrics(Arc::new(NoopMetrics))
+            .sync_target(Arc::new(ModelTarget::new()))
+            .background_tasks(false)
+            .build()
+            .await
+            .unwrap();
+        store.activate();
+        // A request answered from memory: it has checked the mode and is about to append.
+        let in_flight = m.inner.gate.read().unwrap();
+        let recovery = tokio::spawn({
+            let m = m.clone();
+            async move { recover(&m.inner).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            store.is_fallback_mode(),
+            "recovery waits for the append in flight"
+        );
+        store.set(b"k", b"v", None).unwrap();
+        drop(in_flight);
+        recovery.await.unwrap();
+        assert!(store.is_fallback_mode(), "a write is pending: still on");
+        assert_eq!(store.pending_writes(), 1);
+        recover(&m.inner).await;
+        assert!(!store.is_fallback_mode(), "drained: off");
     }
 }

@@ -38,6 +38,9 @@ pub struct HealthReport {
     pub fallback_mode: bool,
     /// Journaled writes waiting for replay.
     pub pending_writes: u64,
+    /// Acknowledged writes Redis refused at replay since the start, kept as dead letters in the
+    /// journal (`resilient-redis journal inspect` lists them).
+    pub dead_letters: u64,
     /// Failed share of recent operations.
     pub error_rate: f64,
 }

@@ -216,3 +216,94 @@ async fn applications_mock_the_typed_api() {
         "hello (degraded: circuit_breaker_error)"
     );
 }
+
+/// Fails on the first version, where `execute` and `pipeline` went straight to Redis while
+/// journaled writes for the same keys waited for their replay (and were replayed over them).
+#[tokio::test]
+async fn commands_the_fallback_cannot_serve_never_overtake_journaled_writes() {
+    let mut p = parts();
+    p.pool.expect_shared().never();
+    p.breaker.expect_try_acquire().never();
+    p.store.expect_is_fallback_mode().return_const(true);
+    p.store.expect_activate().return_const(());
+    p.store.expect_pending_writes().return_const(3u64);
+    p.metrics
+        .expect_record_operation()
+        .withf(|_, _, o| *o == Outcome::Error(ErrorKind::Fallback))
+        .times(2)
+        .return_const(());
+    let m = RedisManager::builder(RedisConfig::default())
+        .pool(Arc::new(p.pool))
+        .health(Arc::new(MockHealthMonitor::new()))
+        .breaker(Arc::new(p.breaker))
+        .fallback(Arc::new(p.store))
+        .metrics(Arc::new(p.metrics))
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+    let err = m.execute(&redis::cmd("GETSET")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fallback, "{err}");
+    assert!(err.to_string().contains("overtake"), "{err}");
+    let err = m.pipeline(&redis::pipe()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fallback, "{err}");
+}
+
+/// Refused in every mode, before anything is asked of Redis or memory: a TTL whose deadline
+/// Redis would refuse, and argument lists Redis would refuse as empty.
+#[tokio::test]
+async fn arguments_redis_would_refuse_are_refused_at_the_call() {
+    let mut p = parts();
+    p.pool.expect_shared().never();
+    p.breaker.expect_try_acquire().never();
+    p.store.expect_is_fallback_mode().never();
+    let m = manager(p).await;
+    for err in [
+        m.set(b"k", b"v", Some(std::time::Duration::MAX))
+            .await
+            .unwrap_err(),
+        m.expire(b"k", std::time::Duration::MAX)
+            .await
+            .map(drop)
+            .unwrap_err(),
+        m.hset(b"h", &[]).await.map(drop).unwrap_err(),
+        m.del(&[]).await.map(drop).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::Validation(_)), "{err}");
+    }
+}
+
+/// Fails on the first version: a call in flight when `close()` ran (here sleeping before its
+/// retry) was later answered from memory and journaled after the store had been closed, so
+/// nobody would ever replay it. Now it gets `Closed`, and close's `Ok` means nothing is left.
+#[tokio::test(start_paused = true)]
+async fn a_call_in_flight_at_close_is_refused_not_journaled_behind_it() {
+    use resilient_redis_fallback::{FallbackStore, MemoryStore};
+    let mut config = RedisConfig::default();
+    config.max_retries = 1;
+    let mut pool = MockConnectionPool::new();
+    pool.expect_shared().returning(|| Err(refused()));
+    pool.expect_close().return_const(());
+    let mut health = MockHealthMonitor::new();
+    health.expect_stop().return_const(());
+    let store = Arc::new(MemoryStore::new(&config.fallback).unwrap());
+    let m = RedisManager::builder(config)
+        .pool(Arc::new(pool))
+        .health(Arc::new(health))
+        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
+        .fallback(Arc::clone(&store) as Arc<dyn FallbackStore>)
+        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+    let call = tokio::spawn({
+        let m = m.clone();
+        async move { m.set(b"k", b"v", None).await }
+    });
+    tokio::task::yield_now().await; // the call failed once and sleeps before its retry
+    m.close(std::time::Duration::from_secs(1)).await.unwrap();
+    let answer = call.await.unwrap();
+    assert!(matches!(answer, Err(Error::Closed)), "{answer:?}");
+    assert_eq!(store.pending_writes(), 0, "nothing journaled after close");
+}

@@ -120,6 +120,7 @@ pub(crate) struct Gauges {
     pub(crate) breaker_seen: AtomicBool,
     pub(crate) fallback_active: AtomicBool,
     pub(crate) fallback_pending: AtomicU64,
+    pub(crate) fallback_dead_letters: AtomicU64,
     pub(crate) healthy: AtomicU8, // 0 unknown, 1 unhealthy, 2 healthy
 }
 
@@ -302,6 +303,9 @@ impl MetricsCollector for Collector {
         self.gauges
             .fallback_pending
             .store(fallback.pending, Ordering::Relaxed);
+        self.gauges
+            .fallback_dead_letters
+            .fetch_max(fallback.dead_letters, Ordering::Relaxed);
     }
 
     fn record_health(&self, health: HealthGauge) {
@@ -377,6 +381,7 @@ impl MetricsCollector for Collector {
             fallback: FallbackGauge {
                 active: g.fallback_active.load(Ordering::Relaxed),
                 pending: g.fallback_pending.load(Ordering::Relaxed),
+                dead_letters: g.fallback_dead_letters.load(Ordering::Relaxed),
             },
             healthy: match g.healthy.load(Ordering::Relaxed) {
                 0 => None,

@@ -101,13 +101,26 @@ pub struct FallbackGauge {
     pub active: bool,
     /// Journaled writes waiting for replay.
     pub pending: u64,
+    /// Acknowledged writes Redis refused at replay, kept as dead letters (since the start).
+    pub dead_letters: u64,
 }
 
 impl FallbackGauge {
     /// A fallback gauge.
     #[must_use]
     pub fn new(active: bool, pending: u64) -> Self {
-        Self { active, pending }
+        Self {
+            active,
+            pending,
+            dead_letters: 0,
+        }
+    }
+
+    /// With the count of dead letters so far.
+    #[must_use]
+    pub fn with_dead_letters(mut self, dead_letters: u64) -> Self {
+        self.dead_letters = dead_letters;
+        self
     }
 }
 

@@ -31,6 +31,8 @@ pub mod names {
     pub const FALLBACK_ACTIVE: &str = "redis.fallback.active";
     /// Journaled writes waiting for replay (gauge).
     pub const FALLBACK_PENDING: &str = "redis.fallback.journal.pending";
+    /// Acknowledged writes Redis refused at replay, kept as dead letters (counter).
+    pub const FALLBACK_DEAD_LETTERS: &str = "redis.fallback.dead_letters";
     /// Health probe duration, seconds (histogram).
     pub const HEALTH_CHECK_DURATION: &str = "redis.health.check.duration";
     /// `db.system.name` (always `redis`).
@@ -115,6 +117,15 @@ impl Instruments {
             .with_unit("{write}")
             .with_callback(move |o| {
                 o.observe(g.fallback_pending.load(Ordering::Relaxed), &[system()])
+            })
+            .build();
+        let g = Arc::clone(gauges);
+        meter
+            .u64_observable_counter(names::FALLBACK_DEAD_LETTERS)
+            .with_description("Acknowledged writes Redis refused at replay, kept as dead letters")
+            .with_unit("{write}")
+            .with_callback(move |o| {
+                o.observe(g.fallback_dead_letters.load(Ordering::Relaxed), &[system()])
             })
             .build();
         Self {

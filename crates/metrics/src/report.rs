@@ -166,6 +166,19 @@ impl PerformanceReport {
                 ),
             );
         }
+        if s.fallback.dead_letters > 0 {
+            add(
+                "dead_letters",
+                "fallback_dead_letters",
+                s.fallback.dead_letters as f64,
+                0.0,
+                format!(
+                    "{} acknowledged writes were refused by Redis at replay and kept as dead letters: \
+                     list them with `resilient-redis journal inspect <journal_path>`",
+                    s.fallback.dead_letters
+                ),
+            );
+        }
         let summary = format!(
             "{} operations over the last {:.0} s: {:.2} % failed, {} served from fallback; latency p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
             s.total_operations,
@@ -237,13 +250,14 @@ impl fmt::Display for PerformanceReport {
         }
         writeln!(
             f,
-            "  fallback    {}, {} pending",
+            "  fallback    {}, {} pending, {} dead letters",
             if s.fallback.active {
                 "active"
             } else {
                 "inactive"
             },
-            s.fallback.pending
+            s.fallback.pending,
+            s.fallback.dead_letters
         )?;
         if self.recommendations.is_empty() {
             writeln!(f, "recommendations: none")?;
