@@ -289,6 +289,7 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
         (names::BREAKER_STATE, ""),
         (names::FALLBACK_ACTIVE, ""),
         (names::FALLBACK_PENDING, "{write}"),
+        (names::FALLBACK_DEAD_LETTERS, "{write}"),
         (names::HEALTH_CHECK_DURATION, "s"),
     ]
     .into_iter()
