@@ -100,8 +100,8 @@ pub(crate) fn render(r: &JournalReport, show_values: bool) -> String {
         out.push_str("format:        first (it is converted when a store opens it)\n");
     }
     match r.replay {
-        Some((last, size, done)) => out.push_str(&format!(
-            "replay:        in progress over entries up to #{last}, {done} batches of up to {size} applied\n"
+        Some((last, batches, done)) => out.push_str(&format!(
+            "replay:        in progress over entries up to #{last}, {done} of {batches} batches applied\n"
         )),
         None => out.push_str("replay:        none in progress\n"),
     }

@@ -17,8 +17,8 @@ pub struct JournalReport {
     pub instance: u128,
     /// Writes acknowledged and not yet replayed, in order.
     pub pending: Vec<Entry>,
-    /// A replay in progress: the last sequence number it covers, its batch size, and the
-    /// batches recorded as applied.
+    /// A replay in progress: the last sequence number it covers, its number of batches, and
+    /// the batches recorded as applied.
     pub replay: Option<(u64, u32, u32)>,
     /// Writes Redis refused at replay.
     pub dead_letters: Vec<DeadLetter>,
@@ -51,9 +51,9 @@ pub fn inspect_journal(path: &Path) -> Result<JournalReport, FallbackError> {
     for record in contents.records {
         match record {
             Record::Entry(e) => pending.push(e),
-            Record::Seal {
-                last, batch_size, ..
-            } => replay = Some((last, batch_size, 0)),
+            Record::Seal { last, ends } => {
+                replay = Some((last, u32::try_from(ends.len()).unwrap_or(u32::MAX), 0));
+            }
             Record::Progress(done) => {
                 if let Some(r) = &mut replay {
                     r.2 = done;

@@ -52,9 +52,14 @@ pub(crate) struct Header {
 
 impl Header {
     pub(crate) fn fresh(previous: u128, server: String) -> Self {
-        let mut instance = fastrand::u128(..);
+        let mut instance = 0;
         while instance == 0 {
-            instance = fastrand::u128(..);
+            let mut bytes = [0u8; 16];
+            // The operating system's randomness; a clock-seeded generator only if it fails.
+            if getrandom::fill(&mut bytes).is_err() {
+                bytes = fastrand::u128(..).to_le_bytes();
+            }
+            instance = u128::from_le_bytes(bytes);
         }
         Self {
             instance,
@@ -69,13 +74,13 @@ impl Header {
         p.extend_from_slice(&self.instance.to_le_bytes());
         p.extend_from_slice(&self.previous.to_le_bytes());
         p.extend_from_slice(self.server.as_bytes());
-        frame(&p, out);
+        frame(&p, None, out);
     }
 
     /// Reads a header from the start of `bytes`: the header and its length.
     fn decode(bytes: &[u8]) -> Option<(Self, usize)> {
         let rest = bytes.strip_prefix(MAGIC)?;
-        let (p, len) = unframe(rest).ok()??;
+        let (p, len) = unframe(rest, None).ok()??;
         if p.len() < 32 {
             return None;
         }
@@ -127,7 +132,8 @@ pub(crate) fn decode_file(path: &Path, bytes: &[u8]) -> std::io::Result<Option<C
             ),
         ));
     };
-    let (records, damage) = decode_all(&bytes[body_at..], v1);
+    let key = (!v1).then_some(header.instance);
+    let (records, damage) = decode_all(&bytes[body_at..], v1, key);
     let cut = summarise(&damage, body_at);
     Ok(Some(Contents {
         header,
@@ -183,6 +189,8 @@ pub(crate) struct JournalFile {
     file: File,
     path: PathBuf,
     fsync: bool,
+    /// The instance whose key the records' checksums carry.
+    key: u128,
     /// Bytes known to be whole records.
     good_len: u64,
     /// An append failed and its bytes could not be cut off yet.
@@ -241,6 +249,7 @@ impl JournalFile {
             file,
             path: path.to_owned(),
             fsync,
+            key: contents.as_ref().map_or(0, |c| c.header.instance),
             good_len: bytes.len() as u64,
             torn: false,
             _lock: lock,
@@ -277,7 +286,7 @@ impl JournalFile {
         }
         let mut buf = Vec::with_capacity(64 * records.len());
         for r in records {
-            encode(r, &mut buf);
+            encode(r, Some(self.key), &mut buf);
         }
         if let Err(e) = self.write_bytes(&buf) {
             self.torn = true;
@@ -298,31 +307,43 @@ impl JournalFile {
     }
 
     /// Replaces the file with `header` and exactly `records`, atomically: a sibling file is
-    /// written and fsynced, then renamed over the journal (and the directory fsynced when
-    /// `journal_fsync` is on).
+    /// created (exclusively, never through a link), written and fsynced, then renamed over the
+    /// journal; its handle becomes the journal's, so nothing is reopened after the rename. The
+    /// directory is fsynced after it when `journal_fsync` is on (a failure there is logged: the
+    /// new file is in place, only its survival of a power loss is in doubt).
     pub(crate) fn rewrite(&mut self, header: &Header, records: &[Record]) -> std::io::Result<()> {
         let tmp = sibling(&self.path, ".rewrite");
         let mut buf = Vec::new();
         header.encode(&mut buf);
         for r in records {
-            encode(r, &mut buf);
+            encode(r, Some(header.instance), &mut buf);
         }
-        {
-            let mut f = private()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
+        let mut f = private()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(&buf)?;
+        f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
-        if self.fsync {
-            sync_dir(&self.path)?;
-        }
-        self.file = private().read(true).append(true).open(&self.path)?;
+        self.file = f;
+        self.key = header.instance;
         self.good_len = buf.len() as u64;
         self.torn = false;
+        if self.fsync
+            && let Err(e) = sync_dir(&self.path)
+        {
+            tracing::error!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot fsync the journal's directory after replacing the file"
+            );
+        }
         Ok(())
     }
 
@@ -365,6 +386,7 @@ mod tests {
         let header = Header::fresh(0, String::new());
         let mut j = JournalFile::open(&path, false).unwrap().file;
         j.rewrite(&header, &[]).unwrap();
+        assert_eq!(j.key, header.instance);
         j.append(&[entry(1)]).unwrap();
         j.fail_next_after = Some(13);
         assert!(

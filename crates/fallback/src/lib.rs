@@ -21,8 +21,8 @@ pub use journal::Cut;
 pub use model::{ModelTarget, ModelValue, Snapshot};
 pub use op::{DeadLetter, Entry, Op};
 pub use replay::{
-    Batch, BatchId, BatchOutcome, REPLAY_SCRIPT, Rejection, ReplayReport, SyncError, SyncTarget,
-    deadlines_key, marker_key, script_args,
+    Batch, BatchId, BatchOutcome, REPLAY_SCRIPT, RETIRED_MARKER_TTL_MS, Rejection, ReplayReport,
+    SyncError, SyncTarget, deadlines_key, marker_key, script_args,
 };
 pub use store::{
     MAX_BULK_LEN, MAX_DEADLINE_MS, MemoryStore, MemoryStoreBuilder, MemoryUsage, REPLAY_BATCH_BYTES,
@@ -119,6 +119,16 @@ pub enum FallbackError {
         /// The server configured now.
         configured: String,
     },
+    /// Writes Redis refused at replay exist only in memory (no `journal_path`): they are lost
+    /// when the process exits. Each was logged at error level when it was refused.
+    #[error(
+        "{dead_letters} writes Redis refused at replay are kept only in memory (no \
+         fallback.journal_path) and are lost at exit; they were logged when refused"
+    )]
+    DeadLettersAtClose {
+        /// How many.
+        dead_letters: u64,
+    },
     /// The store was closed; it takes no more writes.
     #[error("the fallback store is closed")]
     Closed,
@@ -137,7 +147,8 @@ impl FallbackError {
             | FallbackError::Journal { .. }
             | FallbackError::JournalInUse { .. }
             | FallbackError::OtherServer { .. }
-            | FallbackError::PendingAtClose { .. } => ErrorKind::Fallback,
+            | FallbackError::PendingAtClose { .. }
+            | FallbackError::DeadLettersAtClose { .. } => ErrorKind::Fallback,
         }
     }
 }

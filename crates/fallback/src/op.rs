@@ -100,12 +100,12 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Record {
     Entry(Entry),
-    /// A replay began over the entries up to `last`, cut into batches of at most `batch_size`
-    /// entries and `batch_bytes` bytes (both kept, so a restored replay cuts the same batches).
+    /// A replay began over the entries up to `last`, cut into batches that end at the
+    /// sequence numbers `ends` (kept, so a restored replay sends the same batches even if a
+    /// damaged entry had to be left out).
     Seal {
         last: u64,
-        batch_size: u32,
-        batch_bytes: u64,
+        ends: Vec<u64>,
     },
     /// The replay in progress has applied this many batches.
     Progress(u32),
@@ -187,19 +187,18 @@ fn put_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(&n.to_le_bytes());
 }
 
-/// Appends the framed record to `out`.
-pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
+/// Appends the framed record to `out`, its checksum keyed with `key` (the journal instance), so
+/// that bytes inside a value can never pass for a record of this journal.
+pub(crate) fn encode(record: &Record, key: Option<u128>, out: &mut Vec<u8>) {
     let mut p = Vec::with_capacity(64);
     match record {
-        Record::Seal {
-            last,
-            batch_size,
-            batch_bytes,
-        } => {
+        Record::Seal { last, ends } => {
             p.push(REC_SEAL);
             put_u64(&mut p, *last);
-            put_u64(&mut p, u64::from(*batch_size));
-            put_u64(&mut p, *batch_bytes);
+            put_u64(&mut p, ends.len() as u64);
+            for e in ends {
+                put_u64(&mut p, *e);
+            }
         }
         Record::DeadLetter(d) => {
             p.push(REC_DEAD_LETTER);
@@ -216,13 +215,23 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) {
             put_entry(&mut p, e);
         }
     }
-    frame(&p, out);
+    frame(&p, key, out);
+}
+
+/// The checksum of a payload: CRC-32 of the key's bytes (when keyed) and the payload.
+fn checksum(p: &[u8], key: Option<u128>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    if let Some(k) = key {
+        h.update(&k.to_le_bytes());
+    }
+    h.update(p);
+    h.finalize()
 }
 
 /// Frames a payload: `len | crc32 | payload`.
-pub(crate) fn frame(p: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn frame(p: &[u8], key: Option<u128>, out: &mut Vec<u8>) {
     out.extend_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
+    out.extend_from_slice(&checksum(p, key).to_le_bytes());
     out.extend_from_slice(p);
 }
 
@@ -375,11 +384,22 @@ fn read_entry(r: &mut Reader<'_>) -> Option<Entry> {
 fn decode_payload(p: &[u8], v1: bool) -> Option<Record> {
     let mut r = Reader { buf: p };
     let record = match r.u8()? {
-        REC_SEAL => Record::Seal {
-            last: r.u64()?,
-            batch_size: u32::try_from(r.u64()?).ok()?,
-            batch_bytes: if v1 { u64::MAX } else { r.u64()? },
-        },
+        REC_SEAL if v1 => {
+            // The first format cut batches by count alone; the store refuses to resume such a
+            // replay (its markers are not this format's), so the batches are not needed.
+            let last = r.u64()?;
+            let _batch_size = r.u64()?;
+            Record::Seal {
+                last,
+                ends: Vec::new(),
+            }
+        }
+        REC_SEAL => {
+            let last = r.u64()?;
+            let n = r.count()?;
+            let ends = (0..n).map(|_| r.u64()).collect::<Option<Vec<_>>>()?;
+            Record::Seal { last, ends }
+        }
         REC_PROGRESS => Record::Progress(u32::try_from(r.u64()?).ok()?),
         REC_DONE => Record::Done,
         REC_ENTRY => Record::Entry(read_entry(&mut r)?),
@@ -395,7 +415,7 @@ fn decode_payload(p: &[u8], v1: bool) -> Option<Record> {
 
 /// One framed payload at the start of `buf`: `Ok(Some((payload, framed_len)))`, `Ok(None)` when
 /// `buf` ends inside the frame, `Err(())` when its checksum is wrong.
-pub(crate) fn unframe(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ()> {
+pub(crate) fn unframe(buf: &[u8], key: Option<u128>) -> Result<Option<(&[u8], usize)>, ()> {
     if buf.len() < 8 {
         return Ok(None);
     }
@@ -404,7 +424,7 @@ pub(crate) fn unframe(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ()> {
     let Some(payload) = buf.get(8..8 + len) else {
         return Ok(None);
     };
-    if crc32fast::hash(payload) == crc {
+    if checksum(payload, key) == crc {
         Ok(Some((payload, 8 + len)))
     } else {
         Err(())
@@ -429,13 +449,20 @@ pub(crate) struct Damage {
 }
 
 /// Decodes every record of `buf`. A damaged record does not hide the ones after it: decoding
-/// resumes at the next offset where a whole, checksummed record decodes.
-pub(crate) fn decode_all(buf: &[u8], v1: bool) -> (Vec<Record>, Vec<Damage>) {
+/// resumes after it when its length still leads to a whole record (or the end), else at the
+/// next offset where a whole record checks out under this journal's key (which bytes inside a
+/// value cannot forge).
+pub(crate) fn decode_all(buf: &[u8], v1: bool, key: Option<u128>) -> (Vec<Record>, Vec<Damage>) {
+    let whole = |q: usize| {
+        q == buf.len()
+            || (plausible(&buf[q..])
+                && matches!(unframe(&buf[q..], key), Ok(Some((payload, _))) if decode_payload(payload, v1).is_some()))
+    };
     let mut records = Vec::new();
     let mut damage = Vec::new();
     let mut at = 0;
     while at < buf.len() {
-        let stop = match unframe(&buf[at..]) {
+        let stop = match unframe(&buf[at..], key) {
             Ok(Some((payload, len))) => match decode_payload(payload, v1) {
                 Some(record) => {
                     records.push(record);
@@ -447,11 +474,12 @@ pub(crate) fn decode_all(buf: &[u8], v1: bool) -> (Vec<Record>, Vec<Damage>) {
             Ok(None) => Stop::Truncated,
             Err(()) => Stop::Corrupt,
         };
-        // Find the next whole record after the damage.
-        let resume = (at + 1..buf.len()).find(|&q| {
-            plausible(&buf[q..])
-                && matches!(unframe(&buf[q..]), Ok(Some((payload, _))) if decode_payload(payload, v1).is_some())
-        });
+        // Skip the damaged record by its own length if that lands on a whole record; else scan.
+        let rest = &buf[at..];
+        let by_length = (rest.len() >= 8)
+            .then(|| at + 8 + u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize)
+            .filter(|&q| q < buf.len() && whole(q));
+        let resume = by_length.or_else(|| (at + 1..buf.len()).find(|&q| q < buf.len() && whole(q)));
         let next = resume.unwrap_or(buf.len());
         damage.push(Damage {
             offset: at,
@@ -467,6 +495,8 @@ pub(crate) fn decode_all(buf: &[u8], v1: bool) -> (Vec<Record>, Vec<Damage>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: u128 = 0x1234_5678_9abc_def0_1122_3344_5566_7788;
 
     fn sample() -> Vec<Record> {
         vec![
@@ -520,8 +550,7 @@ mod tests {
             }),
             Record::Seal {
                 last: 6,
-                batch_size: 2,
-                batch_bytes: 1 << 20,
+                ends: vec![2, 4, 6],
             },
             Record::Progress(1),
             Record::DeadLetter(DeadLetter::new(
@@ -543,11 +572,13 @@ mod tests {
     fn every_record_round_trips() {
         let mut buf = Vec::new();
         for r in sample() {
-            encode(&r, &mut buf);
+            encode(&r, Some(KEY), &mut buf);
         }
-        let (records, damage) = decode_all(&buf, false);
+        let (records, damage) = decode_all(&buf, false, Some(KEY));
         assert_eq!(records, sample());
         assert_eq!(damage, []);
+        let (records, _) = decode_all(&buf, false, Some(KEY + 1));
+        assert!(records.is_empty(), "another journal's key checks nothing");
     }
 
     /// Fails on the first journal format, which stopped at the first bad record and dropped
@@ -558,11 +589,11 @@ mod tests {
         let mut starts = Vec::new();
         for r in sample() {
             starts.push(buf.len());
-            encode(&r, &mut buf);
+            encode(&r, Some(KEY), &mut buf);
         }
         // Inside the second record: its checksum fails, every other record survives.
         buf[starts[1] + 9] ^= 0xFF;
-        let (records, damage) = decode_all(&buf, false);
+        let (records, damage) = decode_all(&buf, false, Some(KEY));
         let mut expected = sample();
         expected.remove(1);
         assert_eq!(records, expected);
@@ -575,9 +606,31 @@ mod tests {
                 stop: Stop::Corrupt,
             }]
         );
+        // A value holding a whole record of this format, framed without the key, inside a
+        // damaged record: never taken for a record.
+        let mut forged = Vec::new();
+        encode(&sample()[3], None, &mut forged);
+        let mut evil = Vec::new();
+        encode(
+            &Record::Entry(Entry::new(
+                9,
+                9,
+                Op::Set {
+                    key: b"x".to_vec(),
+                    value: forged,
+                    expire_at: None,
+                },
+            )),
+            Some(KEY),
+            &mut evil,
+        );
+        evil[9] ^= 0xFF; // damage its header bytes: the scan runs through the value
+        evil[0] ^= 0xFF;
+        let (records, _) = decode_all(&evil, false, Some(KEY));
+        assert!(records.is_empty(), "{records:?}");
         // The last record cut short: reported as a torn end.
         let cut = &buf[..buf.len() - 1];
-        let (records, damage) = decode_all(cut, false);
+        let (records, damage) = decode_all(cut, false, Some(KEY));
         assert_eq!(records.len(), sample().len() - 2);
         assert!(
             damage

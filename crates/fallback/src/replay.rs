@@ -43,8 +43,9 @@ impl BatchId {
     }
 
     /// The hash in Redis that records the last batch of this journal instance applied (fields
-    /// `seal` and `index`). It has no TTL: it lives as long as the journal may need it, and the
-    /// first batch of the next instance deletes it ([`Batch::retire`]).
+    /// `seal`, `index` and `reply`). It has no TTL while the journal may need it; the first batch
+    /// of the next instance gives it [`RETIRED_MARKER_TTL_MS`] ([`Batch::retire`]), long enough
+    /// for a script call still in flight on a dead connection to find it.
     #[must_use]
     pub fn marker_key(&self) -> String {
         marker_key(self.instance)
@@ -62,6 +63,10 @@ impl BatchId {
         seal > self.seal || (seal == self.seal && index >= self.index)
     }
 }
+
+/// How long the marker of a drained journal instance is kept once the next instance has begun
+/// replaying (24 h).
+pub const RETIRED_MARKER_TTL_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The marker hash of a journal instance.
 #[must_use]
@@ -91,7 +96,8 @@ pub struct Batch<'a> {
     pub now: u64,
     /// Whether this is the replay's last batch (it settles the virtual deadlines).
     pub last: bool,
-    /// A previous, fully replayed journal instance whose marker the target may delete.
+    /// A previous, fully replayed journal instance whose marker the target may let expire
+    /// (after [`RETIRED_MARKER_TTL_MS`]).
     pub retire: Option<u128>,
     /// The entries, in order.
     pub entries: &'a [Entry],
@@ -335,7 +341,10 @@ local function chunks(e, cmd, k, from, count, per)
     done = done + take
   end
 end
-if retire ~= '' then redis.call('DEL', retire, retire_vd) end
+if retire ~= '' then
+  redis.call('PEXPIRE', retire, 86400000)
+  redis.call('DEL', retire_vd)
+end
 for e, o in ipairs(ops) do
   local op, i = o[1], o[2]
   local t, k = ARGV[i + 1], ARGV[i + 2]

@@ -216,8 +216,9 @@ impl RedisManagerBuilder {
             dead_letters: std::sync::atomic::AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
-        if inner.store.pending_writes() > 0 && inner.fallback_enabled {
-            // A journal restored from an earlier process: serve from it until it is replayed.
+        if inner.store.pending_writes() > 0 {
+            // A journal restored from an earlier process: serve from it until it is replayed
+            // (with the fallback off, refuse what could overtake it until then).
             tracing::warn!(
                 pending = inner.store.pending_writes(),
                 "restored journaled writes; replaying when Redis answers"
@@ -315,8 +316,12 @@ impl RedisManager {
     /// the fallback do not apply to what runs on it; the socket timeout does.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] with the pool's reason.
+    /// [`Error::Unavailable`] with the pool's reason, or of kind `fallback_error` while
+    /// journaled writes wait for their replay (commands on it could overtake them).
     pub async fn connection(&self) -> Result<PooledConnection, Error> {
+        if self.journal_pending() {
+            return Err(overtake_error());
+        }
         let started = Instant::now();
         let conn = self.inner.pool.get().await.map_err(unavailable);
         self.inner.metrics.record_pool(
@@ -434,7 +439,7 @@ impl RedisManager {
             {
                 return answer;
             }
-            if kind == Kind::Opaque && self.journal_pending() {
+            if fallback.is_none() && self.journal_pending() {
                 let e = overtake_error();
                 inner
                     .metrics

@@ -307,3 +307,34 @@ async fn a_call_in_flight_at_close_is_refused_not_journaled_behind_it() {
     assert!(matches!(answer, Err(Error::Closed)), "{answer:?}");
     assert_eq!(store.pending_writes(), 0, "nothing journaled after close");
 }
+
+/// Found by review: with the fallback turned off, a journal restored from an earlier process
+/// did not turn fallback mode on, so new writes went to Redis before the older journaled ones
+/// were replayed over them. Now they are refused until the journal is replayed.
+#[tokio::test]
+async fn a_restored_journal_blocks_writes_that_would_overtake_it_even_with_the_fallback_off() {
+    use resilient_redis_fallback::{FallbackStore, MemoryStore};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RedisConfig::default();
+    config.fallback.journal_path = Some(dir.path().join("app.journal"));
+    {
+        let earlier = MemoryStore::new(&config.fallback).unwrap();
+        earlier.set(b"k", b"old", None).unwrap();
+    }
+    config.fallback.enabled = false;
+    let mut pool = MockConnectionPool::new();
+    pool.expect_shared().never();
+    let m = RedisManager::builder(config)
+        .pool(Arc::new(pool))
+        .health(Arc::new(MockHealthMonitor::new()))
+        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
+        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(m.fallback().pending_writes(), 1);
+    let err = m.set(b"k", b"new", None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Fallback, "{err}");
+    assert!(m.connection().await.is_err());
+}
