@@ -81,19 +81,14 @@ pub trait CircuitBreakerExt: CircuitBreaker {
     {
         async move {
             let permit = self.try_acquire().map_err(CallError::NotPermitted)?;
-            let mut guard = Guard {
-                breaker: self,
-                permit: Some(permit),
-            };
+            let guard = PermitGuard::new(self, permit);
             let started = Instant::now();
             let result = op.await;
             let elapsed = started.elapsed();
-            if let Some(permit) = guard.permit.take() {
-                match classify(&result) {
-                    Outcome::Success => self.on_success(permit, elapsed),
-                    Outcome::Failure => self.on_error(permit, elapsed),
-                    Outcome::Ignored => self.release_permission(permit),
-                }
+            match classify(&result) {
+                Outcome::Success => guard.success(elapsed),
+                Outcome::Failure => guard.error(elapsed),
+                Outcome::Ignored => guard.release(),
             }
             result.map_err(CallError::Inner)
         }
@@ -102,17 +97,60 @@ pub trait CircuitBreakerExt: CircuitBreaker {
 
 impl<B: CircuitBreaker + ?Sized> CircuitBreakerExt for B {}
 
-/// Releases the permit of a call whose future was dropped.
-struct Guard<'a, B: CircuitBreaker + ?Sized> {
+/// A permit held across awaits: recorded with [`PermitGuard::success`] or
+/// [`PermitGuard::error`], or handed back with [`PermitGuard::release`]; if the caller's future
+/// is dropped first (a timeout around the call, a cancelled task), dropping the guard releases
+/// the permit, so an abandoned trial call never wedges a HALF_OPEN breaker.
+#[must_use = "dropping the guard releases the permit without recording the call"]
+pub struct PermitGuard<'a, B: CircuitBreaker + ?Sized> {
     breaker: &'a B,
     permit: Option<Permit>,
 }
 
-impl<B: CircuitBreaker + ?Sized> Drop for Guard<'_, B> {
+impl<'a, B: CircuitBreaker + ?Sized> PermitGuard<'a, B> {
+    /// Guards `permit`, issued by `breaker`.
+    pub fn new(breaker: &'a B, permit: Permit) -> Self {
+        Self {
+            breaker,
+            permit: Some(permit),
+        }
+    }
+
+    /// Records a success after `elapsed`.
+    pub fn success(mut self, elapsed: std::time::Duration) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.on_success(p, elapsed);
+        }
+    }
+
+    /// Records a failure after `elapsed`.
+    pub fn error(mut self, elapsed: std::time::Duration) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.on_error(p, elapsed);
+        }
+    }
+
+    /// Hands the permit back without recording the call.
+    pub fn release(mut self) {
+        if let Some(p) = self.permit.take() {
+            self.breaker.release_permission(p);
+        }
+    }
+}
+
+impl<B: CircuitBreaker + ?Sized> Drop for PermitGuard<'_, B> {
     fn drop(&mut self) {
         if let Some(permit) = self.permit.take() {
             self.breaker.release_permission(permit);
         }
+    }
+}
+
+impl<B: CircuitBreaker + ?Sized> std::fmt::Debug for PermitGuard<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PermitGuard")
+            .field("permit", &self.permit)
+            .finish_non_exhaustive()
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use redis::{Cmd, Value};
-use resilient_redis_breaker::{Breaker, BreakerState, CircuitBreaker, NoopBreaker};
+use resilient_redis_breaker::{Breaker, BreakerState, CircuitBreaker, NoopBreaker, PermitGuard};
 use resilient_redis_config::{ErrorKind, RedisConfig};
 use resilient_redis_fallback::{FallbackError, FallbackStore, MemoryStore, SyncTarget};
 use resilient_redis_health::{HealthMonitor, HealthStatus, Monitor};
@@ -447,7 +447,8 @@ impl RedisManager {
                 return Err(e);
             }
             let permit = match inner.breaker.try_acquire() {
-                Ok(p) => p,
+                // Released if this future is dropped at any await below.
+                Ok(p) => PermitGuard::new(inner.breaker.as_ref(), p),
                 Err(rejected) => {
                     if let Some(serve) = fallback {
                         return self.serve_activating(op, started, serve);
@@ -480,7 +481,7 @@ impl RedisManager {
                 let (err, sent) = match attempt {
                     Ok(value) => {
                         let elapsed = started.elapsed();
-                        inner.breaker.on_success(permit, elapsed);
+                        permit.success(elapsed);
                         let decoded = decode(value);
                         if let (Ok(v), true) = (&decoded, inner.shadow) {
                             observe(inner.store.as_ref(), v);
@@ -497,7 +498,7 @@ impl RedisManager {
                 let err_kind = effective_kind(&err);
                 if err_kind == ErrorKind::Server {
                     // The server answered: it is healthy; the error is the caller's.
-                    inner.breaker.on_success(permit, started.elapsed());
+                    permit.success(started.elapsed());
                     inner.metrics.record_operation(
                         op,
                         started.elapsed(),
@@ -521,9 +522,9 @@ impl RedisManager {
             };
             let err_kind = effective_kind(&failure);
             if err_kind.is_transient() {
-                inner.breaker.on_error(permit, started.elapsed());
+                permit.error(started.elapsed());
             } else {
-                inner.breaker.release_permission(permit);
+                permit.release();
             }
             if kind == Kind::NonIdempotentWrite && sent {
                 let e = Error::Ambiguous {

@@ -338,3 +338,44 @@ async fn a_restored_journal_blocks_writes_that_would_overtake_it_even_with_the_f
     assert_eq!(err.kind(), ErrorKind::Fallback, "{err}");
     assert!(m.connection().await.is_err());
 }
+
+/// Fails on the first version: a call dropped by its caller (a timeout around it) while it
+/// waited to retry kept its breaker permit forever; in HALF_OPEN that wedged the breaker.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_it_waits_gives_its_permit_back() {
+    let mut p = parts();
+    p.breaker
+        .expect_try_acquire()
+        .times(1)
+        .returning(|| Ok(Permit::new(7)));
+    p.breaker
+        .expect_release_permission()
+        .withf(|permit| permit.tag() == 7)
+        .times(1)
+        .return_const(());
+    p.breaker.expect_on_error().never();
+    p.breaker.expect_on_success().never();
+    p.pool.expect_shared().returning(|| Err(refused()));
+    p.store.expect_is_fallback_mode().return_const(false);
+    p.metrics.expect_record_operation().return_const(());
+    let mut config = RedisConfig::default();
+    config.max_retries = 3;
+    config.retry_delay = std::time::Duration::from_millis(100);
+    let mut store = p.store;
+    store.expect_pending_writes().return_const(0u64);
+    let m = RedisManager::builder(config)
+        .pool(Arc::new(p.pool))
+        .health(Arc::new(MockHealthMonitor::new()))
+        .breaker(Arc::new(p.breaker))
+        .fallback(Arc::new(store))
+        .metrics(Arc::new(p.metrics))
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(std::time::Duration::from_millis(10), m.get(b"k")).await;
+    assert!(
+        abandoned.is_err(),
+        "the caller gave up while the call slept"
+    );
+}

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use crate::PoolError;
 use crate::error::classify;
 use crate::manager::RedisManager;
+use crate::session::{self, Session};
 
 /// Runs one request and classifies its failure: a timeout or I/O failure marks the connection
 /// broken. The deadline itself is redis-rs's response timeout, set to `socket_timeout` on every
@@ -136,6 +137,9 @@ impl ConnectionLike for SharedConnection {
 pub struct PooledConnection {
     conn: Option<mobc::Connection<RedisManager>>,
     pub(crate) on_drop: Arc<crate::pool::Shared>,
+    /// Session state it may carry (a transaction, watches, a database, subscriptions): if any,
+    /// it is closed on drop instead of being handed to the next borrower.
+    session: Session,
 }
 
 impl PooledConnection {
@@ -146,14 +150,20 @@ impl PooledConnection {
         Self {
             conn: Some(conn),
             on_drop,
+            session: Session::default(),
         }
     }
 
     fn raw(&mut self) -> &mut crate::manager::RawConn {
-        // `conn` is Some from construction until drop.
-        self.conn
-            .as_deref_mut()
-            .unwrap_or_else(|| unreachable!("connection taken before drop"))
+        raw_of(&mut self.conn)
+    }
+
+    /// Whether it may carry session state (an open transaction, watched keys, a selected
+    /// database, subscriptions, client tracking): such a connection is closed when dropped,
+    /// never handed to another borrower.
+    #[must_use]
+    pub fn carries_session_state(&self) -> bool {
+        self.session.is_dirty()
     }
 
     /// Runs `cmd` and converts the reply.
@@ -161,11 +171,14 @@ impl PooledConnection {
     /// # Errors
     /// [`PoolError::Command`] classified by kind.
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
+        let effect = session::effect(cmd);
+        self.session.before(effect);
         let raw = self.raw();
         let broken = Arc::clone(&raw.broken);
         let value = guarded(raw.mux.send_packed_command(cmd), &broken, None)
             .await
             .map_err(to_pool_error)?;
+        self.session.after_ok(effect);
         redis::from_redis_value(value).map_err(|e| PoolError::Command {
             kind: ErrorKind::Validation,
             source: e.into(),
@@ -193,7 +206,7 @@ impl Drop for PooledConnection {
     fn drop(&mut self) {
         if let Some(mut conn) = self.conn.take() {
             conn.last_used = tokio::time::Instant::now();
-            if conn.broken.load(Ordering::Acquire) {
+            if conn.broken.load(Ordering::Acquire) || self.session.is_dirty() {
                 // Closed now, not when mobc gets round to it.
                 drop(conn.into_inner());
             } else {
@@ -204,10 +217,25 @@ impl Drop for PooledConnection {
     }
 }
 
+fn raw_of(conn: &mut Option<mobc::Connection<RedisManager>>) -> &mut crate::manager::RawConn {
+    // `conn` is Some from construction until drop.
+    conn.as_deref_mut()
+        .unwrap_or_else(|| unreachable!("connection taken before drop"))
+}
+
 impl ConnectionLike for PooledConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let raw = self.raw();
-        Box::pin(guarded(raw.mux.send_packed_command(cmd), &raw.broken, None))
+        let effect = session::effect(cmd);
+        self.session.before(effect);
+        let Self { conn, session, .. } = self;
+        let raw = raw_of(conn);
+        Box::pin(async move {
+            let reply = guarded(raw.mux.send_packed_command(cmd), &raw.broken, None).await;
+            if reply.is_ok() {
+                session.after_ok(effect);
+            }
+            reply
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -216,12 +244,26 @@ impl ConnectionLike for PooledConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let raw = self.raw();
-        Box::pin(guarded(
-            raw.mux.send_packed_commands(pipeline, offset, count),
-            &raw.broken,
-            None,
-        ))
+        let effects: Vec<session::Effect> = pipeline.cmd_iter().map(session::effect).collect();
+        for e in &effects {
+            self.session.before(*e);
+        }
+        let Self { conn, session, .. } = self;
+        let raw = raw_of(conn);
+        Box::pin(async move {
+            let reply = guarded(
+                raw.mux.send_packed_commands(pipeline, offset, count),
+                &raw.broken,
+                None,
+            )
+            .await;
+            if reply.is_ok() {
+                for e in effects {
+                    session.after_ok(e);
+                }
+            }
+            reply
+        })
     }
 
     fn get_db(&self) -> i64 {

@@ -6,6 +6,7 @@ mod conn;
 mod error;
 mod manager;
 mod pool;
+mod session;
 mod status;
 
 use std::sync::Arc;

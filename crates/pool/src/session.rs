@@ -1,0 +1,136 @@
+//! Session state an exclusive connection may carry past a command: an open transaction, watched
+//! keys, a selected database, client tracking, subscriptions. A connection that may carry any
+//! of it is closed when it is given back instead of being handed to the next borrower, who
+//! would otherwise find its `SET` answered `QUEUED` and never run.
+
+use redis::{Arg, Cmd};
+
+/// What a command does to the connection's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Nothing that outlives it.
+    None,
+    /// State that stays until the connection closes (or `RESET`): `SELECT`, `CLIENT TRACKING`,
+    /// subscriptions, `MONITOR`, `HELLO`, `AUTH`, `READONLY`, ...
+    Sticky,
+    /// `MULTI`: a transaction is open until `EXEC` or `DISCARD`.
+    Multi,
+    /// `WATCH`: keys are watched until `EXEC`, `DISCARD` or `UNWATCH`.
+    Watch,
+    /// `EXEC` or `DISCARD`: ends the transaction and the watches.
+    EndTransaction,
+    /// `UNWATCH`.
+    Unwatch,
+    /// `RESET`: back to a fresh connection's state.
+    Reset,
+}
+
+fn word(arg: Option<Arg<&[u8]>>) -> Vec<u8> {
+    match arg {
+        Some(Arg::Simple(b)) => b.to_ascii_uppercase(),
+        _ => Vec::new(),
+    }
+}
+
+/// The effect of `cmd` on its connection's session.
+pub(crate) fn effect(cmd: &Cmd) -> Effect {
+    let mut args = cmd.args_iter();
+    let name = word(args.next());
+    match name.as_slice() {
+        b"MULTI" => Effect::Multi,
+        b"WATCH" => Effect::Watch,
+        b"EXEC" | b"DISCARD" => Effect::EndTransaction,
+        b"UNWATCH" => Effect::Unwatch,
+        b"RESET" => Effect::Reset,
+        b"SELECT" | b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" | b"HELLO"
+        | b"AUTH" | b"READONLY" | b"READWRITE" | b"SWAPDB" => Effect::Sticky,
+        b"CLIENT" => match word(args.next()).as_slice() {
+            b"TRACKING" | b"REPLY" | b"CACHING" | b"NO-EVICT" | b"NO-TOUCH" | b"SETNAME"
+            | b"SETINFO" => Effect::Sticky,
+            _ => Effect::None,
+        },
+        _ => Effect::None,
+    }
+}
+
+/// The session a connection may carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Session {
+    sticky: bool,
+    multi: bool,
+    watch: bool,
+}
+
+impl Session {
+    /// Before sending: assume the worst until the reply says otherwise (a future dropped
+    /// before its reply leaves the state unknown).
+    pub(crate) fn before(&mut self, effect: Effect) {
+        match effect {
+            Effect::Sticky => self.sticky = true,
+            Effect::Multi => self.multi = true,
+            Effect::Watch => self.watch = true,
+            Effect::None | Effect::EndTransaction | Effect::Unwatch | Effect::Reset => {}
+        }
+    }
+
+    /// After a successful reply.
+    pub(crate) fn after_ok(&mut self, effect: Effect) {
+        match effect {
+            Effect::EndTransaction => {
+                self.multi = false;
+                self.watch = false;
+            }
+            Effect::Unwatch if !self.multi => self.watch = false,
+            Effect::Reset => *self = Session::default(),
+            _ => {}
+        }
+    }
+
+    /// Whether the connection may carry state into its next borrower.
+    pub(crate) fn is_dirty(self) -> bool {
+        self.sticky || self.multi || self.watch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(session: &mut Session, words: &[&str]) {
+        let mut cmd = redis::cmd(words[0]);
+        for w in &words[1..] {
+            cmd.arg(*w);
+        }
+        let e = effect(&cmd);
+        session.before(e);
+        session.after_ok(e);
+    }
+
+    #[test]
+    fn transactions_are_clean_once_they_end_and_sticky_state_stays() {
+        let mut s = Session::default();
+        run(&mut s, &["WATCH", "k"]);
+        run(&mut s, &["multi"]);
+        run(&mut s, &["SET", "k", "v"]);
+        assert!(s.is_dirty(), "inside the transaction");
+        run(&mut s, &["EXEC"]);
+        assert!(!s.is_dirty(), "EXEC ends the transaction and the watch");
+        run(&mut s, &["client", "tracking", "on"]);
+        assert!(s.is_dirty());
+        run(&mut s, &["RESET"]);
+        assert!(!s.is_dirty());
+        run(&mut s, &["CLIENT", "ID"]);
+        assert!(!s.is_dirty());
+    }
+
+    #[test]
+    fn a_command_whose_reply_never_came_leaves_the_session_unknown() {
+        let mut s = Session::default();
+        s.before(effect(&redis::cmd("MULTI")));
+        assert!(s.is_dirty());
+        let mut s = Session::default();
+        run(&mut s, &["MULTI"]);
+        s.before(effect(&redis::cmd("EXEC"))); // no reply: the transaction may still be open
+        assert!(s.is_dirty());
+    }
+}

@@ -1,0 +1,75 @@
+//! An exclusive connection given back with session state (an open MULTI, a WATCH, a SELECT)
+//! never reaches the next borrower.
+
+mod common;
+
+use redis::AsyncCommands;
+use resilient_redis_pool::{ConnectionPool, RedisPool};
+use resilient_redis_tests::RedisServer;
+
+/// Fails on the first version: a connection dropped between MULTI and EXEC went back to the
+/// pool; the next borrower's `SET` was answered `QUEUED` (which a `()` caller takes for
+/// success) and never ran.
+#[tokio::test]
+async fn a_connection_dropped_inside_a_transaction_is_closed_not_reused() {
+    let server = RedisServer::start();
+    let mut config = common::config(&server.url());
+    config.pool.min_size = 0;
+    config.pool.max_size = 2; // one shared lane, one exclusive connection
+    let pool = RedisPool::new(&config).await.unwrap();
+    let mut direct = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // A clean transaction keeps its connection in the pool.
+    let mut conn = pool.get().await.unwrap();
+    let first: i64 = conn
+        .query(&redis::cmd("CLIENT").arg("ID").to_owned())
+        .await
+        .unwrap();
+    let () = conn.query(&redis::cmd("MULTI")).await.unwrap();
+    let () = conn
+        .query(redis::cmd("SET").arg("a").arg("1"))
+        .await
+        .unwrap();
+    let _: redis::Value = conn.query(&redis::cmd("EXEC")).await.unwrap();
+    assert!(!conn.carries_session_state());
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    let again: i64 = conn
+        .query(&redis::cmd("CLIENT").arg("ID").to_owned())
+        .await
+        .unwrap();
+    assert_eq!(first, again, "reused after EXEC");
+
+    // One abandoned inside MULTI is closed.
+    let () = conn.query(&redis::cmd("MULTI")).await.unwrap();
+    assert!(conn.carries_session_state());
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    let () = conn
+        .query(redis::cmd("SET").arg("k").arg("v"))
+        .await
+        .unwrap();
+    drop(conn);
+    let v: Option<String> = direct.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"), "the next borrower's SET ran");
+
+    // So is one that selected another database.
+    let mut conn = pool.get().await.unwrap();
+    let () = conn.query(redis::cmd("SELECT").arg(3)).await.unwrap();
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    let () = conn
+        .query(redis::cmd("SET").arg("in-db-0").arg("x"))
+        .await
+        .unwrap();
+    let v: Option<String> = direct.get("in-db-0").await.unwrap();
+    assert_eq!(
+        v.as_deref(),
+        Some("x"),
+        "the next borrower is on database 0"
+    );
+}
