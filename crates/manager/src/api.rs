@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::{Cmd, FromRedisValue, Pipeline, ToRedisArgs, Value};
 use resilient_redis_fallback::{Fields, Ttl};
 
-use crate::manager::Kind;
+use crate::manager::{Kind, Request};
 use crate::{Error, RedisManager};
 
 /// The operations applications call. Implemented by [`RedisManager`]; with the `mock` feature
@@ -44,9 +44,12 @@ pub trait RedisApi: Send + Sync {
     async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error>;
     /// `HGETALL`.
     async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error>;
-    /// Any command: breaker, pool, timeout and metrics apply; no retry, no fallback.
+    /// Any command through the whole stack: retried by its class (reads and harmless writes;
+    /// others only when they certainly never left), answered from memory while Redis is down
+    /// for the commands the fallback supports, failing fast otherwise.
     async fn execute(&self, cmd: &Cmd) -> Result<Value, Error>;
-    /// A pipeline: as `execute`.
+    /// A pipeline (atomic or not) as one request: breaker, deadline and metrics apply; retried
+    /// only when it only reads; never answered from memory.
     async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error>;
 }
 
@@ -104,7 +107,7 @@ impl RedisManager {
         self.call(
             "get",
             Kind::Read,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.get(key)),
             |s, v: &Option<Vec<u8>>| {
@@ -128,7 +131,7 @@ impl RedisManager {
         self.call(
             "set",
             Kind::IdempotentWrite,
-            &cmd,
+            Request::Cmd(&cmd),
             decode::<()>,
             Some(&|s| s.set(key, value, ttl)),
             |s, _| {
@@ -149,7 +152,7 @@ impl RedisManager {
         self.call(
             "del",
             Kind::IdempotentWrite,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.delete(keys)),
             |s, _| {
@@ -171,7 +174,7 @@ impl RedisManager {
         self.call(
             "exists",
             Kind::Read,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.exists(key)),
             |_, _| {},
@@ -190,7 +193,7 @@ impl RedisManager {
         self.call(
             "expire",
             Kind::IdempotentWrite,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.expire(key, ttl)),
             |_, _| {},
@@ -208,7 +211,7 @@ impl RedisManager {
         self.call(
             "ttl",
             Kind::Read,
-            &cmd,
+            Request::Cmd(&cmd),
             |v| decode::<i64>(v).map(ttl_of),
             Some(&|s| s.ttl(key)),
             |_, _| {},
@@ -226,7 +229,7 @@ impl RedisManager {
         self.call(
             "incrby",
             Kind::NonIdempotentWrite,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.incr_by(key, delta)),
             |s, v: &i64| {
@@ -247,7 +250,7 @@ impl RedisManager {
         self.call(
             "mget",
             Kind::Read,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.mget(keys)),
             |s, values: &Vec<Option<Vec<u8>>>| {
@@ -272,7 +275,7 @@ impl RedisManager {
         self.call(
             "mset",
             Kind::IdempotentWrite,
-            &cmd,
+            Request::Cmd(&cmd),
             decode::<()>,
             Some(&|s| s.mset(pairs)),
             |s, _| {
@@ -294,7 +297,7 @@ impl RedisManager {
         self.call(
             "hget",
             Kind::Read,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.hget(key, field)),
             |_, _| {},
@@ -316,7 +319,7 @@ impl RedisManager {
         self.call(
             "hset",
             Kind::IdempotentWrite,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.hset(key, fields)),
             |_, _| {},
@@ -335,7 +338,7 @@ impl RedisManager {
         self.call(
             "hdel",
             Kind::IdempotentWrite,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.hdel(key, fields)),
             |_, _| {},
@@ -353,7 +356,7 @@ impl RedisManager {
         self.call(
             "hgetall",
             Kind::Read,
-            &cmd,
+            Request::Cmd(&cmd),
             decode,
             Some(&|s| s.hgetall(key)),
             |_, _| {},
@@ -366,8 +369,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn execute(&self, cmd: &Cmd) -> Result<Value, Error> {
-        self.call("execute", Kind::Opaque, cmd, Ok, None, |_, _| {})
-            .await
+        self.command(cmd).await
     }
 
     /// See [`RedisApi::pipeline`].
@@ -375,39 +377,60 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error> {
-        // A pipeline runs as one request on the shared connection.
-        let started = tokio::time::Instant::now();
-        if self.journal_pending() {
-            let e = crate::manager::overtake_error();
-            self.inner.metrics.record_operation(
-                "pipeline",
-                started.elapsed(),
-                resilient_redis_metrics::Outcome::Error(e.kind()),
-            );
-            return Err(e);
+        // redis-rs decides which replies a pipeline (atomic or not) returns; the typed error of
+        // the request it makes is kept aside.
+        let mut capture = Capture {
+            manager: self,
+            error: None,
+        };
+        match pipeline.query_async::<Vec<Value>>(&mut capture).await {
+            Ok(values) => Ok(values),
+            Err(e) => Err(capture.error.take().unwrap_or(Error::Server {
+                code: e.code().map(str::to_owned),
+                message: e.to_string(),
+                source: Some(e),
+            })),
         }
-        let mut conn = self.inner.pool.shared().map_err(|e| Error::Unavailable {
-            kind: e.kind(),
-            message: e.to_string(),
-        });
-        let result = match &mut conn {
-            Ok(c) => pipeline
-                .query_async::<Vec<Value>>(c)
+    }
+}
+
+/// A connection for redis-rs's pipeline logic that keeps the manager's typed error.
+struct Capture<'m> {
+    manager: &'m RedisManager,
+    error: Option<Error>,
+}
+
+impl redis::aio::ConnectionLike for Capture<'_> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        Box::pin(async move {
+            self.manager.command(cmd).await.map_err(|e| {
+                let r = redis::make_extension_error("CAPTURED".into(), Some(e.to_string()));
+                self.error = Some(e);
+                r
+            })
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            self.manager
+                .packed(pipeline, offset, count)
                 .await
-                .map_err(|e| Error::Unavailable {
-                    kind: resilient_redis_pool::classify(&e),
-                    message: e.to_string(),
-                }),
-            Err(_) => conn.map(|_| Vec::new()),
-        };
-        let outcome = match &result {
-            Ok(_) => resilient_redis_metrics::Outcome::Success,
-            Err(e) => resilient_redis_metrics::Outcome::Error(e.kind()),
-        };
-        self.inner
-            .metrics
-            .record_operation("pipeline", started.elapsed(), outcome);
-        result
+                .map_err(|e| {
+                    let r = redis::make_extension_error("CAPTURED".into(), Some(e.to_string()));
+                    self.error = Some(e);
+                    r
+                })
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
     }
 }
 

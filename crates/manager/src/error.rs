@@ -2,8 +2,11 @@
 
 use resilient_redis_config::ErrorKind;
 
+/// The cause kept inside an [`Error`] (a `PoolError`, a `redis::RedisError`, a `ConfigError`).
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors of [`crate::RedisManager`] operations. Messages never carry a password, a key or a
-/// value.
+/// value; the cause is kept as [`std::error::Error::source`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -14,6 +17,9 @@ pub enum Error {
         kind: ErrorKind,
         /// In words.
         message: String,
+        /// The pool's or redis-rs's error, when there is one.
+        #[source]
+        source: Option<Source>,
     },
     /// A non-idempotent command (INCR, INCRBY, ...) may or may not have been applied: its
     /// connection died or timed out after it was sent. It was not retried or journaled, so it
@@ -26,6 +32,9 @@ pub enum Error {
         kind: ErrorKind,
         /// In words.
         message: String,
+        /// The failure that left the outcome unknown.
+        #[source]
+        source: Option<Source>,
     },
     /// Redis answered with an error reply (`WRONGTYPE`, `NOSCRIPT`, `OOM`, ...).
     #[error("redis error reply: {message}")]
@@ -34,6 +43,9 @@ pub enum Error {
         code: Option<String>,
         /// The reply.
         message: String,
+        /// redis-rs's error, when there is one.
+        #[source]
+        source: Option<redis::RedisError>,
     },
     /// The fallback store refused (full, wrong type, journal file error).
     #[error(transparent)]
@@ -41,7 +53,10 @@ pub enum Error {
     /// A reply could not be converted to the requested type, or an argument is unusable.
     #[error("invalid value: {0}")]
     Validation(String),
-    /// The configuration breaks a rule, or a part could not be built.
+    /// The configuration breaks a rule: every problem, each with its field, is in the source.
+    #[error("invalid configuration")]
+    Config(#[from] resilient_redis_config::ConfigError),
+    /// A part could not be built.
     #[error("cannot build the manager: {0}")]
     Build(String),
     /// The manager was closed.
@@ -49,7 +64,27 @@ pub enum Error {
     Closed,
 }
 
+/// The code of the redis-rs error a call through `ConnectionLike` returns when its outcome is
+/// unknown ([`Error::Ambiguous`]): `err.code() == Some("AMBIGUOUS")`.
+pub const AMBIGUOUS_CODE: &str = "AMBIGUOUS";
+/// The code of the redis-rs error for a call that failed fast without reaching Redis
+/// ([`Error::Unavailable`] without a redis-rs cause: breaker open, pool exhausted, ...).
+pub const UNAVAILABLE_CODE: &str = "UNAVAILABLE";
+/// The code of the redis-rs error for a refusal of the fallback store (full, journal error,
+/// pending writes that a command could overtake).
+pub const FALLBACK_CODE: &str = "FALLBACK";
+
 impl Error {
+    /// A failure to reach Redis, of `kind`.
+    #[must_use]
+    pub fn unavailable(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error::Unavailable {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
     /// The kind (the seed's `RedisErrorType`).
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
@@ -57,7 +92,7 @@ impl Error {
             Error::Unavailable { kind, .. } | Error::Ambiguous { kind, .. } => *kind,
             Error::Server { .. } => ErrorKind::Server,
             Error::Fallback(e) => e.kind(),
-            Error::Validation(_) | Error::Build(_) => ErrorKind::Validation,
+            Error::Validation(_) | Error::Build(_) | Error::Config(_) => ErrorKind::Validation,
             Error::Closed => ErrorKind::Closed,
         }
     }
@@ -68,10 +103,45 @@ impl Error {
         matches!(self, Error::Unavailable { .. }) && self.kind().is_transient()
             || matches!(self.kind(), ErrorKind::CircuitBreaker)
     }
-}
 
-impl From<resilient_redis_config::ConfigError> for Error {
-    fn from(e: resilient_redis_config::ConfigError) -> Self {
-        Error::Build(e.to_string())
+    /// The redis-rs error for code written against redis-rs (the `ConnectionLike` path): a
+    /// server reply and a connection or timeout failure are redis-rs's own errors (so
+    /// `code()`, `is_timeout()` and `is_io_error()` work as before); an unknown outcome has
+    /// code [`AMBIGUOUS_CODE`], a fast failure [`UNAVAILABLE_CODE`], a fallback refusal
+    /// [`FALLBACK_CODE`]; the detail is this error's message.
+    #[must_use]
+    pub fn into_redis_error(self) -> redis::RedisError {
+        let redis_cause = |source: &Option<Source>| {
+            source.as_ref().and_then(|s| {
+                s.downcast_ref::<redis::RedisError>().cloned().or_else(|| {
+                    match s.downcast_ref::<resilient_redis_pool::PoolError>() {
+                        Some(resilient_redis_pool::PoolError::Command { source, .. }) => {
+                            Some(source.clone())
+                        }
+                        _ => None,
+                    }
+                })
+            })
+        };
+        let detail = self.to_string();
+        match self {
+            Error::Server {
+                source: Some(e), ..
+            } => e,
+            Error::Server { code, .. } => {
+                redis::make_extension_error(code.unwrap_or_else(|| "ERR".into()), Some(detail))
+            }
+            Error::Ambiguous { .. } => {
+                redis::make_extension_error(AMBIGUOUS_CODE.into(), Some(detail))
+            }
+            Error::Unavailable { ref source, .. } => redis_cause(source).unwrap_or_else(|| {
+                redis::make_extension_error(UNAVAILABLE_CODE.into(), Some(detail))
+            }),
+            Error::Fallback(_) => redis::make_extension_error(FALLBACK_CODE.into(), Some(detail)),
+            Error::Closed => redis::make_extension_error(UNAVAILABLE_CODE.into(), Some(detail)),
+            Error::Validation(_) | Error::Config(_) | Error::Build(_) => {
+                redis::RedisError::from((redis::ErrorKind::Client, "invalid request", detail))
+            }
+        }
     }
 }

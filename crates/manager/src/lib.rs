@@ -4,13 +4,15 @@
 
 mod adapters;
 mod api;
+mod compat;
 mod error;
 mod manager;
 mod report;
 
 pub use adapters::{PoolProbe, RedisSyncTarget, server_identity};
 pub use api::{RedisApi, RedisApiExt};
-pub use error::Error;
+pub use compat::ManagedConnection;
+pub use error::{AMBIGUOUS_CODE, Error, FALLBACK_CODE, Source, UNAVAILABLE_CODE};
 pub use manager::{RedisManager, RedisManagerBuilder};
 pub use report::{HealthReport, Verdict};
 

@@ -22,6 +22,36 @@ use crate::Error;
 use crate::adapters::{PoolProbe, RedisSyncTarget};
 use crate::report::{HealthReport, Verdict};
 
+/// What one call sends: a command, or the part of a pipeline redis-rs asks for.
+#[derive(Clone, Copy)]
+pub(crate) enum Request<'r> {
+    /// One command.
+    Cmd(&'r Cmd),
+    /// `(pipeline, offset, count)` as in `ConnectionLike::req_packed_commands`; the reply is a
+    /// `Value::Array` of the `count` replies.
+    Pipeline(&'r redis::Pipeline, usize, usize),
+}
+
+impl Request<'_> {
+    async fn send(
+        self,
+        conn: &mut resilient_redis_pool::SharedConnection,
+    ) -> Result<Value, PoolError> {
+        use redis::aio::ConnectionLike;
+        match self {
+            Request::Cmd(cmd) => conn.query::<Value>(cmd).await,
+            Request::Pipeline(p, offset, count) => conn
+                .req_packed_commands(p, offset, count)
+                .await
+                .map(Value::Array)
+                .map_err(|e| PoolError::Command {
+                    kind: resilient_redis_pool::classify(&e),
+                    source: e,
+                }),
+        }
+    }
+}
+
 /// How the fallback store answers an operation.
 pub(crate) type Serve<'a, T> = dyn Fn(&dyn FallbackStore) -> Result<T, FallbackError> + Sync + 'a;
 
@@ -162,7 +192,7 @@ impl RedisManagerBuilder {
     /// unreadable journal file, say).
     pub async fn build(self) -> Result<RedisManager, Error> {
         let config = self.config;
-        config.validate()?;
+        config.validate().map_err(Error::Config)?;
         let pool: Arc<dyn ConnectionPool> = match self.pool {
             Some(p) => p,
             None => Arc::new(
@@ -420,7 +450,7 @@ impl RedisManager {
         &self,
         op: &'static str,
         kind: Kind,
-        cmd: &Cmd,
+        cmd: Request<'_>,
         decode: impl FnOnce(Value) -> Result<T, Error>,
         fallback: Option<&Serve<'_, T>>,
         observe: impl FnOnce(&dyn FallbackStore, &T),
@@ -456,6 +486,7 @@ impl RedisManager {
                     let e = Error::Unavailable {
                         kind: ErrorKind::CircuitBreaker,
                         message: rejected.to_string(),
+                        source: Some(Box::new(rejected)),
                     };
                     inner
                         .metrics
@@ -473,7 +504,7 @@ impl RedisManager {
             let (failure, sent) = loop {
                 let attempt = match inner.pool.shared() {
                     Err(e) => Err((e, false)),
-                    Ok(mut conn) => conn.query::<Value>(cmd).await.map_err(|e| {
+                    Ok(mut conn) => cmd.send(&mut conn).await.map_err(|e| {
                         let sent = e.outcome_unknown();
                         (e, sent)
                     }),
@@ -531,6 +562,7 @@ impl RedisManager {
                     operation: op,
                     kind: err_kind,
                     message: failure.to_string(),
+                    source: Some(Box::new(failure)),
                 };
                 inner
                     .metrics
@@ -548,6 +580,7 @@ impl RedisManager {
             Err(Error::Unavailable {
                 kind: err_kind,
                 message: failure.to_string(),
+                source: Some(Box::new(failure)),
             })
         }
         .instrument(span.clone())
@@ -623,12 +656,11 @@ fn effective_kind(err: &PoolError) -> ErrorKind {
 
 /// The refusal of a command that could overtake journaled writes.
 pub(crate) fn overtake_error() -> Error {
-    Error::Unavailable {
-        kind: ErrorKind::Fallback,
-        message: "journaled writes are waiting for their replay: commands the fallback cannot \
-                  serve are refused until it is done, so that they cannot overtake them"
-            .into(),
-    }
+    Error::unavailable(
+        ErrorKind::Fallback,
+        "journaled writes are waiting for their replay: commands the fallback cannot serve are \
+         refused until it is done, so that they cannot overtake them",
+    )
 }
 
 fn server_error(err: PoolError) -> Error {
@@ -636,10 +668,12 @@ fn server_error(err: PoolError) -> Error {
         PoolError::Command { source, .. } => Error::Server {
             code: source.code().map(str::to_owned),
             message: source.to_string(),
+            source: Some(source),
         },
         other => Error::Server {
             code: None,
             message: other.to_string(),
+            source: None,
         },
     }
 }
@@ -648,6 +682,7 @@ fn unavailable(err: PoolError) -> Error {
     Error::Unavailable {
         kind: err.kind(),
         message: err.to_string(),
+        source: Some(Box::new(err)),
     }
 }
 

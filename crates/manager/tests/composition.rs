@@ -89,7 +89,7 @@ async fn an_open_breaker_fails_fast_for_what_the_fallback_cannot_serve() {
     p.store.expect_is_fallback_mode().return_const(false);
     p.metrics
         .expect_record_operation()
-        .withf(|op, _, o| op == "execute" && *o == Outcome::Error(ErrorKind::CircuitBreaker))
+        .withf(|op, _, o| op == "ping" && *o == Outcome::Error(ErrorKind::CircuitBreaker))
         .times(1)
         .return_const(());
     let m = manager(p).await;
@@ -204,12 +204,9 @@ async fn applications_mock_the_typed_api() {
     api.expect_get()
         .withf(|k| k == b"name:42")
         .returning(|_| Ok(Some(b"Ada".to_vec())));
-    api.expect_get().withf(|k| k == b"name:7").returning(|_| {
-        Err(Error::Unavailable {
-            kind: ErrorKind::CircuitBreaker,
-            message: "open".into(),
-        })
-    });
+    api.expect_get()
+        .withf(|k| k == b"name:7")
+        .returning(|_| Err(Error::unavailable(ErrorKind::CircuitBreaker, "open")));
     assert_eq!(greeting(&api, "42").await, "hello, Ada");
     assert_eq!(
         greeting(&api, "7").await,

@@ -1,0 +1,487 @@
+//! `redis::aio::ConnectionLike` for [`RedisManager`]: code written against redis-rs
+//! (`AsyncCommands`, `Script::invoke_async`, `redis::pipe().query_async`, typed
+//! `FromRedisValue` replies) runs through the whole stack by changing one constructor.
+//!
+//! Every command is classified by name: reads are retried; writes whose repetition is harmless
+//! (`SET` without `NX`/`XX`/`GET`, `DEL`, `HSET`, `EXPIRE`, ...) are retried; anything else
+//! (`INCR`, `LPUSH`, `EVAL`, unknown commands) is retried only when it certainly never left,
+//! and otherwise fails with the code [`crate::error::AMBIGUOUS_CODE`]. The commands the
+//! fallback store supports (strings, counters, hashes) are answered from memory while Redis is
+//! down, as the typed API does; the rest fail fast.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
+
+use crate::manager::{Kind, Request};
+use crate::{Error, RedisManager, Ttl};
+
+/// A command's name, upper case.
+fn name_of(cmd: &Cmd) -> Vec<u8> {
+    match cmd.args_iter().next() {
+        Some(Arg::Simple(b)) => b.to_ascii_uppercase(),
+        _ => Vec::new(),
+    }
+}
+
+/// Commands that only read.
+const READS: &[&str] = &[
+    "get",
+    "mget",
+    "exists",
+    "ttl",
+    "pttl",
+    "expiretime",
+    "pexpiretime",
+    "type",
+    "strlen",
+    "getrange",
+    "hget",
+    "hmget",
+    "hgetall",
+    "hkeys",
+    "hvals",
+    "hlen",
+    "hexists",
+    "hstrlen",
+    "lrange",
+    "llen",
+    "lindex",
+    "smembers",
+    "sismember",
+    "smismember",
+    "scard",
+    "zrange",
+    "zrangebyscore",
+    "zrevrange",
+    "zrevrangebyscore",
+    "zscore",
+    "zmscore",
+    "zcard",
+    "zcount",
+    "zrank",
+    "zrevrank",
+    "ping",
+    "echo",
+    "dbsize",
+    "scan",
+    "sscan",
+    "hscan",
+    "zscan",
+    "keys",
+    "time",
+    "info",
+    "xrange",
+    "xrevrange",
+    "xlen",
+    "bitcount",
+    "getbit",
+    "pfcount",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall_ro",
+];
+
+/// Writes that leave the same state when applied twice.
+const IDEMPOTENT_WRITES: &[&str] = &[
+    "mset",
+    "del",
+    "unlink",
+    "hset",
+    "hmset",
+    "hdel",
+    "sadd",
+    "srem",
+    "zrem",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "persist",
+    "setex",
+    "psetex",
+    "setbit",
+    "pfadd",
+];
+
+/// Commands that hold or change a connection's session, or block it: they need an exclusive
+/// connection (`RedisManager::connection`), never the shared one every caller uses.
+const EXCLUSIVE: &[&str] = &[
+    "multi",
+    "exec",
+    "discard",
+    "watch",
+    "unwatch",
+    "select",
+    "swapdb",
+    "subscribe",
+    "psubscribe",
+    "ssubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "sunsubscribe",
+    "monitor",
+    "reset",
+    "quit",
+    "hello",
+    "auth",
+    "readonly",
+    "readwrite",
+    "blpop",
+    "brpop",
+    "blmove",
+    "brpoplpush",
+    "blmpop",
+    "bzpopmin",
+    "bzpopmax",
+    "bzmpop",
+    "wait",
+    "waitaof",
+];
+
+fn is(name: &[u8], table: &[&str]) -> bool {
+    table
+        .iter()
+        .any(|t| t.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The name, lower case, as a static string for metrics and spans (a bounded set: unknown
+/// commands are `command`).
+fn static_name(name: &[u8]) -> &'static str {
+    READS
+        .iter()
+        .chain(IDEMPOTENT_WRITES)
+        .chain(&[
+            "set", "incr", "incrby", "decr", "decrby", "append", "lpush", "rpush", "lpop", "rpop",
+            "spop", "eval", "evalsha", "fcall", "getdel", "getset", "zadd", "zincrby", "hincrby",
+            "xadd", "publish", "script",
+        ])
+        .find(|t| t.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("command")
+}
+
+/// How a failure of `cmd` may be handled.
+fn kind_of(name: &[u8], args: &[&[u8]]) -> Kind {
+    if is(name, READS) {
+        return Kind::Read;
+    }
+    if is(name, IDEMPOTENT_WRITES) {
+        return Kind::IdempotentWrite;
+    }
+    if name == b"SET" {
+        // Only a plain SET (with an optional EX/PX/EXAT/PXAT) can be repeated safely: NX, XX
+        // and GET answer differently the second time.
+        let plain = args.iter().skip(3).step_by(2).all(|opt| {
+            matches!(
+                opt.to_ascii_uppercase().as_slice(),
+                b"EX" | b"PX" | b"EXAT" | b"PXAT"
+            )
+        }) && args.len() % 2 == 1;
+        if plain {
+            return Kind::IdempotentWrite;
+        }
+    }
+    Kind::NonIdempotentWrite
+}
+
+fn refuse_exclusive(name: &[u8]) -> Result<(), Error> {
+    if is(name, EXCLUSIVE) {
+        return Err(Error::Validation(format!(
+            "{} holds or blocks a connection: run it on an exclusive one from \
+             RedisManager::connection(), not on the shared connection",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+fn int(n: u64) -> Value {
+    Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn bulk(v: Option<Vec<u8>>) -> Value {
+    v.map_or(Value::Nil, Value::BulkString)
+}
+
+fn number<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+impl RedisManager {
+    /// Runs any command through the whole stack, as the `ConnectionLike` path does: retried by
+    /// its class, answered from memory while Redis is down when the fallback supports it.
+    ///
+    /// # Errors
+    /// See [`crate::Error`]; [`Error::Validation`] for a command that needs an exclusive
+    /// connection (transactions, `SELECT`, subscriptions, blocking commands).
+    pub async fn command(&self, cmd: &Cmd) -> Result<Value, Error> {
+        let name = name_of(cmd);
+        refuse_exclusive(&name)?;
+        let args: Option<Vec<&[u8]>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                Arg::Simple(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        if let Some(args) = &args
+            && let Some(answer) = self.typed(&name, &args[1..]).await
+        {
+            return answer;
+        }
+        let kind = args
+            .as_deref()
+            .map_or(Kind::NonIdempotentWrite, |a| kind_of(&name, a));
+        self.call(
+            static_name(&name),
+            kind,
+            Request::Cmd(cmd),
+            Ok,
+            None,
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// The commands the typed API (and so the fallback) serves, with their replies as Redis
+    /// gives them; `None` for any other command or shape.
+    async fn typed(&self, name: &[u8], args: &[&[u8]]) -> Option<Result<Value, Error>> {
+        let ttl = |unit: &[u8], n: &[u8]| -> Option<Duration> {
+            let n: u64 = number(n)?;
+            match unit.to_ascii_uppercase().as_slice() {
+                b"PX" => Some(Duration::from_millis(n)),
+                b"EX" => Some(Duration::from_secs(n)),
+                _ => None,
+            }
+        };
+        let pairs = |a: &[&[u8]]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            a.chunks(2)
+                .map(|p| (p[0].to_vec(), p[1].to_vec()))
+                .collect()
+        };
+        let keys = |a: &[&[u8]]| -> Vec<Vec<u8>> { a.iter().map(|k| k.to_vec()).collect() };
+        Some(match (name, args) {
+            (b"GET", [k]) => self.get(k).await.map(bulk),
+            (b"SET", [k, v]) => self.set(k, v, None).await.map(|()| Value::Okay),
+            (b"SET", [k, v, unit, n]) => {
+                let t = ttl(unit, n)?;
+                self.set(k, v, Some(t)).await.map(|()| Value::Okay)
+            }
+            (b"SETEX", [k, n, v]) => {
+                let t = Duration::from_secs(number(n)?);
+                self.set(k, v, Some(t)).await.map(|()| Value::Okay)
+            }
+            (b"PSETEX", [k, n, v]) => {
+                let t = Duration::from_millis(number(n)?);
+                self.set(k, v, Some(t)).await.map(|()| Value::Okay)
+            }
+            (b"DEL", ks) if !ks.is_empty() => self.del(&keys(ks)).await.map(int),
+            (b"EXISTS", [k]) => self.exists(k).await.map(|b| int(u64::from(b))),
+            (b"PEXPIRE", [k, n]) => {
+                let t = Duration::from_millis(number(n)?);
+                self.expire(k, t).await.map(|b| int(u64::from(b)))
+            }
+            (b"EXPIRE", [k, n]) => {
+                let t = Duration::from_secs(number(n)?);
+                self.expire(k, t).await.map(|b| int(u64::from(b)))
+            }
+            (b"PTTL" | b"TTL", [k]) => {
+                let seconds = name == b"TTL";
+                self.ttl(k).await.map(|t| match t {
+                    Ttl::Missing => Value::Int(-2),
+                    Ttl::Persistent => Value::Int(-1),
+                    Ttl::ExpiresIn(d) if seconds => int((d.as_millis() as u64).div_ceil(1000)),
+                    Ttl::ExpiresIn(d) => int(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    _ => Value::Int(-1),
+                })
+            }
+            (b"INCR", [k]) => self.incr_by(k, 1).await.map(Value::Int),
+            (b"DECR", [k]) => self.incr_by(k, -1).await.map(Value::Int),
+            (b"INCRBY", [k, d]) => self.incr_by(k, number(d)?).await.map(Value::Int),
+            (b"DECRBY", [k, d]) => {
+                let d: i64 = number(d)?;
+                self.incr_by(k, d.checked_neg()?).await.map(Value::Int)
+            }
+            (b"MGET", ks) if !ks.is_empty() => self
+                .mget(&keys(ks))
+                .await
+                .map(|vs| Value::Array(vs.into_iter().map(bulk).collect())),
+            (b"MSET", kv) if !kv.is_empty() && kv.len() % 2 == 0 => {
+                self.mset(&pairs(kv)).await.map(|()| Value::Okay)
+            }
+            (b"HGET", [k, f]) => self.hget(k, f).await.map(bulk),
+            (b"HSET", [k, kv @ ..]) if !kv.is_empty() && kv.len() % 2 == 0 => {
+                self.hset(k, &pairs(kv)).await.map(int)
+            }
+            (b"HDEL", [k, fs @ ..]) if !fs.is_empty() => self.hdel(k, &keys(fs)).await.map(int),
+            (b"HGETALL", [k]) => self.hgetall(k).await.map(|fields| {
+                Value::Array(
+                    fields
+                        .into_iter()
+                        .flat_map(|(f, v)| [Value::BulkString(f), Value::BulkString(v)])
+                        .collect(),
+                )
+            }),
+            _ => return None,
+        })
+    }
+
+    /// Runs `count` replies' worth of `pipeline` from `offset`, as redis-rs asks a connection
+    /// to (`ConnectionLike::req_packed_commands`): one request on the shared connection, with
+    /// the breaker, the deadline and metrics; retried only when every command in it only reads;
+    /// never answered from memory.
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn packed(
+        &self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>, Error> {
+        let mut reads = true;
+        for cmd in pipeline.cmd_iter() {
+            let name = name_of(cmd);
+            refuse_exclusive(&name)?;
+            reads &= is(&name, READS);
+        }
+        let kind = if reads {
+            Kind::Read
+        } else {
+            Kind::NonIdempotentWrite
+        };
+        let decode = |v: Value| match v {
+            Value::Array(items) => Ok(items),
+            other => Ok(vec![other]),
+        };
+        self.call(
+            "pipeline",
+            kind,
+            Request::Pipeline(pipeline, offset, count),
+            decode,
+            None,
+            |_, _| {},
+        )
+        .await
+    }
+}
+
+/// A [`RedisManager`] seen as a redis-rs connection: `AsyncCommands`, `Script::invoke_async`,
+/// `redis::pipe().query_async` and typed replies work on it exactly as on a
+/// `MultiplexedConnection`, through the whole stack. It has no methods of its own, so none of
+/// the manager's typed methods (`get`, `set`, ...) hides a redis-rs one. Cheap to clone.
+///
+/// ```no_run
+/// use redis::AsyncCommands;
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// // Before: let mut con = client.get_multiplexed_async_connection().await?;
+/// let mut con = resilient_redis_manager::RedisManager::from_env().await?.redis_connection();
+/// let () = con.set("greeting", "hello").await?;
+/// let greeting: String = con.get("greeting").await?;
+/// let (a, b): (i64, i64) = redis::pipe().incr("a", 1).incr("b", 1).query_async(&mut con).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ManagedConnection(RedisManager);
+
+impl RedisManager {
+    /// This manager as a redis-rs connection ([`ManagedConnection`]).
+    #[must_use]
+    pub fn redis_connection(&self) -> ManagedConnection {
+        ManagedConnection(self.clone())
+    }
+}
+
+impl ManagedConnection {
+    /// The manager behind it.
+    #[must_use]
+    pub fn manager(&self) -> &RedisManager {
+        &self.0
+    }
+}
+
+impl ConnectionLike for ManagedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// `RedisManager` itself is a redis-rs connection too, for code generic over
+/// `ConnectionLike` (called as methods on a `RedisManager`, its own typed `get`/`set` win:
+/// use [`RedisManager::redis_connection`] there).
+impl ConnectionLike for RedisManager {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move { self.command(cmd).await.map_err(Error::into_redis_error) })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            self.packed(pipeline, offset, count)
+                .await
+                .map_err(Error::into_redis_error)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        url::Url::parse(self.config().url.expose())
+            .ok()
+            .and_then(|u| u.path().trim_start_matches('/').parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    fn kind(words: &[&str]) -> Kind {
+        let a = args(words);
+        let refs: Vec<&[u8]> = a.iter().map(Vec::as_slice).collect();
+        kind_of(&a[0].to_ascii_uppercase(), &refs)
+    }
+
+    #[test]
+    fn commands_are_retried_only_when_repeating_them_is_harmless() {
+        assert_eq!(kind(&["GET", "k"]), Kind::Read);
+        assert_eq!(kind(&["SET", "k", "v"]), Kind::IdempotentWrite);
+        assert_eq!(kind(&["SET", "k", "v", "PX", "10"]), Kind::IdempotentWrite);
+        assert_eq!(kind(&["SET", "k", "v", "NX"]), Kind::NonIdempotentWrite);
+        assert_eq!(kind(&["SET", "k", "v", "GET"]), Kind::NonIdempotentWrite);
+        assert_eq!(kind(&["INCR", "k"]), Kind::NonIdempotentWrite);
+        assert_eq!(kind(&["EVAL", "return 1", "0"]), Kind::NonIdempotentWrite);
+        assert_eq!(kind(&["FLUSHALL"]), Kind::NonIdempotentWrite);
+        assert_eq!(kind(&["HSET", "h", "f", "v"]), Kind::IdempotentWrite);
+    }
+
+    #[test]
+    fn session_and_blocking_commands_never_run_on_the_shared_connection() {
+        for name in ["MULTI", "WATCH", "SELECT", "SUBSCRIBE", "BLPOP", "WAIT"] {
+            assert!(refuse_exclusive(name.as_bytes()).is_err(), "{name}");
+        }
+        assert!(refuse_exclusive(b"GET").is_ok());
+    }
+}
