@@ -41,6 +41,10 @@ fn config(url: &str) -> RedisConfig {
     c.health.failure_threshold = 1;
     c.health.success_threshold = 1;
     c.fallback.sync_interval = Duration::from_millis(100);
+    // Copies of what was read and written before the outage, so that memory knows the counter
+    // when Redis goes (without them an increment of a counter memory never saw is refused:
+    // fallback.unknown_keys).
+    c.fallback.shadow = true;
     c
 }
 

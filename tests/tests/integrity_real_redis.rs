@@ -62,7 +62,8 @@ async fn child_process() {
             .await
             .unwrap();
     }
-    m.incr_by(b"counter", 1).await.unwrap();
+    // Memory does not know the counter: the increment is journaled as a delta, labelled.
+    m.incr_by_with_source(b"counter", 1).await.unwrap();
     assert_eq!(m.fallback().pending_writes(), 21, "all journaled");
     println!("WROTE");
     let mut line = String::new();
@@ -158,13 +159,17 @@ async fn a_poison_write_in_an_outage_is_refused_and_the_rest_replays_once() {
         .build()
         .await
         .unwrap();
-    assert_eq!(m.incr_by(b"c", 1).await.unwrap(), 1);
+    assert_eq!(m.incr_by_with_source(b"c", 1).await.unwrap().value, 1);
     let poison = m.set(b"k", b"v", Some(Duration::MAX)).await;
     assert!(
         matches!(&poison, Err(e @ Error::Validation(_)) if e.kind() == ErrorKind::Validation),
         "{poison:?}"
     );
-    assert_eq!(m.incr_by(b"h", 1).await.unwrap(), 1, "memory never saw h");
+    assert_eq!(
+        m.incr_by_with_source(b"h", 1).await.unwrap().by,
+        resilient_redis_manager::ServedBy::MemoryUnknownKey,
+        "memory never saw h"
+    );
     let fields: Vec<(Vec<u8>, Vec<u8>)> = (0..5000)
         .map(|i| (format!("f{i}").into_bytes(), b"x".to_vec()))
         .collect();

@@ -74,10 +74,14 @@ async fn nothing_acknowledged_is_lost_through_a_sigkill() {
                         }
                         Err(e) => ledger.write_errors.lock().unwrap().push(e.to_string()),
                     }
-                    if m.get(key.as_bytes()).await.is_err() {
+                    // Always answered; a key written to Redis just before it died is one memory
+                    // does not know (labelled MemoryUnknownKey rather than failed).
+                    if m.get_with_source(key.as_bytes()).await.is_err() {
                         ledger.read_errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    match m.incr_by(b"ledger:counter", 1).await {
+                    // During the outage memory does not know the counter: the increment is
+                    // journaled as a delta and flagged as counted from 0.
+                    match m.incr_by_with_source(b"ledger:counter", 1).await {
                         Ok(_) => ledger.increments.fetch_add(1, Ordering::Relaxed),
                         Err(Error::Ambiguous { .. }) => {
                             ledger.ambiguous.fetch_add(1, Ordering::Relaxed)

@@ -49,3 +49,34 @@ async fn calls_abandoned_by_their_callers_give_their_breaker_permits_back() {
     );
     m.close(Duration::from_secs(1)).await.unwrap();
 }
+
+/// Fails on the first version: a call in flight when `close()` ran (here waiting on a slow
+/// Redis) was answered from memory after close and journaled behind it, where nobody would
+/// replay it. Now it gets `Closed`, and close's `Ok` means nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_at_close_is_refused_not_journaled_behind_it() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut c = RedisConfig::default();
+    c.url = RedisUrl::new(proxy.url());
+    c.socket_timeout = Duration::from_millis(300);
+    let m = RedisManager::builder(c).build().await.unwrap();
+    m.set(b"warm", b"up", None).await.unwrap();
+    proxy.set(Fault::Blackhole);
+    let call = tokio::spawn({
+        let m = m.clone();
+        async move { m.set(b"k", b"v", None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    m.close(Duration::from_millis(100)).await.unwrap();
+    let answer = call.await.unwrap();
+    assert!(
+        matches!(answer, Err(resilient_redis_manager::Error::Closed)),
+        "{answer:?}"
+    );
+    assert_eq!(
+        m.fallback().pending_writes(),
+        0,
+        "nothing journaled after close"
+    );
+}

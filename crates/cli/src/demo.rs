@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use resilient_redis_config::{ConfigLoader, RedisConfig, RedisUrl};
-use resilient_redis_manager::{Error, RedisManager};
+use resilient_redis_manager::{Error, RedisManager, ServedBy};
 use resilient_redis_metrics::{Collector, MetricsCollector, PrometheusExporter};
 
 use crate::server::OwnServer;
@@ -47,6 +47,8 @@ struct Ledger {
     ambiguous: AtomicU64,
     ops: AtomicU64,
     errors: AtomicU64,
+    /// Answers memory gave about keys it knew nothing of (flagged, not passed off as Redis's).
+    unknown: AtomicU64,
 }
 
 /// Timeouts short enough that an outage shows within a second or two.
@@ -265,13 +267,25 @@ async fn worker(w: usize, m: RedisManager, ledger: Arc<Ledger>, stop: Arc<Atomic
             }
         } else if roll < 8 {
             let key = format!("demo:{}:{w}:{}", ledger.run, fastrand::u64(..500));
-            m.get(key.as_bytes()).await.is_ok()
+            match m.get_with_source(key.as_bytes()).await {
+                Ok(served) => {
+                    if served.by == ServedBy::MemoryUnknownKey {
+                        ledger.unknown.fetch_add(1, Ordering::Relaxed);
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
         } else {
+            // A counter during an outage: journaled as a delta whatever memory knows of it.
             match m
-                .incr_by(format!("demo:{}:counter", ledger.run).as_bytes(), 1)
+                .incr_by_with_source(format!("demo:{}:counter", ledger.run).as_bytes(), 1)
                 .await
             {
-                Ok(_) => {
+                Ok(served) => {
+                    if served.by == ServedBy::MemoryUnknownKey {
+                        ledger.unknown.fetch_add(1, Ordering::Relaxed);
+                    }
                     ledger.increments.fetch_add(1, Ordering::Relaxed);
                     true
                 }
@@ -369,6 +383,10 @@ async fn ledger_check(
         } else {
             "INCONSISTENT"
         }
+    );
+    println!(
+        "        {} answers came from memory about keys it knew nothing of (flagged MemoryUnknownKey, never passed off as Redis's)",
+        ledger.unknown.load(Ordering::Relaxed)
     );
     for (key, got) in missing.iter().take(5) {
         println!("  missing or wrong: {key} -> {got}");

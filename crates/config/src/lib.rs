@@ -15,7 +15,7 @@ pub use kind::ErrorKind;
 pub use load::{CONFIG_FILE_VAR, ConfigLoader, ENV_ALIASES, ENV_PREFIX, Loaded};
 pub use model::{
     CircuitBreakerConfig, FallbackConfig, HealthConfig, MetricsConfig, PoolConfig, RedisConfig,
-    SlidingWindowType,
+    SlidingWindowType, UnknownKeys,
 };
 pub use secret::{REDACTED, RedisUrl, Secret, URL_SCHEMES};
 pub use validate::{

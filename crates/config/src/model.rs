@@ -193,6 +193,18 @@ impl Default for HealthConfig {
     }
 }
 
+/// What the fallback answers for a key it knows nothing about (`fallback.unknown_keys`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum UnknownKeys {
+    /// Fail the read or increment with a fallback error of its own.
+    #[default]
+    Error,
+    /// Answer as a cache miss (and count an unknown counter from 0).
+    Miss,
+}
+
 /// How the circuit breaker's failure and slow-call rates are measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -311,6 +323,12 @@ pub struct FallbackConfig {
     /// Journal entries per replay batch (one atomic, idempotent script call). Default 100,
     /// range 1 ..= 10 000.
     pub replay_batch_size: u32,
+    /// What a read (or an increment) of a key memory knows nothing about answers while Redis
+    /// is unreachable: `"error"` (default) fails it with a fallback error, so a session never
+    /// looks logged out and a counter never restarts from 0 by accident; `"miss"` answers as
+    /// a cache would (missing; a counter counts from 0, its delta still replayed exactly).
+    /// Env `REDIS_FALLBACK__UNKNOWN_KEYS`.
+    pub unknown_keys: UnknownKeys,
     /// Replay a journal file whose header names another server (`host:port/db`) than the
     /// configured one. Off by default: a changed `REDIS_URL` makes the store refuse to start
     /// rather than send another server's writes to it.
@@ -329,6 +347,7 @@ impl Default for FallbackConfig {
             journal_fsync: false,
             replay_batch_size: 100,
             replay_to_other_server: false,
+            unknown_keys: UnknownKeys::Error,
         }
     }
 }

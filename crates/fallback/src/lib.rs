@@ -129,6 +129,16 @@ pub enum FallbackError {
         /// How many.
         dead_letters: u64,
     },
+    /// Redis is unreachable and memory knows nothing of the key: its value (or a counter's
+    /// base) cannot be answered honestly (with `fallback.unknown_keys = "error"`, the default).
+    #[error(
+        "{operation}: Redis is unreachable and the fallback store knows nothing of this key \
+         (fallback.unknown_keys = \"miss\" answers as a cache miss instead)"
+    )]
+    Unknown {
+        /// The operation.
+        operation: &'static str,
+    },
     /// The store was closed; it takes no more writes.
     #[error("the fallback store is closed")]
     Closed,
@@ -148,6 +158,7 @@ impl FallbackError {
             | FallbackError::JournalInUse { .. }
             | FallbackError::OtherServer { .. }
             | FallbackError::PendingAtClose { .. }
+            | FallbackError::Unknown { .. }
             | FallbackError::DeadLettersAtClose { .. } => ErrorKind::Fallback,
         }
     }
@@ -290,6 +301,10 @@ pub trait FallbackStore: Send + Sync {
     fn pending_writes(&self) -> u64;
     /// Bytes held and the bound.
     fn memory(&self) -> MemoryUsage;
+    /// Whether memory holds an answer for `key`: a value or a deletion written while Redis was
+    /// down (or restored, or already replayed and still kept), or a shadow copy (a value or
+    /// "missing") seen before. A key it does not know may hold anything in Redis.
+    fn knows(&self, key: &[u8]) -> bool;
     /// Keeps a shadow copy of a value seen in normal operation (`None`: known missing), evictable.
     fn observe(&self, key: &[u8], value: Option<Vec<u8>>, ttl: Option<Duration>);
     /// Replays pending writes in order, in batches, into `target`; resumes where an earlier,

@@ -992,7 +992,11 @@ impl FallbackStore for MemoryStore {
             vec![Op::Del {
                 keys: keys.to_vec(),
             }],
-            |read| Ok(keys.iter().filter(|k| read(k).is_some()).count() as u64),
+            |read| {
+                // A key named twice counts once, as Redis counts it.
+                let distinct: std::collections::BTreeSet<&Vec<u8>> = keys.iter().collect();
+                Ok(distinct.into_iter().filter(|k| read(k).is_some()).count() as u64)
+            },
         )
     }
 
@@ -1048,10 +1052,12 @@ impl FallbackStore for MemoryStore {
             key: key.to_vec(),
             fields: fields.to_vec(),
         };
+        let distinct: std::collections::BTreeSet<&Vec<u8>> =
+            fields.iter().map(|(f, _)| f).collect();
         self.write_with(vec![op], |read| match read(key).as_ref() {
-            None => Ok(fields.len() as u64),
+            None => Ok(distinct.len() as u64),
             Some(Local::Hash(m)) => {
-                Ok(fields.iter().filter(|(f, _)| !m.contains_key(f)).count() as u64)
+                Ok(distinct.iter().filter(|f| !m.contains_key(**f)).count() as u64)
             }
             Some(_) => Err(FallbackError::WrongType),
         })
@@ -1064,7 +1070,10 @@ impl FallbackStore for MemoryStore {
         };
         self.write_with(vec![op], |read| match read(key).as_ref() {
             None => Ok(0),
-            Some(Local::Hash(m)) => Ok(fields.iter().filter(|f| m.contains_key(*f)).count() as u64),
+            Some(Local::Hash(m)) => {
+                let distinct: std::collections::BTreeSet<&Vec<u8>> = fields.iter().collect();
+                Ok(distinct.into_iter().filter(|f| m.contains_key(*f)).count() as u64)
+            }
             Some(_) => Err(FallbackError::WrongType),
         })
     }
@@ -1140,6 +1149,11 @@ impl FallbackStore for MemoryStore {
             shadow: self.shadow_bytes() + settled,
             limit: self.config.max_memory_size,
         }
+    }
+
+    fn knows(&self, key: &[u8]) -> bool {
+        self.lock().written.contains_key(key)
+            || self.shadow.as_ref().is_some_and(|c| c.contains_key(key))
     }
 
     fn observe(&self, key: &[u8], value: Option<Vec<u8>>, ttl: Option<Duration>) {

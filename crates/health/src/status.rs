@@ -28,7 +28,25 @@ pub struct HealthStatus {
     pub checks: u64,
 }
 
+impl Default for HealthStatus {
+    /// Before the first probe: healthy, nothing measured.
+    fn default() -> Self {
+        Self::initial()
+    }
+}
+
 impl HealthStatus {
+    /// A status with this verdict and the last probe's error (for health monitors written
+    /// outside this crate, and for tests); the figures start at zero.
+    #[must_use]
+    pub fn new(healthy: bool, error: Option<String>) -> Self {
+        Self {
+            healthy,
+            error,
+            ..Self::initial()
+        }
+    }
+
     pub(crate) fn initial() -> Self {
         Self {
             healthy: true,

@@ -8,13 +8,17 @@ use resilient_redis_fallback::{Fields, Ttl};
 
 use crate::manager::{Kind, Request};
 use crate::{Error, RedisManager};
+use resilient_redis_fallback::{FallbackError, FallbackStore};
 
 /// The operations applications call. Implemented by [`RedisManager`]; with the `mock` feature
 /// `MockRedisApi` (mockall) implements it, so code that uses Redis can be unit-tested without a
 /// server.
 ///
 /// Reads and writes of strings, counters and hashes are served by the fallback store while
-/// Redis is down; `execute` and `pipeline` fail fast instead.
+/// Redis is down. A read (or an increment) of a key memory knows nothing about then fails with
+/// a fallback error of its own (`FallbackError::Unknown`) rather than answer "missing" or count
+/// from 0 as if Redis had said so; `fallback.unknown_keys = "miss"` answers as a cache instead,
+/// and `get_with_source` / `incr_by_with_source` always answer, saying who did ([`ServedBy`]).
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait RedisApi: Send + Sync {
@@ -94,14 +98,126 @@ fn non_empty<T>(what: &str, command: &str, items: &[T]) -> Result<(), Error> {
     Ok(())
 }
 
+/// With `fallback.unknown_keys = "error"`, refuses an answer from memory about keys it does not
+/// know.
+fn known(
+    s: &dyn FallbackStore,
+    strict: bool,
+    operation: &'static str,
+    keys: &[&[u8]],
+) -> Result<(), FallbackError> {
+    if strict && keys.iter().any(|k| !s.knows(k)) {
+        return Err(FallbackError::Unknown { operation });
+    }
+    Ok(())
+}
+
+/// Where an answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServedBy {
+    /// Redis answered.
+    Redis,
+    /// Redis was unreachable; memory answered from what it knows of the key (written during
+    /// the outage, or seen before it when `fallback.shadow` is on: possibly stale).
+    Memory,
+    /// Redis was unreachable and memory knows nothing of the key: a read says missing and a
+    /// counter counts from 0 (its delta is journaled and replays exactly), but Redis may hold
+    /// something else.
+    MemoryUnknownKey,
+}
+
+/// An answer and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Served<T> {
+    /// The answer.
+    pub value: T,
+    /// Who gave it.
+    pub by: ServedBy,
+}
+
+fn by_memory(s: &dyn FallbackStore, key: &[u8]) -> ServedBy {
+    if s.knows(key) {
+        ServedBy::Memory
+    } else {
+        ServedBy::MemoryUnknownKey
+    }
+}
+
 /// The operations as inherent methods: called on a `RedisManager` directly they cost no boxed
 /// future; [`RedisApi`] forwards to them.
 impl RedisManager {
+    fn strict(&self) -> bool {
+        self.inner.config.fallback.unknown_keys == resilient_redis_config::UnknownKeys::Error
+    }
+
+    /// `GET`, saying who answered: Redis, memory, or memory that knows nothing of the key
+    /// (never an error for an unknown key, whatever `fallback.unknown_keys` says).
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn get_with_source(&self, key: &[u8]) -> Result<Served<Option<Vec<u8>>>, Error> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.call(
+            "get",
+            Kind::Read,
+            Request::Cmd(&cmd),
+            |v| {
+                decode(v).map(|value| Served {
+                    value,
+                    by: ServedBy::Redis,
+                })
+            },
+            Some(&|s| {
+                Ok(Served {
+                    value: s.get(key)?,
+                    by: by_memory(s, key),
+                })
+            }),
+            |s, v: &Served<Option<Vec<u8>>>| s.observe(key, v.value.clone(), None),
+        )
+        .await
+    }
+
+    /// `INCRBY`, saying who answered. While Redis is unreachable the increment is journaled even
+    /// for a counter memory does not know (`MemoryUnknownKey`: the value returned counts from 0;
+    /// the delta replays exactly). Never applied twice: see [`Error::Ambiguous`].
+    ///
+    /// # Errors
+    /// See [`crate::Error`].
+    pub async fn incr_by_with_source(&self, key: &[u8], delta: i64) -> Result<Served<i64>, Error> {
+        let mut cmd = redis::cmd("INCRBY");
+        cmd.arg(key).arg(delta);
+        self.call(
+            "incrby",
+            Kind::NonIdempotentWrite,
+            Request::Cmd(&cmd),
+            |v| {
+                decode(v).map(|value| Served {
+                    value,
+                    by: ServedBy::Redis,
+                })
+            },
+            Some(&|s| {
+                let by = by_memory(s, key);
+                Ok(Served {
+                    value: s.incr_by(key, delta)?,
+                    by,
+                })
+            }),
+            |s, v: &Served<i64>| s.observe(key, Some(v.value.to_string().into_bytes()), None),
+        )
+        .await
+    }
+
     /// See [`RedisApi::get`].
     ///
     /// # Errors
     /// See [`crate::Error`].
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let strict = self.strict();
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
         self.call(
@@ -109,7 +225,7 @@ impl RedisManager {
             Kind::Read,
             Request::Cmd(&cmd),
             decode,
-            Some(&|s| s.get(key)),
+            Some(&|s| known(s, strict, "get", &[key]).and_then(|()| s.get(key))),
             |s, v: &Option<Vec<u8>>| {
                 s.observe(key, v.clone(), None);
             },
@@ -169,6 +285,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn exists(&self, key: &[u8]) -> Result<bool, Error> {
+        let strict = self.strict();
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(key);
         self.call(
@@ -176,7 +293,7 @@ impl RedisManager {
             Kind::Read,
             Request::Cmd(&cmd),
             decode,
-            Some(&|s| s.exists(key)),
+            Some(&|s| known(s, strict, "exists", &[key]).and_then(|()| s.exists(key))),
             |_, _| {},
         )
         .await
@@ -206,6 +323,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error> {
+        let strict = self.strict();
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(key);
         self.call(
@@ -213,7 +331,7 @@ impl RedisManager {
             Kind::Read,
             Request::Cmd(&cmd),
             |v| decode::<i64>(v).map(ttl_of),
-            Some(&|s| s.ttl(key)),
+            Some(&|s| known(s, strict, "ttl", &[key]).and_then(|()| s.ttl(key))),
             |_, _| {},
         )
         .await
@@ -224,6 +342,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error> {
+        let strict = self.strict();
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(delta);
         self.call(
@@ -231,7 +350,7 @@ impl RedisManager {
             Kind::NonIdempotentWrite,
             Request::Cmd(&cmd),
             decode,
-            Some(&|s| s.incr_by(key, delta)),
+            Some(&|s| known(s, strict, "incrby", &[key]).and_then(|()| s.incr_by(key, delta))),
             |s, v: &i64| {
                 s.observe(key, Some(v.to_string().into_bytes()), None);
             },
@@ -244,6 +363,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let strict = self.strict();
         non_empty("keys", "MGET", keys)?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
@@ -252,7 +372,10 @@ impl RedisManager {
             Kind::Read,
             Request::Cmd(&cmd),
             decode,
-            Some(&|s| s.mget(keys)),
+            Some(&|s| {
+                let ks: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                known(s, strict, "mget", &ks).and_then(|()| s.mget(keys))
+            }),
             |s, values: &Vec<Option<Vec<u8>>>| {
                 for (k, v) in keys.iter().zip(values) {
                     s.observe(k, v.clone(), None);
@@ -292,6 +415,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let strict = self.strict();
         let mut cmd = redis::cmd("HGET");
         cmd.arg(key).arg(field);
         self.call(
@@ -299,7 +423,7 @@ impl RedisManager {
             Kind::Read,
             Request::Cmd(&cmd),
             decode,
-            Some(&|s| s.hget(key, field)),
+            Some(&|s| known(s, strict, "hget", &[key]).and_then(|()| s.hget(key, field))),
             |_, _| {},
         )
         .await
@@ -351,6 +475,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error> {
+        let strict = self.strict();
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(key);
         self.call(
@@ -358,7 +483,7 @@ impl RedisManager {
             Kind::Read,
             Request::Cmd(&cmd),
             decode,
-            Some(&|s| s.hgetall(key)),
+            Some(&|s| known(s, strict, "hgetall", &[key]).and_then(|()| s.hgetall(key))),
             |_, _| {},
         )
         .await

@@ -83,62 +83,13 @@ const READS: &[&str] = &[
     "fcall_ro",
 ];
 
-/// Writes that leave the same state when applied twice.
-const IDEMPOTENT_WRITES: &[&str] = &[
-    "mset",
-    "del",
-    "unlink",
-    "hset",
-    "hmset",
-    "hdel",
-    "sadd",
-    "srem",
-    "zrem",
-    "expire",
-    "pexpire",
-    "expireat",
-    "pexpireat",
-    "persist",
-    "setex",
-    "psetex",
-    "setbit",
-    "pfadd",
-];
+/// Writes that leave the same state and give the same reply when applied twice (a write that
+/// answers a count, like `DEL` or `SADD`, answers differently the second time, so it is not
+/// retried once it may have been sent).
+const IDEMPOTENT_WRITES: &[&str] = &["mset", "hmset", "setex", "psetex"];
 
-/// Commands that hold or change a connection's session, or block it: they need an exclusive
-/// connection (`RedisManager::connection`), never the shared one every caller uses.
-const EXCLUSIVE: &[&str] = &[
-    "multi",
-    "exec",
-    "discard",
-    "watch",
-    "unwatch",
-    "select",
-    "swapdb",
-    "subscribe",
-    "psubscribe",
-    "ssubscribe",
-    "unsubscribe",
-    "punsubscribe",
-    "sunsubscribe",
-    "monitor",
-    "reset",
-    "quit",
-    "hello",
-    "auth",
-    "readonly",
-    "readwrite",
-    "blpop",
-    "brpop",
-    "blmove",
-    "brpoplpush",
-    "blmpop",
-    "bzpopmin",
-    "bzpopmax",
-    "bzmpop",
-    "wait",
-    "waitaof",
-];
+/// Expiry commands: idempotent without options (`NX`, `XX`, `GT`, `LT` change the reply).
+const EXPIRES: &[&str] = &["expire", "pexpire", "expireat", "pexpireat"];
 
 fn is(name: &[u8], table: &[&str]) -> bool {
     table
@@ -152,10 +103,12 @@ fn static_name(name: &[u8]) -> &'static str {
     READS
         .iter()
         .chain(IDEMPOTENT_WRITES)
+        .chain(EXPIRES)
         .chain(&[
             "set", "incr", "incrby", "decr", "decrby", "append", "lpush", "rpush", "lpop", "rpop",
             "spop", "eval", "evalsha", "fcall", "getdel", "getset", "zadd", "zincrby", "hincrby",
-            "xadd", "publish", "script",
+            "xadd", "publish", "script", "del", "unlink", "hset", "hdel", "sadd", "srem", "zrem",
+            "persist", "setbit", "pfadd",
         ])
         .find(|t| t.as_bytes().eq_ignore_ascii_case(name))
         .copied()
@@ -167,7 +120,7 @@ fn kind_of(name: &[u8], args: &[&[u8]]) -> Kind {
     if is(name, READS) {
         return Kind::Read;
     }
-    if is(name, IDEMPOTENT_WRITES) {
+    if is(name, IDEMPOTENT_WRITES) || (is(name, EXPIRES) && args.len() == 3) {
         return Kind::IdempotentWrite;
     }
     if name == b"SET" {
@@ -186,15 +139,8 @@ fn kind_of(name: &[u8], args: &[&[u8]]) -> Kind {
     Kind::NonIdempotentWrite
 }
 
-fn refuse_exclusive(name: &[u8]) -> Result<(), Error> {
-    if is(name, EXCLUSIVE) {
-        return Err(Error::Validation(format!(
-            "{} holds or blocks a connection: run it on an exclusive one from \
-             RedisManager::connection(), not on the shared connection",
-            String::from_utf8_lossy(name)
-        )));
-    }
-    Ok(())
+fn refuse_exclusive(cmd: &Cmd) -> Result<(), Error> {
+    resilient_redis_pool::shared_refusal(cmd).map_or(Ok(()), |why| Err(Error::Validation(why)))
 }
 
 fn int(n: u64) -> Value {
@@ -205,8 +151,27 @@ fn bulk(v: Option<Vec<u8>>) -> Value {
     v.map_or(Value::Nil, Value::BulkString)
 }
 
-fn number<T: std::str::FromStr>(b: &[u8]) -> Option<T> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+/// An integer as Redis reads one: an optional `-`, no `+`, no leading zero, no `-0`.
+fn number<T: TryFrom<i64>>(b: &[u8]) -> Option<T> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let canonical = !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits == b"0" || digits[0] != b'0')
+        && b != b"-0";
+    if !canonical {
+        return None;
+    }
+    let n: i64 = std::str::from_utf8(b).ok()?.parse().ok()?;
+    T::try_from(n).ok()
+}
+
+/// Redis's reply to a zero or negative expiry (`SET k v EX 0`, `SETEX k 0 v`).
+fn invalid_expire(command: &str) -> Error {
+    Error::Server {
+        code: Some("ERR".into()),
+        message: format!("invalid expire time in '{command}' command"),
+        source: None,
+    }
 }
 
 impl RedisManager {
@@ -218,7 +183,10 @@ impl RedisManager {
     /// connection (transactions, `SELECT`, subscriptions, blocking commands).
     pub async fn command(&self, cmd: &Cmd) -> Result<Value, Error> {
         let name = name_of(cmd);
-        refuse_exclusive(&name)?;
+        if name.is_empty() {
+            return Err(Error::Validation("empty command".into()));
+        }
+        refuse_exclusive(cmd)?;
         let args: Option<Vec<&[u8]>> = cmd
             .args_iter()
             .map(|a| match a {
@@ -227,7 +195,7 @@ impl RedisManager {
             })
             .collect();
         if let Some(args) = &args
-            && let Some(answer) = self.typed(&name, &args[1..]).await
+            && let Some(answer) = self.typed(&name, args.get(1..).unwrap_or_default()).await
         {
             return answer;
         }
@@ -248,13 +216,29 @@ impl RedisManager {
     /// The commands the typed API (and so the fallback) serves, with their replies as Redis
     /// gives them; `None` for any other command or shape.
     async fn typed(&self, name: &[u8], args: &[&[u8]]) -> Option<Result<Value, Error>> {
-        let ttl = |unit: &[u8], n: &[u8]| -> Option<Duration> {
-            let n: u64 = number(n)?;
-            match unit.to_ascii_uppercase().as_slice() {
-                b"PX" => Some(Duration::from_millis(n)),
-                b"EX" => Some(Duration::from_secs(n)),
-                _ => None,
+        // A positive expiry, or Redis's refusal of one that is not.
+        let ttl = |unit: &[u8], n: &[u8]| -> Option<Result<Duration, Error>> {
+            let n: i64 = number(n)?;
+            let unit = unit.to_ascii_uppercase();
+            if !matches!(unit.as_slice(), b"PX" | b"EX") {
+                return None;
             }
+            let Ok(n @ 1..) = u64::try_from(n) else {
+                return Some(Err(invalid_expire("set")));
+            };
+            Some(Ok(if unit == b"PX" {
+                Duration::from_millis(n)
+            } else {
+                Duration::from_secs(n)
+            }))
+        };
+        let positive = |n: &[u8], ms: bool, command: &str| -> Option<Result<Duration, Error>> {
+            let n: i64 = number(n)?;
+            Some(match u64::try_from(n) {
+                Ok(n @ 1..) if ms => Ok(Duration::from_millis(n)),
+                Ok(n @ 1..) => Ok(Duration::from_secs(n)),
+                _ => Err(invalid_expire(command)),
+            })
         };
         let pairs = |a: &[&[u8]]| -> Vec<(Vec<u8>, Vec<u8>)> {
             a.chunks(2)
@@ -265,26 +249,25 @@ impl RedisManager {
         Some(match (name, args) {
             (b"GET", [k]) => self.get(k).await.map(bulk),
             (b"SET", [k, v]) => self.set(k, v, None).await.map(|()| Value::Okay),
-            (b"SET", [k, v, unit, n]) => {
-                let t = ttl(unit, n)?;
-                self.set(k, v, Some(t)).await.map(|()| Value::Okay)
-            }
-            (b"SETEX", [k, n, v]) => {
-                let t = Duration::from_secs(number(n)?);
-                self.set(k, v, Some(t)).await.map(|()| Value::Okay)
-            }
-            (b"PSETEX", [k, n, v]) => {
-                let t = Duration::from_millis(number(n)?);
-                self.set(k, v, Some(t)).await.map(|()| Value::Okay)
+            (b"SET", [k, v, unit, n]) => match ttl(unit, n)? {
+                Ok(t) => self.set(k, v, Some(t)).await.map(|()| Value::Okay),
+                Err(e) => Err(e),
+            },
+            (b"SETEX" | b"PSETEX", [k, n, v]) => {
+                let command = if name == b"SETEX" { "setex" } else { "psetex" };
+                match positive(n, name == b"PSETEX", command)? {
+                    Ok(t) => self.set(k, v, Some(t)).await.map(|()| Value::Okay),
+                    Err(e) => Err(e),
+                }
             }
             (b"DEL", ks) if !ks.is_empty() => self.del(&keys(ks)).await.map(int),
             (b"EXISTS", [k]) => self.exists(k).await.map(|b| int(u64::from(b))),
             (b"PEXPIRE", [k, n]) => {
-                let t = Duration::from_millis(number(n)?);
+                let t = Duration::from_millis(number(n).filter(|n: &u64| *n > 0)?);
                 self.expire(k, t).await.map(|b| int(u64::from(b)))
             }
             (b"EXPIRE", [k, n]) => {
-                let t = Duration::from_secs(number(n)?);
+                let t = Duration::from_secs(number(n).filter(|n: &u64| *n > 0)?);
                 self.expire(k, t).await.map(|b| int(u64::from(b)))
             }
             (b"PTTL" | b"TTL", [k]) => {
@@ -292,7 +275,10 @@ impl RedisManager {
                 self.ttl(k).await.map(|t| match t {
                     Ttl::Missing => Value::Int(-2),
                     Ttl::Persistent => Value::Int(-1),
-                    Ttl::ExpiresIn(d) if seconds => int((d.as_millis() as u64).div_ceil(1000)),
+                    // Redis rounds seconds half up.
+                    Ttl::ExpiresIn(d) if seconds => {
+                        int((u64::try_from(d.as_millis()).unwrap_or(u64::MAX) + 500) / 1000)
+                    }
                     Ttl::ExpiresIn(d) => int(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     _ => Value::Int(-1),
                 })
@@ -343,9 +329,8 @@ impl RedisManager {
     ) -> Result<Vec<Value>, Error> {
         let mut reads = true;
         for cmd in pipeline.cmd_iter() {
-            let name = name_of(cmd);
-            refuse_exclusive(&name)?;
-            reads &= is(&name, READS);
+            refuse_exclusive(cmd)?;
+            reads &= is(&name_of(cmd), READS);
         }
         let kind = if reads {
             Kind::Read
@@ -474,14 +459,67 @@ mod tests {
         assert_eq!(kind(&["INCR", "k"]), Kind::NonIdempotentWrite);
         assert_eq!(kind(&["EVAL", "return 1", "0"]), Kind::NonIdempotentWrite);
         assert_eq!(kind(&["FLUSHALL"]), Kind::NonIdempotentWrite);
-        assert_eq!(kind(&["HSET", "h", "f", "v"]), Kind::IdempotentWrite);
+        assert_eq!(
+            kind(&["HSET", "h", "f", "v"]),
+            Kind::NonIdempotentWrite,
+            "its count changes"
+        );
+        assert_eq!(
+            kind(&["DEL", "k"]),
+            Kind::NonIdempotentWrite,
+            "its count changes"
+        );
+        assert_eq!(kind(&["PEXPIRE", "k", "10"]), Kind::IdempotentWrite);
+        assert_eq!(kind(&["EXPIRE", "k", "10", "NX"]), Kind::NonIdempotentWrite);
     }
 
     #[test]
     fn session_and_blocking_commands_never_run_on_the_shared_connection() {
-        for name in ["MULTI", "WATCH", "SELECT", "SUBSCRIBE", "BLPOP", "WAIT"] {
-            assert!(refuse_exclusive(name.as_bytes()).is_err(), "{name}");
+        let cmd = |words: &[&str]| {
+            let mut c = redis::cmd(words[0]);
+            for w in &words[1..] {
+                c.arg(*w);
+            }
+            c
+        };
+        for words in [
+            &["MULTI"][..],
+            &["WATCH", "k"],
+            &["SELECT", "1"],
+            &["SUBSCRIBE", "c"],
+            &["BLPOP", "l", "0"],
+            &["WAIT", "1", "0"],
+            &["CLIENT", "REPLY", "OFF"],
+            &["client", "tracking", "on"],
+            &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
+        ] {
+            assert!(refuse_exclusive(&cmd(words)).is_err(), "{words:?}");
         }
-        assert!(refuse_exclusive(b"GET").is_ok());
+        assert!(refuse_exclusive(&cmd(&["GET", "k"])).is_ok());
+        assert!(refuse_exclusive(&cmd(&["XREAD", "STREAMS", "s", "0"])).is_ok());
+        assert!(refuse_exclusive(&cmd(&["CLIENT", "ID"])).is_ok());
+    }
+
+    #[test]
+    fn integers_are_read_as_redis_reads_them() {
+        assert_eq!(number::<i64>(b"5"), Some(5));
+        assert_eq!(number::<i64>(b"-5"), Some(-5));
+        assert_eq!(number::<i64>(b"0"), Some(0));
+        for bad in [
+            &b"+5"[..],
+            b"05",
+            b"-0",
+            b" 5",
+            b"",
+            b"-",
+            b"9223372036854775808",
+        ] {
+            assert_eq!(
+                number::<i64>(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -118,6 +118,12 @@ impl Error {
                         Some(resilient_redis_pool::PoolError::Command { source, .. }) => {
                             Some(source.clone())
                         }
+                        Some(e @ resilient_redis_pool::PoolError::CommandTimeout(_)) => {
+                            Some(redis::RedisError::from(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                e.to_string(),
+                            )))
+                        }
                         _ => None,
                     }
                 })
@@ -134,9 +140,26 @@ impl Error {
             Error::Ambiguous { .. } => {
                 redis::make_extension_error(AMBIGUOUS_CODE.into(), Some(detail))
             }
+            Error::Unavailable {
+                kind: ErrorKind::Fallback,
+                ..
+            } => redis::make_extension_error(FALLBACK_CODE.into(), Some(detail)),
             Error::Unavailable { ref source, .. } => redis_cause(source).unwrap_or_else(|| {
                 redis::make_extension_error(UNAVAILABLE_CODE.into(), Some(detail))
             }),
+            // Memory refuses as Redis would have: the same codes.
+            Error::Fallback(resilient_redis_fallback::FallbackError::WrongType) => {
+                redis::make_extension_error(
+                    "WRONGTYPE".into(),
+                    Some("Operation against a key holding the wrong kind of value".into()),
+                )
+            }
+            Error::Fallback(resilient_redis_fallback::FallbackError::NotAnInteger) => {
+                redis::make_extension_error(
+                    "ERR".into(),
+                    Some("value is not an integer or out of range".into()),
+                )
+            }
             Error::Fallback(_) => redis::make_extension_error(FALLBACK_CODE.into(), Some(detail)),
             Error::Closed => redis::make_extension_error(UNAVAILABLE_CODE.into(), Some(detail)),
             Error::Validation(_) | Error::Config(_) | Error::Build(_) => {

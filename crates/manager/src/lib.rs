@@ -10,7 +10,7 @@ mod manager;
 mod report;
 
 pub use adapters::{PoolProbe, RedisSyncTarget, server_identity};
-pub use api::{RedisApi, RedisApiExt};
+pub use api::{RedisApi, RedisApiExt, Served, ServedBy};
 pub use compat::ManagedConnection;
 pub use error::{AMBIGUOUS_CODE, Error, FALLBACK_CODE, Source, UNAVAILABLE_CODE};
 pub use manager::{RedisManager, RedisManagerBuilder};

@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     /// and `closed`; leaving fallback mode and closing take the write guard. So fallback mode
     /// never ends while an append is in flight, and nothing is journaled after close.
     gate: RwLock<()>,
+    /// Woken when a call turns fallback mode on: the recovery loop probes at once.
+    activated: Arc<tokio::sync::Notify>,
     /// Writes Redis refused at replay since the start (kept as dead letters by the store).
     dead_letters: std::sync::atomic::AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -243,6 +245,7 @@ impl RedisManagerBuilder {
             target,
             closed: AtomicBool::new(false),
             gate: RwLock::new(()),
+            activated: Arc::new(tokio::sync::Notify::new()),
             dead_letters: std::sync::atomic::AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
@@ -538,7 +541,10 @@ impl RedisManager {
                     return Err(server_error(err));
                 }
                 attempts += 1;
+                // What memory can answer is answered at once: during an outage no call waits
+                // for more than one attempt (one socket timeout at most).
                 let retry = err_kind.is_transient()
+                    && fallback.is_none()
                     && kind != Kind::Opaque
                     && !(kind == Kind::NonIdempotentWrite && sent)
                     && attempts <= cfg.max_retries
@@ -603,6 +609,11 @@ impl RedisManager {
         started: Instant,
         serve: &Serve<'_, T>,
     ) -> Result<T, Error> {
+        if !self.inner.store.is_fallback_mode() {
+            // Ask the recovery loop for a probe now: one failed call must not keep every
+            // caller on memory for longer than it takes to see Redis answer again.
+            self.inner.activated.notify_one();
+        }
         self.serve(op, started, serve, true)
             .unwrap_or(Err(Error::Closed))
     }
@@ -707,6 +718,7 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
     let mut health_rx = first.health.subscribe();
     let sync_every = first.config.fallback.sync_interval;
     let gauges_every = first.config.metrics.collection_interval;
+    let activated = Arc::clone(&first.activated);
     drop(first);
     let mut sync = tokio::time::interval(sync_every);
     let mut gauges = tokio::time::interval(gauges_every);
@@ -729,10 +741,25 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
                 let status = health_rx.borrow_and_update().clone();
                 let Some(m) = inner.upgrade() else { return };
                 m.metrics.record_health(HealthGauge::new(status.healthy, status.response_time.unwrap_or_default()));
-                if !status.healthy && m.fallback_enabled && !m.store.is_fallback_mode() {
-                    tracing::warn!(error = ?status.error, "health: Redis unhealthy; fallback mode on");
-                    m.store.activate();
+                if !status.healthy {
+                    // The breaker hears of an outage even when no call reaches Redis (fallback
+                    // mode answers them all): an unhealthy verdict opens it, so its state and
+                    // trips count outages, whatever the traffic.
+                    if matches!(m.breaker.state(), BreakerState::Closed | BreakerState::HalfOpen) {
+                        let _ = m.breaker.transition_to(BreakerState::Open);
+                    }
+                    if m.fallback_enabled && !m.store.is_fallback_mode() {
+                        tracing::warn!(error = ?status.error, "health: Redis unhealthy; fallback mode on");
+                        m.store.activate();
+                    }
                 } else if status.healthy && status.error.is_none() {
+                    recover(&m).await;
+                }
+            }
+            () = activated.notified() => {
+                let Some(m) = inner.upgrade() else { return };
+                let probe = m.health.check_now().await;
+                if probe.error.is_none() {
                     recover(&m).await;
                 }
             }

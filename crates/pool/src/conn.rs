@@ -90,6 +90,7 @@ impl SharedConnection {
             Some(&self.lane.wake),
         )
         .await
+        .and_then(Value::extract_error)
         .map_err(to_pool_error)?;
         redis::from_redis_value(value).map_err(|e| PoolError::Command {
             kind: ErrorKind::Validation,
@@ -175,8 +176,10 @@ impl PooledConnection {
         self.session.before(effect);
         let raw = self.raw();
         let broken = Arc::clone(&raw.broken);
+        // An error reply comes back as a value: it is an error here, and it changes no session.
         let value = guarded(raw.mux.send_packed_command(cmd), &broken, None)
             .await
+            .and_then(Value::extract_error)
             .map_err(to_pool_error)?;
         self.session.after_ok(effect);
         redis::from_redis_value(value).map_err(|e| PoolError::Command {
@@ -231,7 +234,7 @@ impl ConnectionLike for PooledConnection {
         let raw = raw_of(conn);
         Box::pin(async move {
             let reply = guarded(raw.mux.send_packed_command(cmd), &raw.broken, None).await;
-            if reply.is_ok() {
+            if matches!(&reply, Ok(v) if !matches!(v, Value::ServerError(_))) {
                 session.after_ok(effect);
             }
             reply
@@ -245,6 +248,7 @@ impl ConnectionLike for PooledConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         let effects: Vec<session::Effect> = pipeline.cmd_iter().map(session::effect).collect();
+        let start = self.session;
         for e in &effects {
             self.session.before(*e);
         }
@@ -257,10 +261,18 @@ impl ConnectionLike for PooledConnection {
                 None,
             )
             .await;
-            if reply.is_ok() {
+            // Only a reply with one clean answer per command shows how the session ended:
+            // replay the commands in order from where it started. Otherwise assume the worst.
+            if let Ok(values) = &reply
+                && values.len() == effects.len()
+                && !values.iter().any(|v| matches!(v, Value::ServerError(_)))
+            {
+                let mut replayed = start;
                 for e in effects {
-                    session.after_ok(e);
+                    replayed.before(e);
+                    replayed.after_ok(e);
                 }
+                *session = replayed;
             }
             reply
         })

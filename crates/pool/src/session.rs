@@ -46,11 +46,47 @@ pub(crate) fn effect(cmd: &Cmd) -> Effect {
         | b"AUTH" | b"READONLY" | b"READWRITE" | b"SWAPDB" => Effect::Sticky,
         b"CLIENT" => match word(args.next()).as_slice() {
             b"TRACKING" | b"REPLY" | b"CACHING" | b"NO-EVICT" | b"NO-TOUCH" | b"SETNAME"
-            | b"SETINFO" => Effect::Sticky,
+            | b"SETINFO" | b"PAUSE" => Effect::Sticky,
             _ => Effect::None,
         },
         _ => Effect::None,
     }
+}
+
+/// Why `cmd` must not run on a connection shared by every caller, if it must not: it holds or
+/// changes the connection's session, changes how replies are delivered, or blocks it.
+#[must_use]
+pub fn shared_refusal(cmd: &Cmd) -> Option<String> {
+    let mut args = cmd.args_iter();
+    let name = word(args.next());
+    let blocking = matches!(
+        name.as_slice(),
+        b"BLPOP"
+            | b"BRPOP"
+            | b"BLMOVE"
+            | b"BRPOPLPUSH"
+            | b"BLMPOP"
+            | b"BZPOPMIN"
+            | b"BZPOPMAX"
+            | b"BZMPOP"
+            | b"WAIT"
+            | b"WAITAOF"
+            | b"SYNC"
+            | b"PSYNC"
+    ) || (matches!(name.as_slice(), b"XREAD" | b"XREADGROUP")
+        && args.any(|a| word(Some(a)) == b"BLOCK"));
+    let session = effect(cmd) != Effect::None
+        || matches!(
+            name.as_slice(),
+            b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" | b"QUIT"
+        );
+    (blocking || session).then(|| {
+        format!(
+            "{} holds, changes or blocks a connection: run it on an exclusive connection \
+             (RedisManager::connection() / ConnectionPool::get()), not on the shared one",
+            String::from_utf8_lossy(&name)
+        )
+    })
 }
 
 /// The session a connection may carry.
