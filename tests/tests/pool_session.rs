@@ -73,3 +73,23 @@ async fn a_connection_dropped_inside_a_transaction_is_closed_not_reused() {
         "the next borrower is on database 0"
     );
 }
+
+/// Fails on the first version: a blocking command on an exclusive connection timed out at the
+/// socket timeout (and the connection was thrown away). Its deadline is now its block time plus
+/// the socket timeout.
+#[tokio::test]
+async fn a_blocking_command_waits_its_block_time_not_the_socket_timeout() {
+    let server = RedisServer::start();
+    let mut config = common::config(&server.url());
+    config.socket_timeout = std::time::Duration::from_millis(200);
+    let pool = RedisPool::new(&config).await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let started = std::time::Instant::now();
+    let popped: Option<(String, String)> = conn
+        .query(redis::cmd("BLPOP").arg("empty-list").arg("0.6"))
+        .await
+        .unwrap();
+    assert_eq!(popped, None, "nothing to pop: the block time ran out");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(550));
+    assert!(!conn.is_broken());
+}

@@ -80,3 +80,30 @@ async fn a_call_in_flight_at_close_is_refused_not_journaled_behind_it() {
         "nothing journaled after close"
     );
 }
+
+/// A handle with a timeout of its own answers within it, whatever the configured deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_timeout_bounds_the_whole_call() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut c = RedisConfig::default();
+    c.url = RedisUrl::new(proxy.url());
+    c.socket_timeout = Duration::from_secs(2);
+    let m = RedisManager::builder(c).build().await.unwrap();
+    m.set(b"k", b"v", None).await.unwrap();
+    proxy.set(Fault::Latency(Duration::from_millis(600)));
+    let quick = m.with_options(
+        resilient_redis_manager::CallOptions::new()
+            .timeout(Duration::from_millis(50))
+            .no_fallback(),
+    );
+    let started = std::time::Instant::now();
+    let err = quick.get(b"k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    m.close(Duration::from_secs(1)).await.ok();
+}

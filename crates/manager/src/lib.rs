@@ -13,7 +13,7 @@ pub use adapters::{PoolProbe, RedisSyncTarget, server_identity};
 pub use api::{RedisApi, RedisApiExt, Served, ServedBy};
 pub use compat::ManagedConnection;
 pub use error::{AMBIGUOUS_CODE, Error, FALLBACK_CODE, Source, UNAVAILABLE_CODE};
-pub use manager::{RedisManager, RedisManagerBuilder};
+pub use manager::{CallOptions, RedisManager, RedisManagerBuilder};
 pub use report::{HealthReport, Verdict};
 
 #[cfg(any(test, feature = "mock"))]

@@ -122,6 +122,7 @@ impl Inner {
 #[derive(Clone)]
 pub struct RedisManager {
     pub(crate) inner: Arc<Inner>,
+    options: CallOptions,
 }
 
 impl std::fmt::Debug for RedisManager {
@@ -270,11 +271,34 @@ impl RedisManagerBuilder {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(supervisor);
         }
-        Ok(RedisManager { inner })
+        Ok(RedisManager {
+            inner,
+            options: CallOptions::default(),
+        })
     }
 }
 
 impl RedisManager {
+    /// A handle on the same manager whose calls use `options` (a timeout of their own, no
+    /// retry, no fallback); cheap (a clone). Works for the typed API and for
+    /// [`RedisManager::redis_connection`] alike.
+    ///
+    /// ```no_run
+    /// # async fn f(m: resilient_redis_manager::RedisManager) -> Result<(), resilient_redis_manager::Error> {
+    /// use std::time::Duration;
+    /// use resilient_redis_manager::CallOptions;
+    /// let fast = m.with_options(CallOptions::new().timeout(Duration::from_millis(20)).no_fallback());
+    /// let flag = fast.get(b"feature:beta").await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_options(&self, options: CallOptions) -> RedisManager {
+        RedisManager {
+            inner: Arc::clone(&self.inner),
+            options,
+        }
+    }
+
     /// A builder for `config`.
     pub fn builder(config: RedisConfig) -> RedisManagerBuilder {
         RedisManagerBuilder {
@@ -448,7 +472,7 @@ impl RedisManager {
         persisted.map_err(Error::from)
     }
 
-    /// Runs one operation through the whole request path.
+    /// Runs one operation through the whole request path; records its metrics once.
     pub(crate) async fn call<T>(
         &self,
         op: &'static str,
@@ -459,142 +483,169 @@ impl RedisManager {
         observe: impl FnOnce(&dyn FallbackStore, &T),
     ) -> Result<T, Error> {
         let span = resilient_redis_metrics::operation_span(op);
-        let inner = &*self.inner;
         let started = Instant::now();
-        let result = async {
-            if inner.closed.load(Ordering::Relaxed) {
-                return Err(Error::Closed);
-            }
-            let fallback = fallback.filter(|_| inner.fallback_enabled);
-            if let Some(serve) = fallback
-                && inner.store.is_fallback_mode()
-                && let Some(answer) = self.serve(op, started, serve, false)
-            {
-                return answer;
-            }
-            if fallback.is_none() && self.journal_pending() {
-                let e = overtake_error();
-                inner
-                    .metrics
-                    .record_operation(op, started.elapsed(), Outcome::Error(e.kind()));
-                return Err(e);
-            }
-            let permit = match inner.breaker.try_acquire() {
-                // Released if this future is dropped at any await below.
-                Ok(p) => PermitGuard::new(inner.breaker.as_ref(), p),
-                Err(rejected) => {
-                    if let Some(serve) = fallback {
-                        return self.serve_activating(op, started, serve);
-                    }
-                    let e = Error::Unavailable {
-                        kind: ErrorKind::CircuitBreaker,
-                        message: rejected.to_string(),
-                        source: Some(Box::new(rejected)),
-                    };
-                    inner
-                        .metrics
-                        .record_operation(op, started.elapsed(), Outcome::Error(e.kind()));
-                    return Err(e);
+        let (result, outcome) = self
+            .attempt(kind, cmd, decode, fallback, observe, started)
+            .instrument(span.clone())
+            .await;
+        self.inner
+            .metrics
+            .record_operation(op, started.elapsed(), outcome);
+        if let Err(e) = &result {
+            span.record("error.type", e.kind().as_str());
+        }
+        result.map_err(|e| match e {
+            Error::Ambiguous {
+                kind,
+                message,
+                source,
+                ..
+            } => Error::Ambiguous {
+                operation: op,
+                kind,
+                message,
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// The request path proper: the answer and the outcome to record.
+    async fn attempt<T>(
+        &self,
+        kind: Kind,
+        cmd: Request<'_>,
+        decode: impl FnOnce(Value) -> Result<T, Error>,
+        fallback: Option<&Serve<'_, T>>,
+        observe: impl FnOnce(&dyn FallbackStore, &T),
+        started: Instant,
+    ) -> (Result<T, Error>, Outcome) {
+        let inner = &*self.inner;
+        let opts = self.options;
+        let failed = |e: Error| {
+            let k = e.kind();
+            (Err(e), Outcome::Error(k))
+        };
+        if inner.closed.load(Ordering::Relaxed) {
+            return failed(Error::Closed);
+        }
+        let fallback = fallback.filter(|_| inner.fallback_enabled && opts.fallback);
+        if let Some(serve) = fallback
+            && inner.store.is_fallback_mode()
+            && let Some(answer) = self.serve(serve, false)
+        {
+            return answer;
+        }
+        if fallback.is_none() && self.journal_pending() {
+            return failed(overtake_error());
+        }
+        let permit = match inner.breaker.try_acquire() {
+            // Released if this future is dropped at any await below.
+            Ok(p) => PermitGuard::new(inner.breaker.as_ref(), p),
+            Err(rejected) => {
+                if let Some(serve) = fallback {
+                    return self.serve_activating(serve);
                 }
-            };
-            let cfg = &inner.config;
-            let budget = cfg
-                .socket_timeout
-                .saturating_mul(cfg.max_retries.saturating_add(1));
-            let deadline = started.checked_add(budget);
+                return failed(Error::Unavailable {
+                    kind: ErrorKind::CircuitBreaker,
+                    message: rejected.to_string(),
+                    source: Some(Box::new(rejected)),
+                });
+            }
+        };
+        let cfg = &inner.config;
+        let budget = cfg
+            .socket_timeout
+            .saturating_mul(cfg.max_retries.saturating_add(1));
+        let deadline = started.checked_add(budget);
+        // What memory can answer is answered after one failed attempt: during an outage no
+        // call waits longer than one socket timeout.
+        let may_retry = opts.retry && fallback.is_none() && kind != Kind::Opaque;
+        let attempts = async {
             let mut delay = cfg.retry_delay;
             let mut attempts = 0;
-            let (failure, sent) = loop {
-                let attempt = match inner.pool.shared() {
-                    Err(e) => Err((e, false)),
-                    Ok(mut conn) => cmd.send(&mut conn).await.map_err(|e| {
-                        let sent = e.outcome_unknown();
-                        (e, sent)
-                    }),
-                };
-                let (err, sent) = match attempt {
-                    Ok(value) => {
-                        let elapsed = started.elapsed();
-                        permit.success(elapsed);
-                        let decoded = decode(value);
-                        if let (Ok(v), true) = (&decoded, inner.shadow) {
-                            observe(inner.store.as_ref(), v);
+            loop {
+                let (err, sent) = match inner.pool.shared() {
+                    Err(e) => (e, false),
+                    Ok(mut conn) => match cmd.send(&mut conn).await {
+                        Ok(value) => return Ok(value),
+                        Err(e) => {
+                            let sent = e.outcome_unknown();
+                            (e, sent)
                         }
-                        let outcome = match &decoded {
-                            Ok(_) => Outcome::Success,
-                            Err(e) => Outcome::Error(e.kind()),
-                        };
-                        inner.metrics.record_operation(op, elapsed, outcome);
-                        return decoded;
-                    }
-                    Err(failure) => failure,
+                    },
                 };
                 let err_kind = effective_kind(&err);
-                if err_kind == ErrorKind::Server {
-                    // The server answered: it is healthy; the error is the caller's.
-                    permit.success(started.elapsed());
-                    inner.metrics.record_operation(
-                        op,
-                        started.elapsed(),
-                        Outcome::Error(ErrorKind::Server),
-                    );
-                    return Err(server_error(err));
-                }
                 attempts += 1;
-                // What memory can answer is answered at once: during an outage no call waits
-                // for more than one attempt (one socket timeout at most).
-                let retry = err_kind.is_transient()
-                    && fallback.is_none()
-                    && kind != Kind::Opaque
+                let retry = may_retry
+                    && err_kind != ErrorKind::Server
+                    && err_kind.is_transient()
                     && !(kind == Kind::NonIdempotentWrite && sent)
                     && attempts <= cfg.max_retries
                     && deadline
                         .is_none_or(|d| Instant::now().checked_add(delay).is_some_and(|t| t < d));
                 if !retry {
-                    break (err, sent);
+                    return Err((err, sent));
                 }
                 let jitter = delay.mul_f64(fastrand::f64() * 0.5);
                 tokio::time::sleep(delay.saturating_add(jitter)).await;
                 delay = delay.saturating_mul(2);
-            };
-            let err_kind = effective_kind(&failure);
-            if err_kind.is_transient() {
-                permit.error(started.elapsed());
-            } else {
-                permit.release();
             }
-            if kind == Kind::NonIdempotentWrite && sent {
-                let e = Error::Ambiguous {
-                    operation: op,
-                    kind: err_kind,
-                    message: failure.to_string(),
-                    source: Some(Box::new(failure)),
+        };
+        let attempted = match opts.timeout {
+            // The caller's own bound: past it the outcome is unknown.
+            Some(t) => match started.checked_add(t) {
+                Some(until) => tokio::time::timeout_at(until, attempts)
+                    .await
+                    .unwrap_or(Err((PoolError::CommandTimeout(t), true))),
+                None => attempts.await,
+            },
+            None => attempts.await,
+        };
+        let (failure, sent) = match attempted {
+            Ok(value) => {
+                permit.success(started.elapsed());
+                let decoded = decode(value);
+                if let (Ok(v), true) = (&decoded, inner.shadow) {
+                    observe(inner.store.as_ref(), v);
+                }
+                let outcome = match &decoded {
+                    Ok(_) => Outcome::Success,
+                    Err(e) => Outcome::Error(e.kind()),
                 };
-                inner
-                    .metrics
-                    .record_operation(op, started.elapsed(), Outcome::Error(err_kind));
-                return Err(e);
+                return (decoded, outcome);
             }
-            if let Some(serve) = fallback
-                && err_kind.is_transient()
-            {
-                return self.serve_activating(op, started, serve);
-            }
-            inner
-                .metrics
-                .record_operation(op, started.elapsed(), Outcome::Error(err_kind));
-            Err(Error::Unavailable {
+            Err(failure) => failure,
+        };
+        let err_kind = effective_kind(&failure);
+        if err_kind == ErrorKind::Server {
+            // The server answered: it is healthy; the error is the caller's.
+            permit.success(started.elapsed());
+            return failed(server_error(failure));
+        }
+        if err_kind.is_transient() {
+            permit.error(started.elapsed());
+        } else {
+            permit.release();
+        }
+        if kind == Kind::NonIdempotentWrite && sent {
+            return failed(Error::Ambiguous {
+                operation: "",
                 kind: err_kind,
                 message: failure.to_string(),
                 source: Some(Box::new(failure)),
-            })
+            });
         }
-        .instrument(span.clone())
-        .await;
-        if let Err(e) = &result {
-            span.record("error.type", e.kind().as_str());
+        if let Some(serve) = fallback
+            && err_kind.is_transient()
+        {
+            return self.serve_activating(serve);
         }
-        result
+        failed(Error::Unavailable {
+            kind: err_kind,
+            message: failure.to_string(),
+            source: Some(Box::new(failure)),
+        })
     }
 
     /// Whether journaled writes wait for their replay (only ever in fallback mode).
@@ -603,49 +654,91 @@ impl RedisManager {
     }
 
     /// Enters fallback mode and answers from the fallback store.
-    fn serve_activating<T>(
-        &self,
-        op: &'static str,
-        started: Instant,
-        serve: &Serve<'_, T>,
-    ) -> Result<T, Error> {
+    fn serve_activating<T>(&self, serve: &Serve<'_, T>) -> (Result<T, Error>, Outcome) {
         if !self.inner.store.is_fallback_mode() {
             // Ask the recovery loop for a probe now: one failed call must not keep every
             // caller on memory for longer than it takes to see Redis answer again.
             self.inner.activated.notify_one();
         }
-        self.serve(op, started, serve, true)
-            .unwrap_or(Err(Error::Closed))
+        self.serve(serve, true)
+            .unwrap_or((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)))
     }
 
     /// Answers from the fallback store under the mode gate: `None` when fallback mode ended
     /// meanwhile (the caller goes to Redis), unless `activate` turns it on.
     fn serve<T>(
         &self,
-        op: &'static str,
-        started: Instant,
         serve: &Serve<'_, T>,
         activate: bool,
-    ) -> Option<Result<T, Error>> {
+    ) -> Option<(Result<T, Error>, Outcome)> {
         let inner = &*self.inner;
         let _gate = inner.gate.read().unwrap_or_else(PoisonError::into_inner);
         if inner.closed.load(Ordering::Acquire) {
-            return Some(Err(Error::Closed));
+            return Some((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)));
         }
         if activate {
             inner.store.activate();
         } else if !inner.store.is_fallback_mode() {
             return None;
         }
-        let result = serve(inner.store.as_ref());
+        let result = serve(inner.store.as_ref()).map_err(Error::from);
         let outcome = match &result {
             Ok(_) => Outcome::Fallback,
             Err(e) => Outcome::Error(e.kind()),
         };
-        inner
-            .metrics
-            .record_operation(op, started.elapsed(), outcome);
-        Some(result.map_err(Error::from))
+        Some((result, outcome))
+    }
+}
+
+/// Options for the calls made through one handle: see [`RedisManager::with_options`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Bound on the whole call (all attempts): past it the call fails with `timeout_error`
+    /// (an increment with [`Error::Ambiguous`]). `None`: the configured deadlines.
+    pub timeout: Option<Duration>,
+    /// Whether failed attempts may be retried (when retrying is safe).
+    pub retry: bool,
+    /// Whether the fallback store may answer while Redis is unreachable.
+    pub fallback: bool,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            retry: true,
+            fallback: true,
+        }
+    }
+}
+
+impl CallOptions {
+    /// The defaults: configured deadlines, retries when safe, the fallback.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bounds every call by `timeout` (shorter than the configured deadlines, typically).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// No retries: one attempt.
+    #[must_use]
+    pub fn no_retry(mut self) -> Self {
+        self.retry = false;
+        self
+    }
+
+    /// No answers from memory: while Redis is unreachable calls fail fast.
+    #[must_use]
+    pub fn no_fallback(mut self) -> Self {
+        self.fallback = false;
+        self
     }
 }
 

@@ -479,3 +479,36 @@ async fn an_unhealthy_verdict_opens_the_breaker_whatever_the_traffic() {
         .await
         .unwrap();
 }
+
+/// Per-call options: no fallback fails fast instead of answering from memory; no retry makes
+/// one attempt.
+#[tokio::test]
+async fn call_options_turn_off_the_fallback_and_retries_for_one_handle() {
+    use resilient_redis_fallback::FallbackStore;
+    use resilient_redis_manager::CallOptions;
+    let mut config = RedisConfig::default();
+    config.max_retries = 3;
+    config.retry_delay = std::time::Duration::from_millis(1);
+    let (m, store) = outage_manager(config).await;
+    let strict = m.with_options(CallOptions::new().no_fallback());
+    let err = strict.set(b"k", b"v", None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert_eq!(store.pending_writes(), 0, "not journaled");
+    // The default handle still answers from memory.
+    m.set(b"k", b"v", None).await.unwrap();
+    assert_eq!(store.pending_writes(), 1);
+
+    let mut p = parts();
+    p.pool.expect_shared().times(1).returning(|| Err(refused()));
+    p.breaker
+        .expect_try_acquire()
+        .returning(|| Ok(Permit::new(1)));
+    p.breaker.expect_on_error().times(1).return_const(());
+    p.store.expect_is_fallback_mode().return_const(false);
+    p.metrics
+        .expect_record_operation()
+        .times(1)
+        .return_const(());
+    let one_try = manager(p).await.with_options(CallOptions::new().no_retry());
+    assert!(one_try.execute(&redis::cmd("PING")).await.is_err());
+}

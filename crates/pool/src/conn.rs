@@ -177,7 +177,8 @@ impl PooledConnection {
         let raw = self.raw();
         let broken = Arc::clone(&raw.broken);
         // An error reply comes back as a value: it is an error here, and it changes no session.
-        let value = guarded(raw.mux.send_packed_command(cmd), &broken, None)
+        let mut mux = deadline_for(raw, cmd);
+        let value = guarded(mux.send_packed_command(cmd), &broken, None)
             .await
             .and_then(Value::extract_error)
             .map_err(to_pool_error)?;
@@ -220,6 +221,17 @@ impl Drop for PooledConnection {
     }
 }
 
+/// The connection to send `cmd` on: for a blocking command, a handle whose reply deadline is
+/// its block time plus the socket timeout (otherwise it would time out at the socket timeout
+/// and the connection be thrown away).
+fn deadline_for(raw: &crate::manager::RawConn, cmd: &Cmd) -> MultiplexedConnection {
+    let mut mux = raw.mux.clone();
+    if let Some(block) = session::block_time(cmd) {
+        mux.set_response_timeout(block.saturating_add(raw.socket_timeout));
+    }
+    mux
+}
+
 fn raw_of(conn: &mut Option<mobc::Connection<RedisManager>>) -> &mut crate::manager::RawConn {
     // `conn` is Some from construction until drop.
     conn.as_deref_mut()
@@ -233,7 +245,8 @@ impl ConnectionLike for PooledConnection {
         let Self { conn, session, .. } = self;
         let raw = raw_of(conn);
         Box::pin(async move {
-            let reply = guarded(raw.mux.send_packed_command(cmd), &raw.broken, None).await;
+            let mut mux = deadline_for(raw, cmd);
+            let reply = guarded(mux.send_packed_command(cmd), &raw.broken, None).await;
             if matches!(&reply, Ok(v) if !matches!(v, Value::ServerError(_))) {
                 session.after_ok(effect);
             }

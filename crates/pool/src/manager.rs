@@ -34,6 +34,8 @@ pub(crate) struct RawConn {
     pub(crate) created: Instant,
     /// When a caller last gave it back (the reaper's measure of idleness).
     pub(crate) last_used: Instant,
+    /// The reply deadline of its commands (a blocking command gets its block time on top).
+    pub(crate) socket_timeout: Duration,
     counters: Arc<Counters>,
 }
 
@@ -241,6 +243,7 @@ impl mobc::Manager for RedisManager {
                         broken: Arc::new(AtomicBool::new(false)),
                         created: now,
                         last_used: now,
+                        socket_timeout: self.socket_timeout,
                         counters: Arc::clone(&self.counters),
                     });
                 }

@@ -89,6 +89,57 @@ pub fn shared_refusal(cmd: &Cmd) -> Option<String> {
     })
 }
 
+/// How long a blocking command may block (`BLPOP ... 5` blocks up to 5 s, `0` forever), so
+/// its reply deadline can be its block time plus the socket timeout. `None` for a command that
+/// does not block.
+#[must_use]
+pub fn block_time(cmd: &Cmd) -> Option<std::time::Duration> {
+    let args: Vec<Vec<u8>> = cmd
+        .args_iter()
+        .map(|a| match a {
+            Arg::Simple(b) => b.to_vec(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let name = args.first()?.to_ascii_uppercase();
+    let seconds = |b: &[u8]| -> Option<f64> { std::str::from_utf8(b).ok()?.parse::<f64>().ok() };
+    let forever = std::time::Duration::from_secs(u64::from(u32::MAX));
+    let of_seconds = |s: f64| {
+        if s <= 0.0 {
+            forever
+        } else {
+            std::time::Duration::try_from_secs_f64(s).unwrap_or(forever)
+        }
+    };
+    match name.as_slice() {
+        // Timeout last.
+        b"BLPOP" | b"BRPOP" | b"BZPOPMIN" | b"BZPOPMAX" | b"BRPOPLPUSH" | b"BLMOVE" => {
+            seconds(args.last()?).map(of_seconds)
+        }
+        // Timeout first.
+        b"BLMPOP" | b"BZMPOP" => seconds(args.get(1)?).map(of_seconds),
+        // Milliseconds last.
+        b"WAIT" | b"WAITAOF" => {
+            let ms: u64 = std::str::from_utf8(args.last()?).ok()?.parse().ok()?;
+            Some(if ms == 0 {
+                forever
+            } else {
+                std::time::Duration::from_millis(ms)
+            })
+        }
+        b"XREAD" | b"XREADGROUP" => {
+            let at = args.iter().position(|a| a.eq_ignore_ascii_case(b"BLOCK"))?;
+            let ms: u64 = std::str::from_utf8(args.get(at + 1)?).ok()?.parse().ok()?;
+            Some(if ms == 0 {
+                forever
+            } else {
+                std::time::Duration::from_millis(ms)
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The session a connection may carry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Session {
@@ -157,6 +208,33 @@ mod tests {
         assert!(!s.is_dirty());
         run(&mut s, &["CLIENT", "ID"]);
         assert!(!s.is_dirty());
+    }
+
+    #[test]
+    fn blocking_commands_say_how_long_they_may_block() {
+        use std::time::Duration;
+        let c = |words: &[&str]| {
+            let mut c = redis::cmd(words[0]);
+            for w in &words[1..] {
+                c.arg(*w);
+            }
+            c
+        };
+        assert_eq!(
+            block_time(&c(&["BLPOP", "a", "b", "1.5"])),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            block_time(&c(&["BLMPOP", "2", "1", "l", "LEFT"])),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            block_time(&c(&["XREAD", "BLOCK", "250", "STREAMS", "s", "$"])),
+            Some(Duration::from_millis(250))
+        );
+        assert!(block_time(&c(&["BLPOP", "a", "0"])).unwrap() > Duration::from_secs(86_400));
+        assert_eq!(block_time(&c(&["GET", "k"])), None);
+        assert_eq!(block_time(&c(&["XREAD", "STREAMS", "s", "0"])), None);
     }
 
     #[test]
