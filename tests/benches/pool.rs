@@ -6,6 +6,11 @@
 //! `POOL_BENCH_SECONDS` sets each measurement's length (default 1). Prints ops/s, the
 //! least-served task's share of the mean, and ratios to the raw connection.
 //! `POOL_BENCH_SHARED` overrides `pool.shared_connections` (default 1).
+//! `POOL_BENCH_OP=set` measures SET of the same 64 B value instead of GET.
+//! `POOL_BENCH_TASKS=64,256` picks the concurrency levels (default 1,16,64,256).
+//! Contenders: the raw connection, our pool's shared connection, the manager's typed `get`/`set`,
+//! the manager through redis-rs (`redis_connection()`, `AsyncCommands`-style `query_async`),
+//! deadpool-redis and bb8-redis.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +21,11 @@ use resilient_redis_pool::{ConnectionPool, RedisPool};
 use resilient_redis_tests::RedisServer;
 
 const KEY: &str = "bench:key";
+const VALUE: &[u8] = &[b'x'; 64];
+
+fn is_set() -> bool {
+    std::env::var("POOL_BENCH_OP").is_ok_and(|op| op.eq_ignore_ascii_case("set"))
+}
 const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];
 const POOL_SIZE: u32 = 16;
 const ROUNDS: usize = 3;
@@ -33,6 +43,7 @@ enum Contender {
     Deadpool(deadpool_redis::Pool),
     Bb8(bb8::Pool<bb8_redis::RedisConnectionManager>),
     Manager(resilient_redis_manager::RedisManager),
+    Managed(resilient_redis_manager::ManagedConnection),
 }
 
 impl Contender {
@@ -43,12 +54,48 @@ impl Contender {
             Contender::Deadpool(_) => "deadpool-redis",
             Contender::Bb8(_) => "bb8-redis",
             Contender::Manager(_) => "resilient-redis manager",
+            Contender::Managed(_) => "resilient-redis via redis-rs",
         }
     }
 
     async fn get(&mut self, cmd: &redis::Cmd) -> Vec<u8> {
+        let set = is_set();
         match self {
+            Contender::Raw(conn) if set => {
+                let () = cmd.query_async(conn).await.expect("raw SET");
+                VALUE.to_vec()
+            }
+            Contender::Managed(conn) if set => {
+                let () = cmd.query_async(conn).await.expect("managed SET");
+                VALUE.to_vec()
+            }
+            Contender::Manager(m) if set => {
+                m.set(KEY.as_bytes(), VALUE, None)
+                    .await
+                    .expect("manager SET");
+                VALUE.to_vec()
+            }
+            Contender::Ours(pool) if set => {
+                let () = pool
+                    .shared()
+                    .expect("shared")
+                    .query(cmd)
+                    .await
+                    .expect("our SET");
+                VALUE.to_vec()
+            }
+            Contender::Deadpool(pool) if set => {
+                let mut conn = pool.get().await.expect("deadpool get");
+                let () = cmd.query_async(&mut *conn).await.expect("deadpool SET");
+                VALUE.to_vec()
+            }
+            Contender::Bb8(pool) if set => {
+                let mut conn = pool.get().await.expect("bb8 get");
+                let () = cmd.query_async(&mut *conn).await.expect("bb8 SET");
+                VALUE.to_vec()
+            }
             Contender::Raw(conn) => cmd.query_async(conn).await.expect("raw GET"),
+            Contender::Managed(conn) => cmd.query_async(conn).await.expect("managed GET"),
             Contender::Ours(pool) => pool
                 .shared()
                 .expect("shared")
@@ -75,6 +122,7 @@ impl Contender {
 struct Run {
     ops_per_sec: f64,
     least_share: f64,
+    p99: Duration,
 }
 
 async fn measure(contender: &Contender, tasks: usize, length: Duration) -> Run {
@@ -83,18 +131,25 @@ async fn measure(contender: &Contender, tasks: usize, length: Duration) -> Run {
         .map(|_| {
             let (mut c, stop) = (contender.clone(), Arc::clone(&stop));
             tokio::spawn(async move {
-                let cmd = {
+                let cmd = if is_set() {
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(KEY).arg(VALUE);
+                    cmd
+                } else {
                     let mut cmd = redis::cmd("GET");
                     cmd.arg(KEY);
                     cmd
                 };
                 let mut n = 0u64;
+                let mut latencies = Vec::with_capacity(4096);
                 while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
                     let v = c.get(&cmd).await;
+                    latencies.push(t.elapsed());
                     debug_assert_eq!(v.len(), 64);
                     n += 1;
                 }
-                n
+                (n, latencies)
             })
         })
         .collect();
@@ -102,9 +157,17 @@ async fn measure(contender: &Contender, tasks: usize, length: Duration) -> Run {
     tokio::time::sleep(length).await;
     stop.store(true, Ordering::Relaxed);
     let mut counts = Vec::new();
+    let mut latencies = Vec::new();
     for h in handles {
-        counts.push(h.await.expect("task"));
+        let (n, l) = h.await.expect("task");
+        counts.push(n);
+        latencies.extend(l);
     }
+    latencies.sort_unstable();
+    let p99 = latencies
+        .get(latencies.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or_default();
     let elapsed = started.elapsed().as_secs_f64();
     let total: u64 = counts.iter().sum();
     let mean = total as f64 / tasks as f64;
@@ -112,6 +175,7 @@ async fn measure(contender: &Contender, tasks: usize, length: Duration) -> Run {
     Run {
         ops_per_sec: total as f64 / elapsed,
         least_share: if mean > 0.0 { least / mean } else { 0.0 },
+        p99,
     }
 }
 
@@ -174,20 +238,26 @@ fn main() {
         let contenders = [
             Contender::Raw(raw),
             Contender::Ours(ours),
+            Contender::Managed(manager.redis_connection()),
             Contender::Manager(manager),
             Contender::Deadpool(deadpool),
             Contender::Bb8(bb8),
         ];
         println!(
-            "GET 64 B against a local redis-server; pools of {POOL_SIZE}; median of {ROUNDS} \
+            "{} 64 B against a local redis-server; pools of {POOL_SIZE}; median of {ROUNDS} \
              interleaved rounds of {:.1} s per cell",
+            if is_set() { "SET" } else { "GET" },
             length.as_secs_f64()
         );
         println!(
-            "{:<6} {:<26} {:>12} {:>14} {:>10}",
-            "tasks", "contender", "ops/s", "least-served", "vs raw"
+            "{:<6} {:<30} {:>12} {:>14} {:>10} {:>10}",
+            "tasks", "contender", "ops/s", "least-served", "vs raw", "p99"
         );
-        for tasks in CONCURRENCY {
+        let levels: Vec<usize> = std::env::var("POOL_BENCH_TASKS")
+            .ok()
+            .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+            .unwrap_or_else(|| CONCURRENCY.to_vec());
+        for tasks in levels {
             // Rounds interleave the contenders, so drift in the machine's speed hits them alike.
             let mut runs: Vec<Vec<Run>> = contenders.iter().map(|_| Vec::new()).collect();
             for _ in 0..ROUNDS {
@@ -199,11 +269,12 @@ fn main() {
             let raw_ops = medians[0].ops_per_sec;
             for (c, run) in contenders.iter().zip(&medians) {
                 println!(
-                    "{tasks:<6} {:<26} {:>12.0} {:>13.0}% {:>9.2}x",
+                    "{tasks:<6} {:<30} {:>12.0} {:>13.0}% {:>9.2}x {:>8.2}ms",
                     c.name(),
                     run.ops_per_sec,
                     run.least_share * 100.0,
-                    run.ops_per_sec / raw_ops
+                    run.ops_per_sec / raw_ops,
+                    run.p99.as_secs_f64() * 1000.0
                 );
             }
         }

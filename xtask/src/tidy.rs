@@ -54,6 +54,7 @@ pub(crate) fn run() -> bool {
         }
     }
     problems.extend(stubs());
+    problems.extend(outside_references());
     if problems.is_empty() {
         eprintln!(
             "tidy: {} crates meet the invariants; no stubs",
@@ -94,6 +95,39 @@ fn stubs() -> Vec<String> {
     found
 }
 
+/// The project's docs and comments speak to users, who have only the repository: they name no
+/// document outside it.
+fn outside_references() -> Vec<String> {
+    let needles = [
+        concat!("shared", "/"),
+        concat!("seed", " design"),
+        concat!("the ", "seed's"),
+    ];
+    let mut found = Vec::new();
+    let mut check = |path: &std::path::Path, text: &str| {
+        for (i, line) in text.lines().enumerate() {
+            for needle in needles {
+                if line.contains(needle) {
+                    found.push(format!(
+                        "{}:{}: names a document outside the repository (`{needle}`)",
+                        path.display(),
+                        i + 1
+                    ));
+                }
+            }
+        }
+    };
+    for dir in ["crates", "xtask", "tests", "docs"] {
+        visit(&root().join(dir), &mut check);
+    }
+    for file in ["README.md", "Cargo.toml"] {
+        if let Ok(text) = std::fs::read_to_string(root().join(file)) {
+            check(std::path::Path::new(file), &text);
+        }
+    }
+    found
+}
+
 fn visit(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path, &str)) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -105,7 +139,7 @@ fn visit(dir: &std::path::Path, f: &mut dyn FnMut(&std::path::Path, &str)) {
         }
         if path.is_dir() {
             visit(&path, f);
-        } else if path.extension().is_some_and(|e| e == "rs")
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "md")
             && let Ok(text) = std::fs::read_to_string(&path)
         {
             f(&path, &text);

@@ -1,4 +1,4 @@
-//! The shared vocabulary of failure kinds (the seed design's `RedisErrorType`).
+//! The shared vocabulary of failure kinds.
 
 use std::fmt;
 
@@ -30,7 +30,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// The seed's name (`connection_error`), used as the `error.type` metric attribute.
+    /// The stable name (`connection_error`), used as the `error.type` metric attribute.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {

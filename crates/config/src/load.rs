@@ -18,7 +18,7 @@ pub const ENV_PREFIX: &str = "REDIS_";
 /// Names the TOML file to read, if any.
 pub const CONFIG_FILE_VAR: &str = "REDIS_CONFIG_FILE";
 
-/// The seed design's variable names for nested fields, and the field each sets. Every field is
+/// The conventional variable names for nested fields, and the field each sets. Every field is
 /// also reachable as `REDIS_<SECTION>__<FIELD>`, which wins when both are set.
 pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("REDIS_POOL_MIN_SIZE", "pool.min_size"),
@@ -358,7 +358,7 @@ fn to_text(value: &Value) -> String {
     }
 }
 
-/// The environment as two layers: the seed's aliases, then `REDIS_<SECTION>__<FIELD>` and
+/// The environment as two layers: the conventional aliases, then `REDIS_<SECTION>__<FIELD>` and
 /// `REDIS_<FIELD>` (which win over an alias for the same field).
 fn env_layers(env: &[(String, String)]) -> [Layer; 2] {
     let mut aliases = Vec::new();

@@ -2,7 +2,7 @@
 //!
 //! Every field can be set in the TOML file (`[pool] max_size = 32`) and by the environment as
 //! `REDIS_<SECTION>__<FIELD>` (`REDIS_POOL__MAX_SIZE=32`) or `REDIS_<FIELD>` for top-level fields.
-//! The seed design's variable names ([`crate::ENV_ALIASES`]) work as well.
+//! The conventional variable names ([`crate::ENV_ALIASES`]) work as well.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -6,7 +6,7 @@ use crate::error::{ConfigError, Problem};
 use crate::model::{CircuitBreakerConfig, RedisConfig};
 use crate::units::format_duration;
 
-/// Range the seed design allows for `connect_timeout`.
+/// Range allowed for `connect_timeout`.
 pub const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(60));
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-/// The seed design's `HealthStatus`: the verdict and the figures behind it.
+/// The health monitor's view: the verdict and the figures behind it.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct HealthStatus {

@@ -85,7 +85,7 @@ impl Error {
         }
     }
 
-    /// The kind (the seed's `RedisErrorType`).
+    /// The kind of failure (its stable name is the `error.type` metric attribute).
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {

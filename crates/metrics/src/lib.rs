@@ -145,7 +145,7 @@ impl HealthGauge {
     }
 }
 
-/// The figures over the retention window: the seed's `RedisMetrics` and `PerformanceMetrics`.
+/// The figures over the retention window: operation counts, latencies, error rates and gauges.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct MetricsSnapshot {
@@ -212,7 +212,7 @@ pub trait MetricsCollector: Send + Sync {
     fn record_health(&self, health: HealthGauge);
     /// The figures over the retention window.
     fn snapshot(&self) -> MetricsSnapshot;
-    /// The seed's performance report: summary, figures and recommendations.
+    /// The performance report: summary, figures and recommendations.
     fn report(&self) -> PerformanceReport;
 }
 

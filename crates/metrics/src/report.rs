@@ -15,9 +15,9 @@ pub mod thresholds {
     pub const TIMEOUT_RATE: f64 = 0.01;
     /// Failures at or above this share of operations.
     pub const ERROR_RATE: f64 = 0.05;
-    /// Breaker trips within the retention window (the seed's target: fewer than one a day).
+    /// Breaker trips within the retention window (target: fewer than one a day).
     pub const BREAKER_TRIPS: usize = 3;
-    /// Operations served by the fallback at or above this share (the seed's target: < 0.1 %).
+    /// Operations served by the fallback at or above this share (target: < 0.1 %).
     pub const FALLBACK_SHARE: f64 = 0.001;
 }
 
@@ -37,7 +37,7 @@ pub struct Recommendation {
     pub threshold: f64,
 }
 
-/// The seed's `PerformanceReport`.
+/// The performance report: a summary, the figures and recommendations.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct PerformanceReport {
