@@ -148,7 +148,7 @@ fn by_memory(s: &dyn FallbackStore, key: &[u8]) -> ServedBy {
 /// The operations as inherent methods: called on a `RedisManager` directly they cost no boxed
 /// future; [`RedisApi`] forwards to them.
 impl RedisManager {
-    fn strict(&self) -> bool {
+    pub(crate) fn strict(&self) -> bool {
         self.inner.config.fallback.unknown_keys == resilient_redis_config::UnknownKeys::Error
     }
 

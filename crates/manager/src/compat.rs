@@ -14,6 +14,8 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
 
+use resilient_redis_fallback::{FallbackError, FallbackStore};
+
 use crate::manager::{Kind, Request};
 use crate::{Error, RedisManager, Ttl};
 
@@ -174,65 +176,39 @@ fn invalid_expire(command: &str) -> Error {
     }
 }
 
-impl RedisManager {
-    /// Runs any command through the whole stack, as the `ConnectionLike` path does: retried by
-    /// its class, answered from memory while Redis is down when the fallback supports it.
-    ///
-    /// # Errors
-    /// See [`crate::Error`]; [`Error::Validation`] for a command that needs an exclusive
-    /// connection (transactions, `SELECT`, subscriptions, blocking commands).
-    pub async fn command(&self, cmd: &Cmd) -> Result<Value, Error> {
-        let name = name_of(cmd);
-        if name.is_empty() {
-            return Err(Error::Validation("empty command".into()));
-        }
-        refuse_exclusive(cmd)?;
-        let args: Option<Vec<&[u8]>> = cmd
-            .args_iter()
-            .map(|a| match a {
-                Arg::Simple(b) => Some(b),
-                _ => None,
-            })
-            .collect();
-        if let Some(args) = &args
-            && let Some(answer) = self.typed(&name, args.get(1..).unwrap_or_default()).await
-        {
-            return answer;
-        }
-        let kind = args
-            .as_deref()
-            .map_or(Kind::NonIdempotentWrite, |a| kind_of(&name, a));
-        self.call(
-            static_name(&name),
-            kind,
-            Request::Cmd(cmd),
-            Ok,
-            None,
-            |_, _| {},
-        )
-        .await
-    }
+/// A command the fallback store can answer, with its arguments.
+enum Memory<'a> {
+    Get(&'a [u8]),
+    Set(&'a [u8], &'a [u8], Option<Duration>),
+    Del(&'a [&'a [u8]]),
+    Exists(&'a [u8]),
+    Expire(&'a [u8], Duration),
+    Ttl(&'a [u8], bool),
+    IncrBy(&'a [u8], i64),
+    MGet(&'a [&'a [u8]]),
+    MSet(&'a [&'a [u8]]),
+    HGet(&'a [u8], &'a [u8]),
+    HSet(&'a [u8], &'a [&'a [u8]]),
+    HDel(&'a [u8], &'a [&'a [u8]]),
+    HGetAll(&'a [u8]),
+}
 
-    /// The commands the typed API (and so the fallback) serves, with their replies as Redis
-    /// gives them; `None` for any other command or shape.
-    async fn typed(&self, name: &[u8], args: &[&[u8]]) -> Option<Result<Value, Error>> {
-        // A positive expiry, or Redis's refusal of one that is not.
-        let ttl = |unit: &[u8], n: &[u8]| -> Option<Result<Duration, Error>> {
-            let n: i64 = number(n)?;
-            let unit = unit.to_ascii_uppercase();
-            if !matches!(unit.as_slice(), b"PX" | b"EX") {
-                return None;
-            }
-            let Ok(n @ 1..) = u64::try_from(n) else {
-                return Some(Err(invalid_expire("set")));
-            };
-            Some(Ok(if unit == b"PX" {
-                Duration::from_millis(n)
-            } else {
-                Duration::from_secs(n)
-            }))
-        };
-        let positive = |n: &[u8], ms: bool, command: &str| -> Option<Result<Duration, Error>> {
+fn owned(items: &[&[u8]]) -> Vec<Vec<u8>> {
+    items.iter().map(|k| k.to_vec()).collect()
+}
+
+fn pairs(items: &[&[u8]]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    items
+        .chunks(2)
+        .map(|p| (p[0].to_vec(), p[1].to_vec()))
+        .collect()
+}
+
+impl<'a> Memory<'a> {
+    /// The command as one the fallback can answer (upper-case `name`), or `None`; `Err` for an
+    /// expiry Redis refuses (zero or negative).
+    fn plan(name: &[u8], args: &'a [&'a [u8]]) -> Option<Result<Self, Error>> {
+        let expiry = |n: &[u8], ms: bool, command: &str| -> Option<Result<Duration, Error>> {
             let n: i64 = number(n)?;
             Some(match u64::try_from(n) {
                 Ok(n @ 1..) if ms => Ok(Duration::from_millis(n)),
@@ -240,39 +216,97 @@ impl RedisManager {
                 _ => Err(invalid_expire(command)),
             })
         };
-        let pairs = |a: &[&[u8]]| -> Vec<(Vec<u8>, Vec<u8>)> {
-            a.chunks(2)
-                .map(|p| (p[0].to_vec(), p[1].to_vec()))
-                .collect()
+        let with = |ttl: Option<Result<Duration, Error>>, f: &dyn Fn(Duration) -> Self| {
+            ttl.map(|t| t.map(f))
         };
-        let keys = |a: &[&[u8]]| -> Vec<Vec<u8>> { a.iter().map(|k| k.to_vec()).collect() };
-        Some(match (name, args) {
-            (b"GET", [k]) => self.get(k).await.map(bulk),
-            (b"SET", [k, v]) => self.set(k, v, None).await.map(|()| Value::Okay),
-            (b"SET", [k, v, unit, n]) => match ttl(unit, n)? {
-                Ok(t) => self.set(k, v, Some(t)).await.map(|()| Value::Okay),
-                Err(e) => Err(e),
-            },
-            (b"SETEX" | b"PSETEX", [k, n, v]) => {
-                let command = if name == b"SETEX" { "setex" } else { "psetex" };
-                match positive(n, name == b"PSETEX", command)? {
-                    Ok(t) => self.set(k, v, Some(t)).await.map(|()| Value::Okay),
-                    Err(e) => Err(e),
-                }
+        Some(Ok(match (name, args) {
+            (b"GET", [k]) => Memory::Get(k),
+            (b"SET", [k, v]) => Memory::Set(k, v, None),
+            (b"SET", [k, v, unit, n]) => {
+                let ms = match unit.to_ascii_uppercase().as_slice() {
+                    b"PX" => true,
+                    b"EX" => false,
+                    _ => return None,
+                };
+                return with(expiry(n, ms, "set"), &|t| Memory::Set(k, v, Some(t)));
             }
-            (b"DEL", ks) if !ks.is_empty() => self.del(&keys(ks)).await.map(int),
-            (b"EXISTS", [k]) => self.exists(k).await.map(|b| int(u64::from(b))),
-            (b"PEXPIRE", [k, n]) => {
-                let t = Duration::from_millis(number(n).filter(|n: &u64| *n > 0)?);
-                self.expire(k, t).await.map(|b| int(u64::from(b)))
+            (b"SETEX", [k, n, v]) => {
+                return with(expiry(n, false, "setex"), &|t| Memory::Set(k, v, Some(t)));
             }
+            (b"PSETEX", [k, n, v]) => {
+                return with(expiry(n, true, "psetex"), &|t| Memory::Set(k, v, Some(t)));
+            }
+            (b"DEL", ks) if !ks.is_empty() => Memory::Del(ks),
+            (b"EXISTS", [k]) => Memory::Exists(k),
+            (b"PEXPIRE", [k, n]) => Memory::Expire(
+                k,
+                Duration::from_millis(number(n).filter(|n: &u64| *n > 0)?),
+            ),
             (b"EXPIRE", [k, n]) => {
-                let t = Duration::from_secs(number(n).filter(|n: &u64| *n > 0)?);
-                self.expire(k, t).await.map(|b| int(u64::from(b)))
+                Memory::Expire(k, Duration::from_secs(number(n).filter(|n: &u64| *n > 0)?))
             }
-            (b"PTTL" | b"TTL", [k]) => {
-                let seconds = name == b"TTL";
-                self.ttl(k).await.map(|t| match t {
+            (b"PTTL", [k]) => Memory::Ttl(k, false),
+            (b"TTL", [k]) => Memory::Ttl(k, true),
+            (b"INCR", [k]) => Memory::IncrBy(k, 1),
+            (b"DECR", [k]) => Memory::IncrBy(k, -1),
+            (b"INCRBY", [k, d]) => Memory::IncrBy(k, number(d)?),
+            (b"DECRBY", [k, d]) => Memory::IncrBy(k, number::<i64>(d)?.checked_neg()?),
+            (b"MGET", ks) if !ks.is_empty() => Memory::MGet(ks),
+            (b"MSET", kv) if !kv.is_empty() && kv.len() % 2 == 0 => Memory::MSet(kv),
+            (b"HGET", [k, f]) => Memory::HGet(k, f),
+            (b"HSET", [k, kv @ ..]) if !kv.is_empty() && kv.len() % 2 == 0 => Memory::HSet(k, kv),
+            (b"HDEL", [k, fs @ ..]) if !fs.is_empty() => Memory::HDel(k, fs),
+            (b"HGETALL", [k]) => Memory::HGetAll(k),
+            _ => return None,
+        }))
+    }
+
+    /// The metrics name and how a failure may be handled (as the typed operation's).
+    fn op(&self) -> (&'static str, Kind) {
+        match self {
+            Memory::Get(_) => ("get", Kind::Read),
+            Memory::Set(..) => ("set", Kind::IdempotentWrite),
+            Memory::Del(_) => ("del", Kind::IdempotentWrite),
+            Memory::Exists(_) => ("exists", Kind::Read),
+            Memory::Expire(..) => ("expire", Kind::IdempotentWrite),
+            Memory::Ttl(..) => ("ttl", Kind::Read),
+            Memory::IncrBy(..) => ("incrby", Kind::NonIdempotentWrite),
+            Memory::MGet(_) => ("mget", Kind::Read),
+            Memory::MSet(_) => ("mset", Kind::IdempotentWrite),
+            Memory::HGet(..) => ("hget", Kind::Read),
+            Memory::HSet(..) => ("hset", Kind::IdempotentWrite),
+            Memory::HDel(..) => ("hdel", Kind::IdempotentWrite),
+            Memory::HGetAll(_) => ("hgetall", Kind::Read),
+        }
+    }
+
+    /// The answer from memory, as Redis would have given it.
+    fn answer(&self, s: &dyn FallbackStore, strict: bool) -> Result<Value, FallbackError> {
+        let known = |op: &'static str, keys: &[&[u8]]| {
+            if strict && keys.iter().any(|k| !s.knows(k)) {
+                Err(FallbackError::Unknown { operation: op })
+            } else {
+                Ok(())
+            }
+        };
+        Ok(match *self {
+            Memory::Get(k) => {
+                known("get", &[k])?;
+                bulk(s.get(k)?)
+            }
+            Memory::Set(k, v, ttl) => {
+                s.set(k, v, ttl)?;
+                Value::Okay
+            }
+            Memory::Del(ks) => int(s.delete(&owned(ks))?),
+            Memory::Exists(k) => {
+                known("exists", &[k])?;
+                int(u64::from(s.exists(k)?))
+            }
+            Memory::Expire(k, t) => int(u64::from(s.expire(k, t)?)),
+            Memory::Ttl(k, seconds) => {
+                known("ttl", &[k])?;
+                match s.ttl(k)? {
                     Ttl::Missing => Value::Int(-2),
                     Ttl::Persistent => Value::Int(-1),
                     // Redis rounds seconds half up.
@@ -281,37 +315,108 @@ impl RedisManager {
                     }
                     Ttl::ExpiresIn(d) => int(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     _ => Value::Int(-1),
-                })
+                }
             }
-            (b"INCR", [k]) => self.incr_by(k, 1).await.map(Value::Int),
-            (b"DECR", [k]) => self.incr_by(k, -1).await.map(Value::Int),
-            (b"INCRBY", [k, d]) => self.incr_by(k, number(d)?).await.map(Value::Int),
-            (b"DECRBY", [k, d]) => {
-                let d: i64 = number(d)?;
-                self.incr_by(k, d.checked_neg()?).await.map(Value::Int)
+            Memory::IncrBy(k, d) => {
+                known("incrby", &[k])?;
+                Value::Int(s.incr_by(k, d)?)
             }
-            (b"MGET", ks) if !ks.is_empty() => self
-                .mget(&keys(ks))
-                .await
-                .map(|vs| Value::Array(vs.into_iter().map(bulk).collect())),
-            (b"MSET", kv) if !kv.is_empty() && kv.len() % 2 == 0 => {
-                self.mset(&pairs(kv)).await.map(|()| Value::Okay)
+            Memory::MGet(ks) => {
+                known("mget", ks)?;
+                Value::Array(s.mget(&owned(ks))?.into_iter().map(bulk).collect())
             }
-            (b"HGET", [k, f]) => self.hget(k, f).await.map(bulk),
-            (b"HSET", [k, kv @ ..]) if !kv.is_empty() && kv.len() % 2 == 0 => {
-                self.hset(k, &pairs(kv)).await.map(int)
+            Memory::MSet(kv) => {
+                s.mset(&pairs(kv))?;
+                Value::Okay
             }
-            (b"HDEL", [k, fs @ ..]) if !fs.is_empty() => self.hdel(k, &keys(fs)).await.map(int),
-            (b"HGETALL", [k]) => self.hgetall(k).await.map(|fields| {
+            Memory::HGet(k, f) => {
+                known("hget", &[k])?;
+                bulk(s.hget(k, f)?)
+            }
+            Memory::HSet(k, kv) => int(s.hset(k, &pairs(kv))?),
+            Memory::HDel(k, fs) => int(s.hdel(k, &owned(fs))?),
+            Memory::HGetAll(k) => {
+                known("hgetall", &[k])?;
                 Value::Array(
-                    fields
+                    s.hgetall(k)?
                         .into_iter()
                         .flat_map(|(f, v)| [Value::BulkString(f), Value::BulkString(v)])
                         .collect(),
                 )
-            }),
-            _ => return None,
+            }
         })
+    }
+
+    /// Keeps shadow copies of what Redis answered (with `fallback.shadow`).
+    fn observe(&self, s: &dyn FallbackStore, reply: &Value) {
+        match (self, reply) {
+            (Memory::Get(k), Value::BulkString(v)) => s.observe(k, Some(v.clone()), None),
+            (Memory::Get(k), Value::Nil) => s.observe(k, None, None),
+            (Memory::Set(k, v, ttl), _) => s.observe(k, Some(v.to_vec()), *ttl),
+            (Memory::Del(ks), _) => {
+                for k in *ks {
+                    s.observe(k, None, None);
+                }
+            }
+            (Memory::IncrBy(k, _), Value::Int(n)) => {
+                s.observe(k, Some(n.to_string().into_bytes()), None);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl RedisManager {
+    /// Runs any command through the whole stack, as the `ConnectionLike` path does: retried by
+    /// its class, answered from memory while Redis is down when the fallback supports it.
+    ///
+    /// # Errors
+    /// See [`crate::Error`]; [`Error::Validation`] for a command that needs an exclusive
+    /// connection (transactions, `SELECT`, subscriptions, blocking commands).
+    pub async fn command(&self, cmd: &Cmd) -> Result<Value, Error> {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(cmd.args_iter().len());
+        let mut simple = true;
+        for a in cmd.args_iter() {
+            match a {
+                Arg::Simple(b) => args.push(b),
+                _ => simple = false,
+            }
+        }
+        let Some(first) = args.first() else {
+            return Err(Error::Validation("empty command".into()));
+        };
+        let name = resilient_redis_pool::CommandName::of(first);
+        let name = name.as_slice();
+        refuse_exclusive(cmd)?;
+        if simple && let Some(plan) = Memory::plan(name, &args[1..]) {
+            let memory = plan?;
+            let (op, kind) = memory.op();
+            let strict = self.strict();
+            return self
+                .call(
+                    op,
+                    kind,
+                    Request::Cmd(cmd),
+                    Ok,
+                    Some(&|s| memory.answer(s, strict)),
+                    |s, v| memory.observe(s, v),
+                )
+                .await;
+        }
+        let kind = if simple {
+            kind_of(name, &args)
+        } else {
+            Kind::NonIdempotentWrite
+        };
+        self.call(
+            static_name(name),
+            kind,
+            Request::Cmd(cmd),
+            Ok,
+            None,
+            |_, _| {},
+        )
+        .await
     }
 
     /// Runs `count` replies' worth of `pipeline` from `offset`, as redis-rs asks a connection

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub use conn::{PooledConnection, SharedConnection};
 pub use error::{PoolError, classify};
 pub use pool::RedisPool;
-pub use session::{block_time, shared_refusal};
+pub use session::{Word as CommandName, block_time, shared_refusal};
 pub use status::PoolStatus;
 
 impl From<resilient_redis_config::ConfigError> for PoolError {

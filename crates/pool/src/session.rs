@@ -25,10 +25,47 @@ pub(crate) enum Effect {
     Reset,
 }
 
-fn word(arg: Option<Arg<&[u8]>>) -> Vec<u8> {
+/// A command name (or other command word), upper case, on the stack (no allocation on the request path); words longer
+/// than any command name come out empty.
+#[derive(Clone, Copy, Debug)]
+pub struct Word {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl Word {
+    /// The word `b`, upper case.
+    #[must_use]
+    pub fn of(b: &[u8]) -> Self {
+        let mut w = Word {
+            buf: [0; 24],
+            len: 0,
+        };
+        if b.len() <= w.buf.len() {
+            w.buf[..b.len()].copy_from_slice(b);
+            w.buf[..b.len()].make_ascii_uppercase();
+            w.len = b.len();
+        }
+        w
+    }
+
+    /// Its bytes.
+    #[must_use]
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl PartialEq<[u8]> for Word {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+fn word(arg: Option<Arg<&[u8]>>) -> Word {
     match arg {
-        Some(Arg::Simple(b)) => b.to_ascii_uppercase(),
-        _ => Vec::new(),
+        Some(Arg::Simple(b)) => Word::of(b),
+        _ => Word::of(b""),
     }
 }
 
@@ -74,7 +111,7 @@ pub fn shared_refusal(cmd: &Cmd) -> Option<String> {
             | b"SYNC"
             | b"PSYNC"
     ) || (matches!(name.as_slice(), b"XREAD" | b"XREADGROUP")
-        && args.any(|a| word(Some(a)) == b"BLOCK"));
+        && args.any(|a| word(Some(a)) == *b"BLOCK".as_slice()));
     let session = effect(cmd) != Effect::None
         || matches!(
             name.as_slice(),
@@ -84,7 +121,7 @@ pub fn shared_refusal(cmd: &Cmd) -> Option<String> {
         format!(
             "{} holds, changes or blocks a connection: run it on an exclusive connection \
              (RedisManager::connection() / ConnectionPool::get()), not on the shared one",
-            String::from_utf8_lossy(&name)
+            String::from_utf8_lossy(name.as_slice())
         )
     })
 }
