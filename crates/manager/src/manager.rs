@@ -812,6 +812,7 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
     let sync_every = first.config.fallback.sync_interval;
     let gauges_every = first.config.metrics.collection_interval;
     let activated = Arc::clone(&first.activated);
+    let mut was_healthy = first.health.status().healthy;
     drop(first);
     let mut sync = tokio::time::interval(sync_every);
     let mut gauges = tokio::time::interval(gauges_every);
@@ -834,11 +835,15 @@ async fn supervise(inner: std::sync::Weak<Inner>) {
                 let status = health_rx.borrow_and_update().clone();
                 let Some(m) = inner.upgrade() else { return };
                 m.metrics.record_health(HealthGauge::new(status.healthy, status.response_time.unwrap_or_default()));
+                let turned_unhealthy = was_healthy && !status.healthy;
+                was_healthy = status.healthy;
                 if !status.healthy {
                     // The breaker hears of an outage even when no call reaches Redis (fallback
-                    // mode answers them all): an unhealthy verdict opens it, so its state and
-                    // trips count outages, whatever the traffic.
-                    if matches!(m.breaker.state(), BreakerState::Closed | BreakerState::HalfOpen) {
+                    // mode answers them all): the verdict turning unhealthy opens it once, so
+                    // its state and trips count outages, whatever the traffic.
+                    if turned_unhealthy
+                        && matches!(m.breaker.state(), BreakerState::Closed | BreakerState::HalfOpen)
+                    {
                         let _ = m.breaker.transition_to(BreakerState::Open);
                     }
                     if m.fallback_enabled && !m.store.is_fallback_mode() {

@@ -448,6 +448,7 @@ async fn an_unhealthy_verdict_opens_the_breaker_whatever_the_traffic() {
     health.expect_start().returning(|| Ok(()));
     health.expect_stop().return_const(());
     health.expect_subscribe().returning(move || rx.clone());
+    health.expect_status().returning(HealthStatus::default);
     health
         .expect_check_now()
         .returning(|| HealthStatus::new(false, Some("connection refused".into())));
