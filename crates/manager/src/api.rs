@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::{Cmd, FromRedisValue, Pipeline, ToRedisArgs, Value};
 use resilient_redis_fallback::{Fields, Ttl};
 
-use crate::manager::{Kind, Request};
+use crate::request::{Kind, Request};
 use crate::{Error, RedisManager};
 use resilient_redis_fallback::{FallbackError, FallbackStore};
 

@@ -16,7 +16,7 @@ use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
 
 use resilient_redis_fallback::{FallbackError, FallbackStore};
 
-use crate::manager::{Kind, Request};
+use crate::request::{Kind, Request};
 use crate::{Error, RedisManager, Ttl};
 
 /// A command's name, upper case.

@@ -4,17 +4,22 @@
 
 mod adapters;
 mod api;
+mod builder;
 mod compat;
 mod error;
 mod manager;
+mod recovery;
 mod report;
+mod request;
 
 pub use adapters::{PoolProbe, RedisSyncTarget, server_identity};
 pub use api::{RedisApi, RedisApiExt, Served, ServedBy};
+pub use builder::RedisManagerBuilder;
 pub use compat::ManagedConnection;
 pub use error::{AMBIGUOUS_CODE, Error, FALLBACK_CODE, Source, UNAVAILABLE_CODE};
-pub use manager::{CallOptions, RedisManager, RedisManagerBuilder};
+pub use manager::RedisManager;
 pub use report::{HealthReport, Verdict};
+pub use request::CallOptions;
 
 #[cfg(any(test, feature = "mock"))]
 pub use api::MockRedisApi;

@@ -1,0 +1,196 @@
+//! [`RedisManagerBuilder`]: the parts, real or injected, and the background tasks.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use resilient_redis_breaker::{Breaker, CircuitBreaker, NoopBreaker};
+use resilient_redis_config::RedisConfig;
+use resilient_redis_fallback::{FallbackStore, MemoryStore, SyncTarget};
+use resilient_redis_health::{HealthMonitor, Monitor};
+use resilient_redis_metrics::{Collector, MetricsCollector, NoopMetrics};
+use resilient_redis_pool::{ConnectionPool, RedisPool};
+
+use crate::Error;
+use crate::adapters::{PoolProbe, RedisSyncTarget};
+use crate::manager::{Inner, RedisManager};
+use crate::recovery::supervise;
+use crate::request::CallOptions;
+
+/// Builds a [`RedisManager`]: each part defaults to the real implementation built from the
+/// configuration; inject your own (or a mock) with the setters.
+#[must_use]
+pub struct RedisManagerBuilder {
+    config: RedisConfig,
+    pool: Option<Arc<dyn ConnectionPool>>,
+    health: Option<Arc<dyn HealthMonitor>>,
+    breaker: Option<Arc<dyn CircuitBreaker>>,
+    store: Option<Arc<dyn FallbackStore>>,
+    metrics: Option<Arc<dyn MetricsCollector>>,
+    target: Option<Arc<dyn SyncTarget>>,
+    start_tasks: bool,
+}
+
+impl RedisManagerBuilder {
+    /// Uses this pool.
+    pub fn pool(mut self, pool: Arc<dyn ConnectionPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+    /// Uses this health monitor.
+    pub fn health(mut self, health: Arc<dyn HealthMonitor>) -> Self {
+        self.health = Some(health);
+        self
+    }
+    /// Uses this circuit breaker.
+    pub fn breaker(mut self, breaker: Arc<dyn CircuitBreaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+    /// Uses this fallback store.
+    pub fn fallback(mut self, store: Arc<dyn FallbackStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+    /// Uses this metrics collector.
+    pub fn metrics(mut self, metrics: Arc<dyn MetricsCollector>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+    /// Replays the fallback journal into this target instead of the pool's Redis.
+    pub fn sync_target(mut self, target: Arc<dyn SyncTarget>) -> Self {
+        self.target = Some(target);
+        self
+    }
+    /// Whether to start the health monitor and the recovery loop (default `true`; unit tests
+    /// turn it off to drive every step themselves).
+    pub fn background_tasks(mut self, on: bool) -> Self {
+        self.start_tasks = on;
+        self
+    }
+
+    /// Builds the parts not injected, starts health checks and the recovery loop. Redis need not
+    /// be up: until it is, the fallback serves.
+    ///
+    /// # Errors
+    /// [`Error::Build`] for an invalid configuration or a part that cannot be built (an
+    /// unreadable journal file, say).
+    pub async fn build(self) -> Result<RedisManager, Error> {
+        let config = self.config;
+        config.validate().map_err(Error::Config)?;
+        let pool: Arc<dyn ConnectionPool> = match self.pool {
+            Some(p) => p,
+            None => Arc::new(
+                RedisPool::new(&config)
+                    .await
+                    .map_err(|e| Error::Build(e.to_string()))?,
+            ),
+        };
+        let health: Arc<dyn HealthMonitor> = match self.health {
+            Some(h) => h,
+            None => Arc::new(
+                Monitor::new(Arc::new(PoolProbe::new(Arc::clone(&pool))), &config.health)
+                    .map_err(|e| Error::Build(e.to_string()))?,
+            ),
+        };
+        let breaker: Arc<dyn CircuitBreaker> = match self.breaker {
+            Some(b) => b,
+            None => Arc::new(
+                Breaker::from_config(&config.circuit_breaker)
+                    .map_err(|e| Error::Build(e.to_string()))?,
+            ),
+        };
+        let store: Arc<dyn FallbackStore> = match self.store {
+            Some(s) => s,
+            None => Arc::new(
+                MemoryStore::builder(&config.fallback)
+                    .server(crate::adapters::server_identity(config.url.expose()))
+                    .build()?,
+            ),
+        };
+        let metrics: Arc<dyn MetricsCollector> = match self.metrics {
+            Some(m) => m,
+            None if config.metrics.enabled => Arc::new(Collector::new(&config.metrics)),
+            None => Arc::new(NoopMetrics),
+        };
+        let target: Arc<dyn SyncTarget> = self
+            .target
+            .unwrap_or_else(|| Arc::new(RedisSyncTarget::new(Arc::clone(&pool))));
+        let inner = Arc::new(Inner {
+            fallback_enabled: config.fallback.enabled,
+            shadow: config.fallback.enabled && config.fallback.shadow,
+            config,
+            pool,
+            health,
+            breaker,
+            store,
+            metrics,
+            target,
+            closed: AtomicBool::new(false),
+            gate: RwLock::new(()),
+            activated: Arc::new(tokio::sync::Notify::new()),
+            dead_letters: std::sync::atomic::AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
+        });
+        if inner.store.pending_writes() > 0 {
+            // A journal restored from an earlier process: serve from it until it is replayed
+            // (with the fallback off, refuse what could overtake it until then).
+            tracing::warn!(
+                pending = inner.store.pending_writes(),
+                "restored journaled writes; replaying when Redis answers"
+            );
+            inner.store.activate();
+        }
+        if self.start_tasks {
+            inner
+                .health
+                .start()
+                .map_err(|e| Error::Build(e.to_string()))?;
+            let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner)));
+            inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(supervisor);
+        }
+        Ok(RedisManager {
+            inner,
+            options: CallOptions::default(),
+        })
+    }
+}
+
+impl RedisManager {
+    /// A builder for `config`.
+    pub fn builder(config: RedisConfig) -> RedisManagerBuilder {
+        RedisManagerBuilder {
+            config,
+            pool: None,
+            health: None,
+            breaker: None,
+            store: None,
+            metrics: None,
+            target: None,
+            start_tasks: true,
+        }
+    }
+
+    /// `RedisConfig::load()` and every default part.
+    ///
+    /// # Errors
+    /// As [`RedisManagerBuilder::build`], and configuration errors.
+    pub async fn from_env() -> Result<Self, Error> {
+        Self::builder(RedisConfig::load()?).build().await
+    }
+
+    /// A manager without a circuit breaker or metrics, for tests and tools.
+    ///
+    /// # Errors
+    /// As [`RedisManagerBuilder::build`].
+    pub async fn plain(config: RedisConfig) -> Result<Self, Error> {
+        Self::builder(config)
+            .breaker(Arc::new(NoopBreaker::new()))
+            .metrics(Arc::new(NoopMetrics))
+            .build()
+            .await
+    }
+}

@@ -1,0 +1,384 @@
+//! The request path: breaker, pool, deadline, retries by class, the fallback, metrics once.
+
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::{Cmd, Value};
+use resilient_redis_breaker::{CircuitBreaker, PermitGuard};
+use resilient_redis_config::ErrorKind;
+use resilient_redis_fallback::{FallbackError, FallbackStore};
+use resilient_redis_metrics::{MetricsCollector, Outcome};
+use resilient_redis_pool::{ConnectionPool, PoolError};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::Error;
+use crate::manager::RedisManager;
+
+/// What one call sends: a command, or the part of a pipeline redis-rs asks for.
+#[derive(Clone, Copy)]
+pub(crate) enum Request<'r> {
+    /// One command.
+    Cmd(&'r Cmd),
+    /// `(pipeline, offset, count)` as in `ConnectionLike::req_packed_commands`; the reply is a
+    /// `Value::Array` of the `count` replies.
+    Pipeline(&'r redis::Pipeline, usize, usize),
+}
+
+impl Request<'_> {
+    async fn send(
+        self,
+        conn: &mut resilient_redis_pool::SharedConnection,
+    ) -> Result<Value, PoolError> {
+        use redis::aio::ConnectionLike;
+        match self {
+            Request::Cmd(cmd) => conn.query::<Value>(cmd).await,
+            Request::Pipeline(p, offset, count) => conn
+                .req_packed_commands(p, offset, count)
+                .await
+                .map(Value::Array)
+                .map_err(|e| PoolError::Command {
+                    kind: resilient_redis_pool::classify(&e),
+                    source: e,
+                }),
+        }
+    }
+}
+
+/// How the fallback store answers an operation.
+pub(crate) type Serve<'a, T> = dyn Fn(&dyn FallbackStore) -> Result<T, FallbackError> + Sync + 'a;
+
+/// How a failed command may be handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Reads: retried; served from the fallback when Redis cannot answer.
+    Read,
+    /// Writes whose replay is safe (SET with its value, DEL, EXPIRE, HSET of given fields):
+    /// retried, and journaled even when their outcome is unknown.
+    IdempotentWrite,
+    /// Writes that must not apply twice (INCRBY): retried and journaled only when they
+    /// certainly never reached Redis; otherwise [`Error::Ambiguous`].
+    NonIdempotentWrite,
+    /// Anything else (`execute`, `pipeline`): not retried, no fallback.
+    Opaque,
+}
+
+impl RedisManager {
+    /// Runs one operation through the whole request path; records its metrics once.
+    pub(crate) async fn call<T>(
+        &self,
+        op: &'static str,
+        kind: Kind,
+        cmd: Request<'_>,
+        decode: impl FnOnce(Value) -> Result<T, Error>,
+        fallback: Option<&Serve<'_, T>>,
+        observe: impl FnOnce(&dyn FallbackStore, &T),
+    ) -> Result<T, Error> {
+        let span = resilient_redis_metrics::operation_span(op);
+        let started = Instant::now();
+        let (result, outcome) = self
+            .attempt(kind, cmd, decode, fallback, observe, started)
+            .instrument(span.clone())
+            .await;
+        self.inner
+            .metrics
+            .record_operation(op, started.elapsed(), outcome);
+        if let Err(e) = &result {
+            span.record("error.type", e.kind().as_str());
+        }
+        result.map_err(|e| match e {
+            Error::Ambiguous {
+                kind,
+                message,
+                source,
+                ..
+            } => Error::Ambiguous {
+                operation: op,
+                kind,
+                message,
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// The request path proper: the answer and the outcome to record.
+    async fn attempt<T>(
+        &self,
+        kind: Kind,
+        cmd: Request<'_>,
+        decode: impl FnOnce(Value) -> Result<T, Error>,
+        fallback: Option<&Serve<'_, T>>,
+        observe: impl FnOnce(&dyn FallbackStore, &T),
+        started: Instant,
+    ) -> (Result<T, Error>, Outcome) {
+        let inner = &*self.inner;
+        let opts = self.options;
+        let failed = |e: Error| {
+            let k = e.kind();
+            (Err(e), Outcome::Error(k))
+        };
+        if inner.closed.load(Ordering::Relaxed) {
+            return failed(Error::Closed);
+        }
+        let fallback = fallback.filter(|_| inner.fallback_enabled && opts.fallback);
+        if let Some(serve) = fallback
+            && inner.store.is_fallback_mode()
+            && let Some(answer) = self.serve(serve, false)
+        {
+            return answer;
+        }
+        if fallback.is_none() && self.journal_pending() {
+            return failed(overtake_error());
+        }
+        let permit = match inner.breaker.try_acquire() {
+            // Released if this future is dropped at any await below.
+            Ok(p) => PermitGuard::new(inner.breaker.as_ref(), p),
+            Err(rejected) => {
+                if let Some(serve) = fallback {
+                    return self.serve_activating(serve);
+                }
+                return failed(Error::Unavailable {
+                    kind: ErrorKind::CircuitBreaker,
+                    message: rejected.to_string(),
+                    source: Some(Box::new(rejected)),
+                });
+            }
+        };
+        let cfg = &inner.config;
+        let budget = cfg
+            .socket_timeout
+            .saturating_mul(cfg.max_retries.saturating_add(1));
+        let deadline = started.checked_add(budget);
+        // What memory can answer is answered after one failed attempt: during an outage no
+        // call waits longer than one socket timeout.
+        let may_retry = opts.retry && fallback.is_none() && kind != Kind::Opaque;
+        let attempts = async {
+            let mut delay = cfg.retry_delay;
+            let mut attempts = 0;
+            loop {
+                let (err, sent) = match inner.pool.shared() {
+                    Err(e) => (e, false),
+                    Ok(mut conn) => match cmd.send(&mut conn).await {
+                        Ok(value) => return Ok(value),
+                        Err(e) => {
+                            let sent = e.outcome_unknown();
+                            (e, sent)
+                        }
+                    },
+                };
+                let err_kind = effective_kind(&err);
+                attempts += 1;
+                let retry = may_retry
+                    && err_kind != ErrorKind::Server
+                    && err_kind.is_transient()
+                    && !(kind == Kind::NonIdempotentWrite && sent)
+                    && attempts <= cfg.max_retries
+                    && deadline
+                        .is_none_or(|d| Instant::now().checked_add(delay).is_some_and(|t| t < d));
+                if !retry {
+                    return Err((err, sent));
+                }
+                let jitter = delay.mul_f64(fastrand::f64() * 0.5);
+                tokio::time::sleep(delay.saturating_add(jitter)).await;
+                delay = delay.saturating_mul(2);
+            }
+        };
+        let attempted = match opts.timeout {
+            // The caller's own bound: past it the outcome is unknown.
+            Some(t) => match started.checked_add(t) {
+                Some(until) => tokio::time::timeout_at(until, attempts)
+                    .await
+                    .unwrap_or(Err((PoolError::CommandTimeout(t), true))),
+                None => attempts.await,
+            },
+            None => attempts.await,
+        };
+        let (failure, sent) = match attempted {
+            Ok(value) => {
+                permit.success(started.elapsed());
+                let decoded = decode(value);
+                if let (Ok(v), true) = (&decoded, inner.shadow) {
+                    observe(inner.store.as_ref(), v);
+                }
+                let outcome = match &decoded {
+                    Ok(_) => Outcome::Success,
+                    Err(e) => Outcome::Error(e.kind()),
+                };
+                return (decoded, outcome);
+            }
+            Err(failure) => failure,
+        };
+        let err_kind = effective_kind(&failure);
+        if err_kind == ErrorKind::Server {
+            // The server answered: it is healthy; the error is the caller's.
+            permit.success(started.elapsed());
+            return failed(server_error(failure));
+        }
+        if err_kind.is_transient() {
+            permit.error(started.elapsed());
+        } else {
+            permit.release();
+        }
+        if kind == Kind::NonIdempotentWrite && sent {
+            return failed(Error::Ambiguous {
+                operation: "",
+                kind: err_kind,
+                message: failure.to_string(),
+                source: Some(Box::new(failure)),
+            });
+        }
+        if let Some(serve) = fallback
+            && err_kind.is_transient()
+        {
+            return self.serve_activating(serve);
+        }
+        failed(Error::Unavailable {
+            kind: err_kind,
+            message: failure.to_string(),
+            source: Some(Box::new(failure)),
+        })
+    }
+
+    /// Whether journaled writes wait for their replay (only ever in fallback mode).
+    pub(crate) fn journal_pending(&self) -> bool {
+        self.inner.store.is_fallback_mode() && self.inner.store.pending_writes() > 0
+    }
+
+    /// Enters fallback mode and answers from the fallback store.
+    fn serve_activating<T>(&self, serve: &Serve<'_, T>) -> (Result<T, Error>, Outcome) {
+        if !self.inner.store.is_fallback_mode() {
+            // Ask the recovery loop for a probe now: one failed call must not keep every
+            // caller on memory for longer than it takes to see Redis answer again.
+            self.inner.activated.notify_one();
+        }
+        self.serve(serve, true)
+            .unwrap_or((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)))
+    }
+
+    /// Answers from the fallback store under the mode gate: `None` when fallback mode ended
+    /// meanwhile (the caller goes to Redis), unless `activate` turns it on.
+    fn serve<T>(
+        &self,
+        serve: &Serve<'_, T>,
+        activate: bool,
+    ) -> Option<(Result<T, Error>, Outcome)> {
+        let inner = &*self.inner;
+        let _gate = inner.gate.read().unwrap_or_else(PoisonError::into_inner);
+        if inner.closed.load(Ordering::Acquire) {
+            return Some((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)));
+        }
+        if activate {
+            inner.store.activate();
+        } else if !inner.store.is_fallback_mode() {
+            return None;
+        }
+        let result = serve(inner.store.as_ref()).map_err(Error::from);
+        let outcome = match &result {
+            Ok(_) => Outcome::Fallback,
+            Err(e) => Outcome::Error(e.kind()),
+        };
+        Some((result, outcome))
+    }
+}
+
+/// Options for the calls made through one handle: see [`RedisManager::with_options`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Bound on the whole call (all attempts): past it the call fails with `timeout_error`
+    /// (an increment with [`Error::Ambiguous`]). `None`: the configured deadlines.
+    pub timeout: Option<Duration>,
+    /// Whether failed attempts may be retried (when retrying is safe).
+    pub retry: bool,
+    /// Whether the fallback store may answer while Redis is unreachable.
+    pub fallback: bool,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            retry: true,
+            fallback: true,
+        }
+    }
+}
+
+impl CallOptions {
+    /// The defaults: configured deadlines, retries when safe, the fallback.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bounds every call by `timeout` (shorter than the configured deadlines, typically).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// No retries: one attempt.
+    #[must_use]
+    pub fn no_retry(mut self) -> Self {
+        self.retry = false;
+        self
+    }
+
+    /// No answers from memory: while Redis is unreachable calls fail fast.
+    #[must_use]
+    pub fn no_fallback(mut self) -> Self {
+        self.fallback = false;
+        self
+    }
+}
+
+/// LOADING (a restarting server reading its data), MASTERDOWN and READONLY (a failover in
+/// progress) and TRYAGAIN say the server is not ready: they are handled like a lost connection
+/// (retried when safe, counted against the breaker, served from the fallback). Other error
+/// replies (WRONGTYPE, NOSCRIPT, OOM, ...) are the caller's to handle.
+pub(crate) fn effective_kind(err: &PoolError) -> ErrorKind {
+    if let PoolError::Command { source, .. } = err
+        && matches!(
+            source.code(),
+            Some("LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN")
+        )
+    {
+        return ErrorKind::Connection;
+    }
+    err.kind()
+}
+
+/// The refusal of a command that could overtake journaled writes.
+pub(crate) fn overtake_error() -> Error {
+    Error::unavailable(
+        ErrorKind::Fallback,
+        "journaled writes are waiting for their replay: commands the fallback cannot serve are \
+         refused until it is done, so that they cannot overtake them",
+    )
+}
+
+pub(crate) fn server_error(err: PoolError) -> Error {
+    match err {
+        PoolError::Command { source, .. } => Error::Server {
+            code: source.code().map(str::to_owned),
+            message: source.to_string(),
+            source: Some(source),
+        },
+        other => Error::Server {
+            code: None,
+            message: other.to_string(),
+            source: None,
+        },
+    }
+}
+
+pub(crate) fn unavailable(err: PoolError) -> Error {
+    Error::Unavailable {
+        kind: err.kind(),
+        message: err.to_string(),
+        source: Some(Box::new(err)),
+    }
+}
