@@ -93,3 +93,35 @@ async fn a_blocking_command_waits_its_block_time_not_the_socket_timeout() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(550));
     assert!(!conn.is_broken());
 }
+
+/// Found by review: a blocking pop whose caller gave up went back to the pool still blocked on
+/// the server, and the next element pushed was popped into a reply nobody read. A connection
+/// whose request was abandoned is closed.
+#[tokio::test]
+async fn an_abandoned_blocking_pop_does_not_swallow_the_next_element() {
+    let server = RedisServer::start();
+    let mut config = common::config(&server.url());
+    config.pool.min_size = 0;
+    config.pool.max_size = 2;
+    let pool = RedisPool::new(&config).await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let blpop = redis::cmd("BLPOP").arg("jobs").arg(0).to_owned();
+    let pop = conn.query::<Option<(String, String)>>(&blpop);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), pop)
+            .await
+            .is_err(),
+        "nothing to pop: it blocks"
+    );
+    drop(conn);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut direct = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = direct.lpush("jobs", "job-1").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let len: i64 = direct.llen("jobs").await.unwrap();
+    assert_eq!(len, 1, "the element is still there for the next consumer");
+}

@@ -93,9 +93,7 @@ async fn a_call_timeout_bounds_the_whole_call() {
     m.set(b"k", b"v", None).await.unwrap();
     proxy.set(Fault::Latency(Duration::from_millis(600)));
     let quick = m.with_options(
-        resilient_redis_manager::CallOptions::new()
-            .timeout(Duration::from_millis(50))
-            .no_fallback(),
+        resilient_redis_manager::CallOptions::new().timeout(Duration::from_millis(50)),
     );
     let started = std::time::Instant::now();
     let err = quick.get(b"k").await.unwrap_err();
@@ -105,5 +103,15 @@ async fn a_call_timeout_bounds_the_whole_call() {
         "{:?}",
         started.elapsed()
     );
+    // Found by review: the caller's own deadline says nothing about Redis. It neither turns
+    // fallback mode on for everyone nor journals a write that Redis may still apply.
+    assert!(!m.fallback().is_fallback_mode());
+    let err = quick.set(b"k", b"w", None).await.unwrap_err();
+    assert!(
+        matches!(err, resilient_redis_manager::Error::Ambiguous { .. }),
+        "{err}"
+    );
+    assert_eq!(m.fallback().pending_writes(), 0);
+    assert_eq!(m.breaker().state(), BreakerState::Closed);
     m.close(Duration::from_secs(1)).await.ok();
 }

@@ -63,6 +63,10 @@ struct Written {
     /// That entry has been replayed: the value stays readable until fallback mode ends (or
     /// its room is needed), but it is no longer pinned.
     settled: bool,
+    /// Memory knows the whole value (it was set, deleted, or written over a value it knew); a
+    /// hash built from fields written during an outage, or a counter counted from an unknown
+    /// base, is not: Redis may hold more.
+    complete: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -615,6 +619,7 @@ impl MemoryStore {
                 last_seq: seq,
                 bytes,
                 settled: false,
+                complete: true,
             },
         );
     }
@@ -880,30 +885,37 @@ fn finish_seal(state: &mut State) {
 
 /// Applies a journaled write to the written values (no journaling, no checks).
 fn apply_local(state: &mut State, e: &Entry) {
-    let put = |state: &mut State, key: &[u8], value: Local, expire_at: Option<u64>| {
-        let bytes = local_bytes(key, &value);
-        if let Some(old) = state.written.insert(
-            key.to_vec(),
-            Written {
-                value,
-                expire_at,
-                last_seq: e.seq,
-                bytes,
-                settled: false,
-            },
-        ) {
-            if old.settled {
-                state.settled = state.settled.saturating_sub(old.bytes);
-            } else {
-                state.pinned = state.pinned.saturating_sub(old.bytes);
+    let put =
+        |state: &mut State, key: &[u8], value: Local, expire_at: Option<u64>, complete: bool| {
+            let bytes = local_bytes(key, &value);
+            if let Some(old) = state.written.insert(
+                key.to_vec(),
+                Written {
+                    value,
+                    expire_at,
+                    last_seq: e.seq,
+                    bytes,
+                    settled: false,
+                    complete,
+                },
+            ) {
+                if old.settled {
+                    state.settled = state.settled.saturating_sub(old.bytes);
+                } else {
+                    state.pinned = state.pinned.saturating_sub(old.bytes);
+                }
             }
-        }
-        state.pinned += bytes;
-    };
-    let current = |state: &State, key: &[u8]| -> (Local, Option<u64>) {
+            state.pinned += bytes;
+        };
+    // The value before the write, its deadline, and whether memory knows it whole (a key it
+    // holds no entry for is unknown: Redis may have anything there).
+    let current = |state: &State, key: &[u8]| -> (Local, Option<u64>, bool) {
         match state.written.get(key) {
-            Some(w) if w.expire_at.is_none_or(|d| d > e.at) => (w.value.clone(), w.expire_at),
-            _ => (Local::Gone, None),
+            Some(w) if w.expire_at.is_none_or(|d| d > e.at) => {
+                (w.value.clone(), w.expire_at, w.complete)
+            }
+            Some(w) => (Local::Gone, None, w.complete),
+            None => (Local::Gone, None, false),
         }
     };
     match &e.op {
@@ -911,20 +923,20 @@ fn apply_local(state: &mut State, e: &Entry) {
             key,
             value,
             expire_at,
-        } => put(state, key, Local::Str(value.clone()), *expire_at),
+        } => put(state, key, Local::Str(value.clone()), *expire_at, true),
         Op::Del { keys } => {
             for k in keys {
-                put(state, k, Local::Gone, None);
+                put(state, k, Local::Gone, None, true);
             }
         }
         Op::ExpireAt { key, at } => {
-            let (value, _) = current(state, key);
+            let (value, _, complete) = current(state, key);
             if value != Local::Gone {
-                put(state, key, value, Some(*at));
+                put(state, key, value, Some(*at), complete);
             }
         }
         Op::IncrBy { key, delta } => {
-            let (value, exp) = current(state, key);
+            let (value, exp, complete) = current(state, key);
             let base = match &value {
                 Local::Str(s) => std::str::from_utf8(s)
                     .ok()
@@ -937,10 +949,11 @@ fn apply_local(state: &mut State, e: &Entry) {
                 key,
                 Local::Str(base.saturating_add(*delta).to_string().into_bytes()),
                 exp,
+                complete,
             );
         }
         Op::HSet { key, fields } => {
-            let (value, exp) = current(state, key);
+            let (value, exp, complete) = current(state, key);
             let mut map = match value {
                 Local::Hash(m) => m,
                 _ => BTreeMap::new(),
@@ -948,10 +961,10 @@ fn apply_local(state: &mut State, e: &Entry) {
             for (f, v) in fields {
                 map.insert(f.clone(), v.clone());
             }
-            put(state, key, Local::Hash(map), exp);
+            put(state, key, Local::Hash(map), exp, complete);
         }
         Op::HDel { key, fields } => {
-            let (value, exp) = current(state, key);
+            let (value, exp, complete) = current(state, key);
             if let Local::Hash(mut map) = value {
                 for f in fields {
                     map.remove(f);
@@ -961,7 +974,7 @@ fn apply_local(state: &mut State, e: &Entry) {
                 } else {
                     Local::Hash(map)
                 };
-                put(state, key, value, exp);
+                put(state, key, value, exp, complete);
             }
         }
     }
@@ -1152,8 +1165,10 @@ impl FallbackStore for MemoryStore {
     }
 
     fn knows(&self, key: &[u8]) -> bool {
-        self.lock().written.contains_key(key)
-            || self.shadow.as_ref().is_some_and(|c| c.contains_key(key))
+        match self.lock().written.get(key) {
+            Some(w) => w.complete,
+            None => self.shadow.as_ref().is_some_and(|c| c.contains_key(key)),
+        }
     }
 
     fn observe(&self, key: &[u8], value: Option<Vec<u8>>, ttl: Option<Duration>) {

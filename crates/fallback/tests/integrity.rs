@@ -470,3 +470,26 @@ fn close_reports_dead_letters_that_cannot_be_kept() {
         Err(FallbackError::DeadLettersAtClose { dead_letters: 1 })
     ));
 }
+
+/// Found by review: memory claimed to know a hash built from fields written during an outage
+/// (an HGET of another field said nil, HGETALL gave part of it) and a counter counted from an
+/// unknown base. Only what memory knows whole counts as known.
+#[test]
+fn memory_knows_only_what_it_knows_whole() {
+    let clock = ManualClock::new(T0);
+    let store = open(&config(None), &clock, "");
+    store.activate();
+    store.hset(b"h", &[(b"f".to_vec(), b"v".to_vec())]).unwrap();
+    assert!(!store.knows(b"h"), "Redis may hold other fields");
+    store.incr_by(b"n", 1).unwrap();
+    assert!(!store.knows(b"n"), "counted from an unknown base");
+    store.set(b"s", b"v", None).unwrap();
+    assert!(store.knows(b"s"));
+    store.delete(&[b"d".to_vec()]).unwrap();
+    store.incr_by(b"d", 2).unwrap();
+    assert!(store.knows(b"d"), "deleted first: counted from a known 0");
+    store
+        .hset(b"d2", &[(b"f".to_vec(), b"v".to_vec())])
+        .unwrap();
+    assert!(!store.knows(b"d2"));
+}

@@ -267,7 +267,7 @@ impl RedisManager {
         cmd.arg(keys);
         self.call(
             "del",
-            Kind::IdempotentWrite,
+            Kind::CountingWrite,
             Request::Cmd(&cmd),
             decode,
             Some(&|s| s.delete(keys)),
@@ -442,7 +442,7 @@ impl RedisManager {
         }
         self.call(
             "hset",
-            Kind::IdempotentWrite,
+            Kind::CountingWrite,
             Request::Cmd(&cmd),
             decode,
             Some(&|s| s.hset(key, fields)),
@@ -461,7 +461,7 @@ impl RedisManager {
         cmd.arg(key).arg(fields);
         self.call(
             "hdel",
-            Kind::IdempotentWrite,
+            Kind::CountingWrite,
             Request::Cmd(&cmd),
             decode,
             Some(&|s| s.hdel(key, fields)),

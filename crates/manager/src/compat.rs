@@ -266,7 +266,7 @@ impl<'a> Memory<'a> {
         match self {
             Memory::Get(_) => ("get", Kind::Read),
             Memory::Set(..) => ("set", Kind::IdempotentWrite),
-            Memory::Del(_) => ("del", Kind::IdempotentWrite),
+            Memory::Del(_) => ("del", Kind::CountingWrite),
             Memory::Exists(_) => ("exists", Kind::Read),
             Memory::Expire(..) => ("expire", Kind::IdempotentWrite),
             Memory::Ttl(..) => ("ttl", Kind::Read),
@@ -274,8 +274,8 @@ impl<'a> Memory<'a> {
             Memory::MGet(_) => ("mget", Kind::Read),
             Memory::MSet(_) => ("mset", Kind::IdempotentWrite),
             Memory::HGet(..) => ("hget", Kind::Read),
-            Memory::HSet(..) => ("hset", Kind::IdempotentWrite),
-            Memory::HDel(..) => ("hdel", Kind::IdempotentWrite),
+            Memory::HSet(..) => ("hset", Kind::CountingWrite),
+            Memory::HDel(..) => ("hdel", Kind::CountingWrite),
             Memory::HGetAll(_) => ("hgetall", Kind::Read),
         }
     }

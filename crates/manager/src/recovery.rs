@@ -52,7 +52,9 @@ pub(crate) async fn supervise(inner: std::sync::Weak<Inner>) {
                     {
                         let _ = m.breaker.transition_to(BreakerState::Open);
                     }
-                    if m.fallback_enabled && !m.store.is_fallback_mode() {
+                    // A good probe short of the success threshold (no error) is no reason to go
+                    // back to memory right after a recovery.
+                    if m.fallback_enabled && status.error.is_some() && !m.store.is_fallback_mode() {
                         tracing::warn!(error = ?status.error, "health: Redis unhealthy; fallback mode on");
                         m.store.activate();
                     }

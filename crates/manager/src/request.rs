@@ -57,6 +57,11 @@ pub(crate) enum Kind {
     /// Writes whose replay is safe (SET with its value, DEL, EXPIRE, HSET of given fields):
     /// retried, and journaled even when their outcome is unknown.
     IdempotentWrite,
+    /// Writes whose replay is safe but whose reply is a count that a repetition changes (DEL,
+    /// HSET, HDEL): journaled even when their outcome is unknown (the count then is memory's),
+    /// but never retried once they may have been sent ([`Error::Ambiguous`] without the
+    /// fallback).
+    CountingWrite,
     /// Writes that must not apply twice (INCRBY): retried and journaled only when they
     /// certainly never reached Redis; otherwise [`Error::Ambiguous`].
     NonIdempotentWrite,
@@ -173,7 +178,7 @@ impl RedisManager {
                 let retry = may_retry
                     && err_kind != ErrorKind::Server
                     && err_kind.is_transient()
-                    && !(kind == Kind::NonIdempotentWrite && sent)
+                    && !(matches!(kind, Kind::NonIdempotentWrite | Kind::CountingWrite) && sent)
                     && attempts <= cfg.max_retries
                     && deadline
                         .is_none_or(|d| Instant::now().checked_add(delay).is_some_and(|t| t < d));
@@ -185,13 +190,33 @@ impl RedisManager {
                 delay = delay.saturating_mul(2);
             }
         };
-        let attempted = match opts.timeout {
-            // The caller's own bound: past it the outcome is unknown.
-            Some(t) => match started.checked_add(t) {
-                Some(until) => tokio::time::timeout_at(until, attempts)
-                    .await
-                    .unwrap_or(Err((PoolError::CommandTimeout(t), true))),
-                None => attempts.await,
+        let attempted = match opts
+            .timeout
+            .and_then(|t| started.checked_add(t).map(|u| (t, u)))
+        {
+            Some((t, until)) => match tokio::time::timeout_at(until, attempts).await {
+                Ok(attempted) => attempted,
+                Err(_) => {
+                    // The caller's own deadline says nothing about Redis: the permit goes back
+                    // uncounted, and neither memory nor fallback mode is involved. The command
+                    // may still run: a write that must not repeat is ambiguous.
+                    permit.release();
+                    let e = PoolError::CommandTimeout(t);
+                    return failed(if kind == Kind::Read {
+                        Error::Unavailable {
+                            kind: ErrorKind::Timeout,
+                            message: e.to_string(),
+                            source: Some(Box::new(e)),
+                        }
+                    } else {
+                        Error::Ambiguous {
+                            operation: "",
+                            kind: ErrorKind::Timeout,
+                            message: e.to_string(),
+                            source: Some(Box::new(e)),
+                        }
+                    });
+                }
             },
             None => attempts.await,
         };
@@ -221,7 +246,10 @@ impl RedisManager {
         } else {
             permit.release();
         }
-        if kind == Kind::NonIdempotentWrite && sent {
+        if sent
+            && (kind == Kind::NonIdempotentWrite
+                || (kind == Kind::CountingWrite && fallback.is_none()))
+        {
             return failed(Error::Ambiguous {
                 operation: "",
                 kind: err_kind,
@@ -248,11 +276,6 @@ impl RedisManager {
 
     /// Enters fallback mode and answers from the fallback store.
     fn serve_activating<T>(&self, serve: &Serve<'_, T>) -> (Result<T, Error>, Outcome) {
-        if !self.inner.store.is_fallback_mode() {
-            // Ask the recovery loop for a probe now: one failed call must not keep every
-            // caller on memory for longer than it takes to see Redis answer again.
-            self.inner.activated.notify_one();
-        }
         self.serve(serve, true)
             .unwrap_or((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)))
     }
@@ -270,6 +293,12 @@ impl RedisManager {
             return Some((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)));
         }
         if activate {
+            if !inner.store.is_fallback_mode() {
+                // Ask the recovery loop for a probe now (decided under the gate, so a recovery
+                // that just ended the mode cannot swallow the request): one failed call must
+                // not keep every caller on memory for longer than it takes to see Redis again.
+                inner.activated.notify_one();
+            }
             inner.store.activate();
         } else if !inner.store.is_fallback_mode() {
             return None;

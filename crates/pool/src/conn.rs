@@ -141,6 +141,10 @@ pub struct PooledConnection {
     /// Session state it may carry (a transaction, watches, a database, subscriptions): if any,
     /// it is closed on drop instead of being handed to the next borrower.
     session: Session,
+    /// A request was sent and its reply not read (the caller dropped the future): the server
+    /// may still be running it (a blocking pop would hand its element to nobody), so the
+    /// connection is closed on drop.
+    in_flight: bool,
 }
 
 impl PooledConnection {
@@ -152,6 +156,7 @@ impl PooledConnection {
             conn: Some(conn),
             on_drop,
             session: Session::default(),
+            in_flight: false,
         }
     }
 
@@ -178,8 +183,10 @@ impl PooledConnection {
         let broken = Arc::clone(&raw.broken);
         // An error reply comes back as a value: it is an error here, and it changes no session.
         let mut mux = deadline_for(raw, cmd);
-        let value = guarded(mux.send_packed_command(cmd), &broken, None)
-            .await
+        self.in_flight = true;
+        let reply = guarded(mux.send_packed_command(cmd), &broken, None).await;
+        self.in_flight = false;
+        let value = reply
             .and_then(Value::extract_error)
             .map_err(to_pool_error)?;
         self.session.after_ok(effect);
@@ -210,7 +217,7 @@ impl Drop for PooledConnection {
     fn drop(&mut self) {
         if let Some(mut conn) = self.conn.take() {
             conn.last_used = tokio::time::Instant::now();
-            if conn.broken.load(Ordering::Acquire) || self.session.is_dirty() {
+            if conn.broken.load(Ordering::Acquire) || self.session.is_dirty() || self.in_flight {
                 // Closed now, not when mobc gets round to it.
                 drop(conn.into_inner());
             } else {
@@ -242,11 +249,18 @@ impl ConnectionLike for PooledConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let effect = session::effect(cmd);
         self.session.before(effect);
-        let Self { conn, session, .. } = self;
+        let Self {
+            conn,
+            session,
+            in_flight,
+            ..
+        } = self;
         let raw = raw_of(conn);
         Box::pin(async move {
             let mut mux = deadline_for(raw, cmd);
+            *in_flight = true;
             let reply = guarded(mux.send_packed_command(cmd), &raw.broken, None).await;
+            *in_flight = false;
             if matches!(&reply, Ok(v) if !matches!(v, Value::ServerError(_))) {
                 session.after_ok(effect);
             }
@@ -265,15 +279,22 @@ impl ConnectionLike for PooledConnection {
         for e in &effects {
             self.session.before(*e);
         }
-        let Self { conn, session, .. } = self;
+        let Self {
+            conn,
+            session,
+            in_flight,
+            ..
+        } = self;
         let raw = raw_of(conn);
         Box::pin(async move {
+            *in_flight = true;
             let reply = guarded(
                 raw.mux.send_packed_commands(pipeline, offset, count),
                 &raw.broken,
                 None,
             )
             .await;
+            *in_flight = false;
             // Only a reply with one clean answer per command shows how the session ended:
             // replay the commands in order from where it started. Otherwise assume the worst.
             if let Ok(values) = &reply

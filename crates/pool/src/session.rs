@@ -110,8 +110,7 @@ pub fn shared_refusal(cmd: &Cmd) -> Option<String> {
             | b"WAITAOF"
             | b"SYNC"
             | b"PSYNC"
-    ) || (matches!(name.as_slice(), b"XREAD" | b"XREADGROUP")
-        && args.any(|a| word(Some(a)) == *b"BLOCK".as_slice()));
+    ) || xread_block(cmd).is_some();
     let session = effect(cmd) != Effect::None
         || matches!(
             name.as_slice(),
@@ -165,8 +164,7 @@ pub fn block_time(cmd: &Cmd) -> Option<std::time::Duration> {
             })
         }
         b"XREAD" | b"XREADGROUP" => {
-            let at = args.iter().position(|a| a.eq_ignore_ascii_case(b"BLOCK"))?;
-            let ms: u64 = std::str::from_utf8(args.get(at + 1)?).ok()?.parse().ok()?;
+            let ms = xread_block(cmd)?;
             Some(if ms == 0 {
                 forever
             } else {
@@ -175,6 +173,38 @@ pub fn block_time(cmd: &Cmd) -> Option<std::time::Duration> {
         }
         _ => None,
     }
+}
+
+/// The `BLOCK` milliseconds of an `XREAD`/`XREADGROUP`: looked for only among its options, before
+/// `STREAMS` (after `GROUP group consumer` for `XREADGROUP`), so a stream or consumer named
+/// `block` is not taken for it.
+fn xread_block(cmd: &Cmd) -> Option<u64> {
+    let mut args = cmd.args_iter().map(|a| match a {
+        Arg::Simple(b) => b,
+        _ => &b""[..],
+    });
+    let group = match Word::of(args.next()?).as_slice() {
+        b"XREAD" => false,
+        b"XREADGROUP" => true,
+        _ => return None,
+    };
+    if group {
+        // GROUP group consumer
+        for _ in 0..3 {
+            args.next()?;
+        }
+    }
+    while let Some(a) = args.next() {
+        match Word::of(a).as_slice() {
+            b"STREAMS" => return None,
+            b"BLOCK" => return std::str::from_utf8(args.next()?).ok()?.parse().ok(),
+            b"COUNT" => {
+                args.next()?;
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The session a connection may carry.
@@ -272,6 +302,26 @@ mod tests {
         assert!(block_time(&c(&["BLPOP", "a", "0"])).unwrap() > Duration::from_secs(86_400));
         assert_eq!(block_time(&c(&["GET", "k"])), None);
         assert_eq!(block_time(&c(&["XREAD", "STREAMS", "s", "0"])), None);
+        assert_eq!(
+            block_time(&c(&["XREAD", "STREAMS", "block", "0"])),
+            None,
+            "a stream named block"
+        );
+        assert_eq!(
+            block_time(&c(&[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "block",
+                "BLOCK",
+                "500",
+                "STREAMS",
+                "s",
+                ">"
+            ])),
+            Some(Duration::from_millis(500)),
+            "a consumer named block"
+        );
     }
 
     #[test]
