@@ -7,15 +7,12 @@
 use crate::util::{cargo, status};
 
 pub(crate) fn run(args: &[String]) -> bool {
-    let mut demo = vec![
-        "run",
-        "--quiet",
-        "--locked",
-        "-p",
-        "resilient-redis-cli",
-        "--",
-        "demo",
-    ];
+    // Cargo's own progress shows while the first build runs (minutes on a fresh clone), so a
+    // newcomer can tell it from a hang.
+    eprintln!(
+        "building the demo (the first build takes a few minutes; cargo shows its progress)..."
+    );
+    let mut demo = vec!["run", "--locked", "-p", "resilient-redis-cli", "--", "demo"];
     if std::env::var_os("REDIS_URL").is_some() {
         eprintln!(
             "REDIS_URL is set: running the demo against it (no chaos: it is not ours to kill)."

@@ -10,53 +10,6 @@ use crate::request::{Kind, Request};
 use crate::{Error, RedisManager};
 use resilient_redis_fallback::{FallbackError, FallbackStore};
 
-/// The operations applications call. Implemented by [`RedisManager`]; with the `mock` feature
-/// `MockRedisApi` (mockall) implements it, so code that uses Redis can be unit-tested without a
-/// server.
-///
-/// Reads and writes of strings, counters and hashes are served by the fallback store while
-/// Redis is down. A read (or an increment) of a key memory knows nothing about then fails with
-/// a fallback error of its own (`FallbackError::Unknown`) rather than answer "missing" or count
-/// from 0 as if Redis had said so; `fallback.unknown_keys = "miss"` answers as a cache instead,
-/// and `get_with_source` / `incr_by_with_source` always answer, saying who did ([`ServedBy`]).
-#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
-#[async_trait::async_trait]
-pub trait RedisApi: Send + Sync {
-    /// `GET`.
-    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
-    /// `SET`, with `PX` when `ttl` is given.
-    async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error>;
-    /// `DEL`; the number deleted (while Redis is down: the number the fallback knew).
-    async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error>;
-    /// `EXISTS` of one key.
-    async fn exists(&self, key: &[u8]) -> Result<bool, Error>;
-    /// `PEXPIRE`; whether the key existed.
-    async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error>;
-    /// `PTTL`.
-    async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error>;
-    /// `INCRBY`; the new value. Never applied twice: see [`Error::Ambiguous`].
-    async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error>;
-    /// `MGET`.
-    async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error>;
-    /// `MSET`.
-    async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error>;
-    /// `HGET`.
-    async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error>;
-    /// `HSET`; the number of new fields.
-    async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error>;
-    /// `HDEL`; the number removed.
-    async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error>;
-    /// `HGETALL`.
-    async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error>;
-    /// Any command through the whole stack: retried by its class (reads and harmless writes;
-    /// others only when they certainly never left), answered from memory while Redis is down
-    /// for the commands the fallback supports, failing fast otherwise.
-    async fn execute(&self, cmd: &Cmd) -> Result<Value, Error>;
-    /// A pipeline (atomic or not) as one request: breaker, deadline and metrics apply; retried
-    /// only when it only reads; never answered from memory.
-    async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error>;
-}
-
 fn decode<T: FromRedisValue>(v: Value) -> Result<T, Error> {
     redis::from_redis_value(v).map_err(|e| Error::Validation(e.to_string()))
 }
@@ -145,8 +98,324 @@ fn by_memory(s: &dyn FallbackStore, key: &[u8]) -> ServedBy {
     }
 }
 
-/// The operations as inherent methods: called on a `RedisManager` directly they cost no boxed
-/// future; [`RedisApi`] forwards to them.
+/// Declares each operation once: the inherent method on [`RedisManager`] (no boxed future),
+/// the [`RedisApi`] trait method (object-safe, mockable), and the forwarding between them.
+/// Written `fn name(&self, arg: [Type]) -> [Return] { body }`: the brackets hand the types to
+/// the trait's mock (mockall) as plain tokens.
+macro_rules! operations {
+    ($(
+        $(#[doc = $doc:expr])*
+        fn $name:ident(&$self:ident $(, $arg:ident: [$($ty:tt)+])* $(,)?) -> [$($ret:tt)+] $body:block
+    )*) => {
+/// The operations applications call. Implemented by [`RedisManager`]; with the `mock` feature
+        /// `MockRedisApi` (mockall) implements it, so code that uses Redis can be unit-tested without a
+        /// server.
+        ///
+        /// Reads and writes of strings, counters and hashes are served by the fallback store while
+        /// Redis is down. A read (or an increment) of a key memory knows nothing about then fails with
+        /// a fallback error of its own (`FallbackError::Unknown`) rather than answer "missing" or count
+        /// from 0 as if Redis had said so; `fallback.unknown_keys = "miss"` answers as a cache instead,
+        /// and `get_with_source` / `incr_by_with_source` always answer, saying who did ([`ServedBy`]).
+        #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+        #[async_trait::async_trait]
+        #[allow(unreachable_pub, reason = "re-exported by lib.rs; the lint does not see through the macro")]
+        pub trait RedisApi: Send + Sync {
+            $(
+                $(#[doc = $doc])*
+                async fn $name(&self $(, $arg: $($ty)+)*) -> $($ret)+;
+            )*
+        }
+
+        /// The operations as inherent methods: called on a `RedisManager` directly they cost
+        /// no boxed future; [`RedisApi`] forwards to them.
+        impl RedisManager {
+            $(
+                $(#[doc = $doc])*
+                ///
+                /// # Errors
+                /// See [`crate::Error`].
+                pub async fn $name(&$self $(, $arg: $($ty)+)*) -> $($ret)+ $body
+            )*
+        }
+
+        #[async_trait::async_trait]
+        impl RedisApi for RedisManager {
+            $(
+                async fn $name(&self $(, $arg: $($ty)+)*) -> $($ret)+ {
+                    RedisManager::$name(self $(, $arg)*).await
+                }
+            )*
+        }
+    };
+}
+
+operations! {
+    /// `GET`.
+    fn get(&self, key: [&[u8]]) -> [Result<Option<Vec<u8>>, Error>] {
+        let strict = self.strict();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.call(
+            "get",
+            Kind::Read,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| known(s, strict, "get", &[key]).and_then(|()| s.get(key))),
+            |s, v: &Option<Vec<u8>>| {
+                s.observe(key, v.clone(), None);
+            },
+        )
+        .await
+    }
+
+    /// `SET`, with `PX` when `ttl` is given.
+    fn set(&self, key: [&[u8]], value: [&[u8]], ttl: [Option<Duration>]) -> [Result<(), Error>] {
+        ttl.map_or(Ok(()), check_ttl)?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(t) = ttl {
+            cmd.arg("PX").arg(millis(t));
+        }
+        self.call(
+            "set",
+            Kind::IdempotentWrite,
+            Request::Cmd(&cmd),
+            decode::<()>,
+            Some(&|s| s.set(key, value, ttl)),
+            |s, _| {
+                s.observe(key, Some(value.to_vec()), ttl);
+            },
+        )
+        .await
+    }
+
+    /// `DEL`; the number deleted (while Redis is down: the number the fallback knew).
+    fn del(&self, keys: [&[Vec<u8>]]) -> [Result<u64, Error>] {
+        non_empty("keys", "DEL", keys)?;
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(keys);
+        self.call(
+            "del",
+            Kind::CountingWrite,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| s.delete(keys)),
+            |s, _| {
+                for k in keys {
+                    s.observe(k, None, None);
+                }
+            },
+        )
+        .await
+    }
+
+    /// `EXISTS` of one key.
+    fn exists(&self, key: [&[u8]]) -> [Result<bool, Error>] {
+        let strict = self.strict();
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(key);
+        self.call(
+            "exists",
+            Kind::Read,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| known(s, strict, "exists", &[key]).and_then(|()| s.exists(key))),
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// `PEXPIRE`; whether the key existed.
+    fn expire(&self, key: [&[u8]], ttl: [Duration]) -> [Result<bool, Error>] {
+        check_ttl(ttl)?;
+        let mut cmd = redis::cmd("PEXPIRE");
+        cmd.arg(key).arg(millis(ttl));
+        self.call(
+            "expire",
+            Kind::IdempotentWrite,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| s.expire(key, ttl)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// `PTTL`.
+    fn ttl(&self, key: [&[u8]]) -> [Result<Ttl, Error>] {
+        let strict = self.strict();
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(key);
+        self.call(
+            "ttl",
+            Kind::Read,
+            Request::Cmd(&cmd),
+            |v| decode::<i64>(v).map(ttl_of),
+            Some(&|s| known(s, strict, "ttl", &[key]).and_then(|()| s.ttl(key))),
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// `INCRBY`; the new value. Never applied twice: see [`Error::Ambiguous`].
+    fn incr_by(&self, key: [&[u8]], delta: [i64]) -> [Result<i64, Error>] {
+        let strict = self.strict();
+        let mut cmd = redis::cmd("INCRBY");
+        cmd.arg(key).arg(delta);
+        self.call(
+            "incrby",
+            Kind::NonIdempotentWrite,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| known(s, strict, "incrby", &[key]).and_then(|()| s.incr_by(key, delta))),
+            |s, v: &i64| {
+                s.observe(key, Some(v.to_string().into_bytes()), None);
+            },
+        )
+        .await
+    }
+
+    /// `MGET`.
+    fn mget(&self, keys: [&[Vec<u8>]]) -> [Result<Vec<Option<Vec<u8>>>, Error>] {
+        let strict = self.strict();
+        non_empty("keys", "MGET", keys)?;
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        self.call(
+            "mget",
+            Kind::Read,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| {
+                let ks: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                known(s, strict, "mget", &ks).and_then(|()| s.mget(keys))
+            }),
+            |s, values: &Vec<Option<Vec<u8>>>| {
+                for (k, v) in keys.iter().zip(values) {
+                    s.observe(k, v.clone(), None);
+                }
+            },
+        )
+        .await
+    }
+
+    /// `MSET`.
+    fn mset(&self, pairs: [&[(Vec<u8>, Vec<u8>)]]) -> [Result<(), Error>] {
+        non_empty("pairs", "MSET", pairs)?;
+        let mut cmd = redis::cmd("MSET");
+        for (k, v) in pairs {
+            cmd.arg(k).arg(v);
+        }
+        self.call(
+            "mset",
+            Kind::IdempotentWrite,
+            Request::Cmd(&cmd),
+            decode::<()>,
+            Some(&|s| s.mset(pairs)),
+            |s, _| {
+                for (k, v) in pairs {
+                    s.observe(k, Some(v.clone()), None);
+                }
+            },
+        )
+        .await
+    }
+
+    /// `HGET`.
+    fn hget(&self, key: [&[u8]], field: [&[u8]]) -> [Result<Option<Vec<u8>>, Error>] {
+        let strict = self.strict();
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(key).arg(field);
+        self.call(
+            "hget",
+            Kind::Read,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| known(s, strict, "hget", &[key]).and_then(|()| s.hget(key, field))),
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// `HSET`; the number of new fields.
+    fn hset(&self, key: [&[u8]], fields: [&[(Vec<u8>, Vec<u8>)]]) -> [Result<u64, Error>] {
+        non_empty("fields", "HSET", fields)?;
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key);
+        for (f, v) in fields {
+            cmd.arg(f).arg(v);
+        }
+        self.call(
+            "hset",
+            Kind::CountingWrite,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| s.hset(key, fields)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// `HDEL`; the number removed.
+    fn hdel(&self, key: [&[u8]], fields: [&[Vec<u8>]]) -> [Result<u64, Error>] {
+        non_empty("fields", "HDEL", fields)?;
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(key).arg(fields);
+        self.call(
+            "hdel",
+            Kind::CountingWrite,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| s.hdel(key, fields)),
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// `HGETALL`.
+    fn hgetall(&self, key: [&[u8]]) -> [Result<Fields, Error>] {
+        let strict = self.strict();
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(key);
+        self.call(
+            "hgetall",
+            Kind::Read,
+            Request::Cmd(&cmd),
+            decode,
+            Some(&|s| known(s, strict, "hgetall", &[key]).and_then(|()| s.hgetall(key))),
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// Any command through the whole stack: retried by its class (reads and harmless writes;
+    /// others only when they certainly never left), answered from memory while Redis is down
+    /// for the commands the fallback supports, failing fast otherwise.
+    fn execute(&self, cmd: [&Cmd]) -> [Result<Value, Error>] {
+        self.command(cmd).await
+    }
+
+    /// A pipeline (atomic or not) as one request: breaker, deadline and metrics apply; retried
+    /// only when it only reads; never answered from memory.
+    fn pipeline(&self, pipeline: [&Pipeline]) -> [Result<Vec<Value>, Error>] {
+        // redis-rs decides which replies a pipeline (atomic or not) returns; the typed error of
+        // the request it makes is kept aside.
+        let mut capture = Capture {
+            manager: self,
+            error: None,
+        };
+        match pipeline.query_async::<Vec<Value>>(&mut capture).await {
+            Ok(values) => Ok(values),
+            Err(e) => Err(capture.error.take().unwrap_or(Error::Server {
+                code: e.code().map(str::to_owned),
+                message: e.to_string(),
+                source: Some(e),
+            })),
+        }
+    }
+}
+
+/// The typed API's helpers and provenance-reporting variants.
 impl RedisManager {
     pub(crate) fn strict(&self) -> bool {
         self.inner.config.fallback.unknown_keys == resilient_redis_config::UnknownKeys::Error
@@ -211,312 +480,6 @@ impl RedisManager {
         )
         .await
     }
-
-    /// See [`RedisApi::get`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let strict = self.strict();
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        self.call(
-            "get",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "get", &[key]).and_then(|()| s.get(key))),
-            |s, v: &Option<Vec<u8>>| {
-                s.observe(key, v.clone(), None);
-            },
-        )
-        .await
-    }
-
-    /// See [`RedisApi::set`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
-        ttl.map_or(Ok(()), check_ttl)?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value);
-        if let Some(t) = ttl {
-            cmd.arg("PX").arg(millis(t));
-        }
-        self.call(
-            "set",
-            Kind::IdempotentWrite,
-            Request::Cmd(&cmd),
-            decode::<()>,
-            Some(&|s| s.set(key, value, ttl)),
-            |s, _| {
-                s.observe(key, Some(value.to_vec()), ttl);
-            },
-        )
-        .await
-    }
-
-    /// See [`RedisApi::del`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error> {
-        non_empty("keys", "DEL", keys)?;
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(keys);
-        self.call(
-            "del",
-            Kind::CountingWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| s.delete(keys)),
-            |s, _| {
-                for k in keys {
-                    s.observe(k, None, None);
-                }
-            },
-        )
-        .await
-    }
-
-    /// See [`RedisApi::exists`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn exists(&self, key: &[u8]) -> Result<bool, Error> {
-        let strict = self.strict();
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(key);
-        self.call(
-            "exists",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "exists", &[key]).and_then(|()| s.exists(key))),
-            |_, _| {},
-        )
-        .await
-    }
-
-    /// See [`RedisApi::expire`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error> {
-        check_ttl(ttl)?;
-        let mut cmd = redis::cmd("PEXPIRE");
-        cmd.arg(key).arg(millis(ttl));
-        self.call(
-            "expire",
-            Kind::IdempotentWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| s.expire(key, ttl)),
-            |_, _| {},
-        )
-        .await
-    }
-
-    /// See [`RedisApi::ttl`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error> {
-        let strict = self.strict();
-        let mut cmd = redis::cmd("PTTL");
-        cmd.arg(key);
-        self.call(
-            "ttl",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            |v| decode::<i64>(v).map(ttl_of),
-            Some(&|s| known(s, strict, "ttl", &[key]).and_then(|()| s.ttl(key))),
-            |_, _| {},
-        )
-        .await
-    }
-
-    /// See [`RedisApi::incr_by`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error> {
-        let strict = self.strict();
-        let mut cmd = redis::cmd("INCRBY");
-        cmd.arg(key).arg(delta);
-        self.call(
-            "incrby",
-            Kind::NonIdempotentWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "incrby", &[key]).and_then(|()| s.incr_by(key, delta))),
-            |s, v: &i64| {
-                s.observe(key, Some(v.to_string().into_bytes()), None);
-            },
-        )
-        .await
-    }
-
-    /// See [`RedisApi::mget`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        let strict = self.strict();
-        non_empty("keys", "MGET", keys)?;
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(keys);
-        self.call(
-            "mget",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| {
-                let ks: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                known(s, strict, "mget", &ks).and_then(|()| s.mget(keys))
-            }),
-            |s, values: &Vec<Option<Vec<u8>>>| {
-                for (k, v) in keys.iter().zip(values) {
-                    s.observe(k, v.clone(), None);
-                }
-            },
-        )
-        .await
-    }
-
-    /// See [`RedisApi::mset`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
-        non_empty("pairs", "MSET", pairs)?;
-        let mut cmd = redis::cmd("MSET");
-        for (k, v) in pairs {
-            cmd.arg(k).arg(v);
-        }
-        self.call(
-            "mset",
-            Kind::IdempotentWrite,
-            Request::Cmd(&cmd),
-            decode::<()>,
-            Some(&|s| s.mset(pairs)),
-            |s, _| {
-                for (k, v) in pairs {
-                    s.observe(k, Some(v.clone()), None);
-                }
-            },
-        )
-        .await
-    }
-
-    /// See [`RedisApi::hget`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let strict = self.strict();
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(key).arg(field);
-        self.call(
-            "hget",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "hget", &[key]).and_then(|()| s.hget(key, field))),
-            |_, _| {},
-        )
-        .await
-    }
-
-    /// See [`RedisApi::hset`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error> {
-        non_empty("fields", "HSET", fields)?;
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(key);
-        for (f, v) in fields {
-            cmd.arg(f).arg(v);
-        }
-        self.call(
-            "hset",
-            Kind::CountingWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| s.hset(key, fields)),
-            |_, _| {},
-        )
-        .await
-    }
-
-    /// See [`RedisApi::hdel`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error> {
-        non_empty("fields", "HDEL", fields)?;
-        let mut cmd = redis::cmd("HDEL");
-        cmd.arg(key).arg(fields);
-        self.call(
-            "hdel",
-            Kind::CountingWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| s.hdel(key, fields)),
-            |_, _| {},
-        )
-        .await
-    }
-
-    /// See [`RedisApi::hgetall`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error> {
-        let strict = self.strict();
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(key);
-        self.call(
-            "hgetall",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "hgetall", &[key]).and_then(|()| s.hgetall(key))),
-            |_, _| {},
-        )
-        .await
-    }
-
-    /// See [`RedisApi::execute`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn execute(&self, cmd: &Cmd) -> Result<Value, Error> {
-        self.command(cmd).await
-    }
-
-    /// See [`RedisApi::pipeline`].
-    ///
-    /// # Errors
-    /// See [`crate::Error`].
-    pub async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error> {
-        // redis-rs decides which replies a pipeline (atomic or not) returns; the typed error of
-        // the request it makes is kept aside.
-        let mut capture = Capture {
-            manager: self,
-            error: None,
-        };
-        match pipeline.query_async::<Vec<Value>>(&mut capture).await {
-            Ok(values) => Ok(values),
-            Err(e) => Err(capture.error.take().unwrap_or(Error::Server {
-                code: e.code().map(str::to_owned),
-                message: e.to_string(),
-                source: Some(e),
-            })),
-        }
-    }
 }
 
 /// A connection for redis-rs's pipeline logic that keeps the manager's typed error.
@@ -556,69 +519,6 @@ impl redis::aio::ConnectionLike for Capture<'_> {
 
     fn get_db(&self) -> i64 {
         0
-    }
-}
-
-#[async_trait::async_trait]
-impl RedisApi for RedisManager {
-    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        RedisManager::get(self, key).await
-    }
-
-    async fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), Error> {
-        RedisManager::set(self, key, value, ttl).await
-    }
-
-    async fn del(&self, keys: &[Vec<u8>]) -> Result<u64, Error> {
-        RedisManager::del(self, keys).await
-    }
-
-    async fn exists(&self, key: &[u8]) -> Result<bool, Error> {
-        RedisManager::exists(self, key).await
-    }
-
-    async fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, Error> {
-        RedisManager::expire(self, key, ttl).await
-    }
-
-    async fn ttl(&self, key: &[u8]) -> Result<Ttl, Error> {
-        RedisManager::ttl(self, key).await
-    }
-
-    async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, Error> {
-        RedisManager::incr_by(self, key, delta).await
-    }
-
-    async fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        RedisManager::mget(self, keys).await
-    }
-
-    async fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
-        RedisManager::mset(self, pairs).await
-    }
-
-    async fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        RedisManager::hget(self, key, field).await
-    }
-
-    async fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, Error> {
-        RedisManager::hset(self, key, fields).await
-    }
-
-    async fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, Error> {
-        RedisManager::hdel(self, key, fields).await
-    }
-
-    async fn hgetall(&self, key: &[u8]) -> Result<Fields, Error> {
-        RedisManager::hgetall(self, key).await
-    }
-
-    async fn execute(&self, cmd: &Cmd) -> Result<Value, Error> {
-        RedisManager::execute(self, cmd).await
-    }
-
-    async fn pipeline(&self, pipeline: &Pipeline) -> Result<Vec<Value>, Error> {
-        RedisManager::pipeline(self, pipeline).await
     }
 }
 
