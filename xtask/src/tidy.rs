@@ -1,7 +1,7 @@
 //! Architecture invariants (checked with `cargo tree`) and a stub check.
 //!
 //! Invariants, from `docs/architecture.md`:
-//! - breaker, health, fallback and metrics do not depend on `redis`;
+//! - breaker, health, fallback and metrics do not depend on `redis`, nor on `figment`;
 //! - nothing but manager, cli and tests depends on more than one sibling crate.
 
 use crate::util::{cargo, crate_packages, output, root};
@@ -28,6 +28,12 @@ pub(crate) fn run() -> bool {
             problems.push(format!("`cargo tree -p {pkg}` failed"));
             continue;
         };
+        if REDIS_FREE.contains(&pkg.as_str()) && tree.lines().any(|l| l.starts_with("figment v")) {
+            problems.push(format!(
+                "{pkg} depends on `figment`; only what loads a configuration needs it (the config \
+                 crate's `load` feature)"
+            ));
+        }
         if REDIS_FREE.contains(&pkg.as_str()) && tree.lines().any(|l| l.starts_with("redis v")) {
             problems.push(format!(
                 "{pkg} depends on `redis`; it must know nothing of Redis"

@@ -4,6 +4,7 @@
 
 mod error;
 mod kind;
+#[cfg(feature = "load")]
 mod load;
 mod model;
 mod secret;
@@ -12,6 +13,7 @@ mod validate;
 
 pub use error::{ConfigError, Origin, Problem};
 pub use kind::ErrorKind;
+#[cfg(feature = "load")]
 pub use load::{CONFIG_FILE_VAR, ConfigLoader, ENV_ALIASES, ENV_PREFIX, Loaded};
 pub use model::{
     CircuitBreakerConfig, FallbackConfig, HealthConfig, MetricsConfig, PoolConfig, RedisConfig,
