@@ -132,3 +132,22 @@ pub struct BreakerSnapshot {
     /// Times the breaker opened (by thresholds, a failed trial or `force_open` excluded).
     pub trips: u64,
 }
+
+impl BreakerSnapshot {
+    /// A snapshot in `state` with no figures yet (for breakers written outside this crate,
+    /// which fill in what they measure).
+    #[must_use]
+    pub fn new(state: BreakerState) -> Self {
+        Self {
+            state,
+            failure_rate: None,
+            slow_call_rate: None,
+            buffered_calls: 0,
+            failed_calls: 0,
+            slow_calls: 0,
+            consecutive_failures: 0,
+            not_permitted_calls: 0,
+            trips: 0,
+        }
+    }
+}

@@ -145,7 +145,11 @@ impl RedisManagerBuilder {
                 .health
                 .start()
                 .map_err(|e| Error::Build(e.to_string()))?;
-            let supervisor = tokio::spawn(supervise(Arc::downgrade(&inner)));
+            let supervisor = tokio::spawn(supervise(
+                Arc::downgrade(&inner),
+                inner.breaker.subscribe(),
+                inner.health.subscribe(),
+            ));
             inner
                 .tasks
                 .lock()

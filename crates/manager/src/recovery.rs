@@ -11,15 +11,21 @@ use crate::manager::{Inner, pool_gauges};
 /// The recovery loop: follows the breaker and the health monitor, enters fallback mode when
 /// either says Redis is down, and when Redis answers again moves the breaker to half-open,
 /// replays the journal and leaves fallback mode once it is drained.
-pub(crate) async fn supervise(inner: std::sync::Weak<Inner>) {
+///
+/// The receivers are taken before the loop is spawned, and the health monitor's current status
+/// is handled as a change: a verdict given before the loop first runs is not missed.
+pub(crate) async fn supervise(
+    inner: std::sync::Weak<Inner>,
+    mut breaker_rx: tokio::sync::watch::Receiver<BreakerState>,
+    mut health_rx: tokio::sync::watch::Receiver<resilient_redis_health::HealthStatus>,
+) {
     let Some(first) = inner.upgrade() else { return };
-    let mut breaker_rx = first.breaker.subscribe();
-    let mut health_rx = first.health.subscribe();
     let sync_every = first.config.fallback.sync_interval;
     let gauges_every = first.config.metrics.collection_interval;
     let activated = Arc::clone(&first.activated);
-    let mut was_healthy = first.health.status().healthy;
     drop(first);
+    let mut was_healthy = true;
+    health_rx.mark_changed();
     let mut sync = tokio::time::interval(sync_every);
     let mut gauges = tokio::time::interval(gauges_every);
     loop {
