@@ -30,6 +30,38 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order of [`ErrorKind::index`] (one counter per kind in the metrics).
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::Connection,
+        ErrorKind::Timeout,
+        ErrorKind::Auth,
+        ErrorKind::Tls,
+        ErrorKind::PoolExhausted,
+        ErrorKind::CircuitBreaker,
+        ErrorKind::Fallback,
+        ErrorKind::Validation,
+        ErrorKind::Server,
+        ErrorKind::Closed,
+    ];
+
+    /// Its position in [`ErrorKind::ALL`] (an exhaustive match: a new kind cannot be left out
+    /// silently).
+    #[must_use]
+    pub const fn index(self) -> usize {
+        match self {
+            ErrorKind::Connection => 0,
+            ErrorKind::Timeout => 1,
+            ErrorKind::Auth => 2,
+            ErrorKind::Tls => 3,
+            ErrorKind::PoolExhausted => 4,
+            ErrorKind::CircuitBreaker => 5,
+            ErrorKind::Fallback => 6,
+            ErrorKind::Validation => 7,
+            ErrorKind::Server => 8,
+            ErrorKind::Closed => 9,
+        }
+    }
+
     /// The stable name (`connection_error`), used as the `error.type` metric attribute.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -62,5 +94,21 @@ impl ErrorKind {
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind;
+
+    #[test]
+    fn every_kind_sits_at_its_index_and_has_its_own_name() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind}");
+        }
+        let mut names: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
     }
 }

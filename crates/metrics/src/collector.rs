@@ -18,21 +18,11 @@ use crate::{
 /// Slots the retention window is cut into: it advances in sixths.
 const SLOTS: usize = 6;
 
-const KINDS: [ErrorKind; 10] = [
-    ErrorKind::Connection,
-    ErrorKind::Timeout,
-    ErrorKind::Auth,
-    ErrorKind::Tls,
-    ErrorKind::PoolExhausted,
-    ErrorKind::CircuitBreaker,
-    ErrorKind::Fallback,
-    ErrorKind::Validation,
-    ErrorKind::Server,
-    ErrorKind::Closed,
-];
+/// One error counter per kind, in the order of `ErrorKind::index`.
+const KINDS: [ErrorKind; ErrorKind::ALL.len()] = ErrorKind::ALL;
 
 fn kind_index(kind: ErrorKind) -> usize {
-    KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+    kind.index()
 }
 
 /// Stripes per slot: each thread records into its own, so threads do not fight over cache lines.
