@@ -17,7 +17,7 @@ use crate::server::OwnServer;
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// How long the workload runs ("20s", "1m").
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = resilient_redis_config::units::parse_duration)]
     duration: Duration,
     /// Start a redis-server of its own on a free port (needs redis-server on the PATH).
     #[arg(long)]
@@ -107,7 +107,7 @@ pub(crate) async fn run(args: Args) -> bool {
     println!(
         "demo: {} workers for {} against {}{}",
         args.workers,
-        humantime::format_duration(args.duration),
+        resilient_redis_config::units::format_duration(args.duration),
         config.url,
         if chaos {
             ", killing Redis at 30 % and restarting it at 55 %"

@@ -174,7 +174,7 @@ impl RedisManager {
         } else if !reachable
             || fallback_mode
             || breaker != BreakerState::Closed
-            || snapshot.error_rate >= 0.05
+            || snapshot.error_rate >= resilient_redis_metrics::thresholds::ERROR_RATE
         {
             Verdict::Degraded
         } else {
