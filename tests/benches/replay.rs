@@ -1,4 +1,5 @@
-//! Replay throughput into a local redis-server: entries per second through the replay script.
+//! Replay throughput into a local redis-server: entries per second through the replay script,
+//! sent by the manager's own replay target.
 //!
 //! `cargo bench -p resilient-redis-tests --bench replay` (also run by `cargo xtask bench`).
 //! `REPLAY_BENCH_ENTRIES` sets the journal length (default 200 000).
@@ -8,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use resilient_redis_config::FallbackConfig;
 use resilient_redis_fallback::{FallbackStore, MemoryStore};
-use resilient_redis_tests::{RedisReplayTarget, RedisServer};
+use resilient_redis_manager::RedisSyncTarget;
+use resilient_redis_pool::RedisPool;
+use resilient_redis_tests::RedisServer;
 
 fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
@@ -23,11 +26,11 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let server = RedisServer::start();
-        let conn = redis::Client::open(server.url().as_str())
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connection");
+        // The production replay target (the manager's) over a pool.
+        let mut pool_config = resilient_redis_config::RedisConfig::default();
+        pool_config.url = resilient_redis_config::RedisUrl::new(server.url().as_str());
+        let pool: Arc<dyn resilient_redis_pool::ConnectionPool> =
+            Arc::new(RedisPool::new(&pool_config).await.expect("pool"));
         println!(
             "replay of {entries} journal entries (64 B SETs, 1 in 4 with a TTL, 1 in 4 INCRBY)"
         );
@@ -54,7 +57,7 @@ fn main() {
                     _ => store.set(key.as_bytes(), &value, None).expect("set"),
                 }
             }
-            let target = Arc::new(RedisReplayTarget::new(conn.clone()));
+            let target = Arc::new(RedisSyncTarget::new(Arc::clone(&pool)));
             let started = Instant::now();
             let report = store.replay(target).await.expect("replay");
             let elapsed = started.elapsed();

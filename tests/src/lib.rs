@@ -5,9 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod proxy;
-mod replay_target;
 mod server;
 
 pub use proxy::{Fault, FaultProxy};
-pub use replay_target::RedisReplayTarget;
 pub use server::{RedisServer, RedisServerBuilder, free_port};

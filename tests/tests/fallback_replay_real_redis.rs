@@ -11,7 +11,19 @@ use resilient_redis_fallback::{
     Clock, FallbackStore, ManualClock, MemoryStore, ModelTarget, ModelValue, Op, Snapshot,
     SystemClock,
 };
-use resilient_redis_tests::{Fault, FaultProxy, RedisReplayTarget, RedisServer};
+use resilient_redis_manager::RedisSyncTarget;
+use resilient_redis_pool::RedisPool;
+use resilient_redis_tests::{Fault, FaultProxy, RedisServer};
+
+/// The production replay target (the manager's), over a pool on `url`.
+async fn redis_target(url: &str) -> Arc<RedisSyncTarget> {
+    let mut c = resilient_redis_config::RedisConfig::default();
+    c.url = resilient_redis_config::RedisUrl::new(url);
+    c.pool.min_size = 1;
+    c.pool.max_size = 2;
+    let pool = RedisPool::new(&c).await.unwrap();
+    Arc::new(RedisSyncTarget::new(Arc::new(pool)))
+}
 
 async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -221,7 +233,7 @@ async fn a_replay_into_real_redis_matches_applying_each_write_on_time() {
     let mut conn = connect(&server.url()).await;
     let (store, direct, replay_at) = outage(&mut conn, 4).await;
     let pending = store.pending_writes();
-    let target = Arc::new(RedisReplayTarget::new(conn.clone()));
+    let target = redis_target(&server.url()).await;
     let report = store.replay(target).await.unwrap();
     assert_eq!(
         (report.entries_applied, report.pending, report.rejected),
@@ -252,7 +264,7 @@ async fn a_replay_cut_by_a_connection_reset_resumes_without_doubling() {
     let store = Arc::new(store);
     // Replay through the proxy, slowed down, and reset every connection while it runs.
     proxy.set(Fault::Latency(Duration::from_millis(5)));
-    let target = Arc::new(RedisReplayTarget::new(connect(&proxy.url()).await));
+    let target = redis_target(&proxy.url()).await;
     let first = {
         let (store, target) = (Arc::clone(&store), Arc::clone(&target));
         tokio::spawn(async move { store.replay(target).await })
@@ -264,7 +276,7 @@ async fn a_replay_cut_by_a_connection_reset_resumes_without_doubling() {
     assert!(store.pending_writes() > 0);
     // Resume on a fresh connection: the batch in flight is applied at most once.
     let resumed = store
-        .replay(Arc::new(RedisReplayTarget::new(direct_conn.clone())))
+        .replay(redis_target(&server.url()).await)
         .await
         .unwrap();
     assert_eq!(resumed.pending, 0);
@@ -289,7 +301,7 @@ async fn edge_deadlines_replay_exactly_and_markers_live_as_long_as_needed() {
         .set(b"far", b"v", Some(Duration::from_millis(1 << 53)))
         .unwrap();
     let first = store.instance();
-    let target = Arc::new(RedisReplayTarget::new(conn.clone()));
+    let target = redis_target(&server.url()).await;
     let report = store.replay(target.clone()).await.unwrap();
     assert_eq!((report.entries_applied, report.rejected), (2, 0));
     let at: i64 = redis::cmd("PEXPIRETIME")
@@ -340,7 +352,7 @@ async fn a_redis_out_of_memory_delays_the_replay_and_loses_nothing() {
     let store = MemoryStore::new(&FallbackConfig::default()).unwrap();
     store.incr_by(b"n", 1).unwrap();
     store.set(b"s", b"v", None).unwrap();
-    let target = Arc::new(RedisReplayTarget::new(conn.clone()));
+    let target = redis_target(&server.url()).await;
     let refused = store.replay(target.clone()).await;
     assert!(refused.is_err(), "{refused:?}");
     assert!(
