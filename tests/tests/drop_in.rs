@@ -1,12 +1,14 @@
 //! Existing redis-rs code runs unchanged on a `RedisManager`: only the constructor changes, and
 //! the code gets the breaker, deadlines, retries and the fallback through an outage.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionLike;
-use resilient_redis_config::{RedisConfig, RedisUrl};
+use resilient_redis_config::RedisConfig;
 use resilient_redis_manager::{FALLBACK_CODE, RedisManager, UNAVAILABLE_CODE};
 use resilient_redis_tests::RedisServer;
 
@@ -27,20 +29,7 @@ async fn sign_in<C: ConnectionLike + Send + Sync>(
 }
 
 fn config(url: &str) -> RedisConfig {
-    let mut c = RedisConfig::default();
-    c.url = RedisUrl::new(url);
-    c.connect_timeout = Duration::from_secs(1);
-    c.socket_timeout = Duration::from_millis(300);
-    c.max_retries = 1;
-    c.retry_delay = Duration::from_millis(20);
-    c.pool.acquire_timeout = Duration::from_millis(300);
-    c.pool.create_retry_count = 1;
-    c.pool.validation_interval = Duration::from_millis(100);
-    c.health.check_interval = Duration::from_millis(100);
-    c.health.timeout = Duration::from_millis(100);
-    c.health.failure_threshold = 1;
-    c.health.success_threshold = 1;
-    c.fallback.sync_interval = Duration::from_millis(100);
+    let mut c = common::outage_config(url);
     // Copies of what was read and written before the outage, so that memory knows the counter
     // when Redis goes (without them an increment of a counter memory never saw is refused:
     // fallback.unknown_keys).

@@ -1,11 +1,13 @@
 //! The promise across process lifetimes and odd inputs, against a real redis-server: several
 //! processes in turn on one journal file, and a poison write during an outage.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use resilient_redis_config::{RedisConfig, RedisUrl};
+use resilient_redis_config::RedisConfig;
 use resilient_redis_manager::{Error, ErrorKind, RedisManager};
 use resilient_redis_tests::{Fault, FaultProxy, RedisServer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -14,20 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 const CHILD: &str = "RESILIENT_REDIS_INTEGRITY_CHILD";
 
 fn config(url: &str, journal: &str) -> RedisConfig {
-    let mut c = RedisConfig::default();
-    c.url = RedisUrl::new(url);
-    c.connect_timeout = Duration::from_secs(1);
-    c.socket_timeout = Duration::from_millis(300);
-    c.max_retries = 1;
-    c.retry_delay = Duration::from_millis(20);
-    c.pool.acquire_timeout = Duration::from_millis(300);
-    c.pool.create_retry_count = 1;
-    c.pool.validation_interval = Duration::from_millis(100);
-    c.health.check_interval = Duration::from_millis(100);
-    c.health.timeout = Duration::from_millis(100);
-    c.health.failure_threshold = 1;
-    c.health.success_threshold = 1;
-    c.fallback.sync_interval = Duration::from_millis(100);
+    let mut c = common::outage_config(url);
     c.fallback.journal_path = Some(journal.into());
     c
 }

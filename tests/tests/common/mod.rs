@@ -21,6 +21,26 @@ pub(crate) fn config(url: &str) -> RedisConfig {
     c
 }
 
+/// A manager configuration for `url` that sees an outage and a recovery within a few hundred
+/// milliseconds: short timeouts, one retry, a probe every 100 ms that decides on one result.
+pub(crate) fn outage_config(url: &str) -> RedisConfig {
+    let mut c = RedisConfig::default();
+    c.url = resilient_redis_config::RedisUrl::new(url);
+    c.connect_timeout = Duration::from_secs(1);
+    c.socket_timeout = Duration::from_millis(300);
+    c.max_retries = 1;
+    c.retry_delay = Duration::from_millis(20);
+    c.pool.acquire_timeout = Duration::from_millis(300);
+    c.pool.create_retry_count = 1;
+    c.pool.validation_interval = Duration::from_millis(100);
+    c.health.check_interval = Duration::from_millis(100);
+    c.health.timeout = Duration::from_millis(100);
+    c.health.failure_threshold = 1;
+    c.health.success_threshold = 1;
+    c.fallback.sync_interval = Duration::from_millis(100);
+    c
+}
+
 /// PING over the pool's shared connection.
 pub(crate) async fn ping(
     pool: &resilient_redis_pool::RedisPool,
