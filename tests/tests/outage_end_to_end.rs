@@ -3,28 +3,21 @@
 //! acknowledged write is in Redis with its value and TTL, and the counter lies between the
 //! acknowledged increments and that plus the ambiguous ones.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use resilient_redis_config::{RedisConfig, RedisUrl};
+use resilient_redis_config::RedisConfig;
 use resilient_redis_manager::{Error, RedisManager};
 use resilient_redis_tests::RedisServer;
 
 fn config(url: &str) -> RedisConfig {
-    let mut c = RedisConfig::default();
-    c.url = RedisUrl::new(url);
-    c.connect_timeout = Duration::from_secs(1);
-    c.socket_timeout = Duration::from_millis(300);
-    c.max_retries = 1;
-    c.retry_delay = Duration::from_millis(20);
+    let mut c = common::outage_config(url);
     c.pool.acquire_timeout = Duration::from_millis(500);
-    c.pool.create_retry_count = 1;
-    c.pool.validation_interval = Duration::from_millis(100);
-    c.health.check_interval = Duration::from_millis(100);
-    c.health.timeout = Duration::from_millis(100);
     c.health.failure_threshold = 2;
     c.health.success_threshold = 2;
     c.circuit_breaker.failure_threshold = 3;

@@ -45,17 +45,7 @@ impl CircuitBreaker for NoopBreaker {
         self.states.subscribe()
     }
     fn snapshot(&self) -> BreakerSnapshot {
-        BreakerSnapshot {
-            state: BreakerState::Disabled,
-            failure_rate: None,
-            slow_call_rate: None,
-            buffered_calls: 0,
-            failed_calls: 0,
-            slow_calls: 0,
-            consecutive_failures: 0,
-            not_permitted_calls: 0,
-            trips: 0,
-        }
+        BreakerSnapshot::new(BreakerState::Disabled)
     }
     /// A no-op breaker stays DISABLED.
     fn transition_to(&self, state: BreakerState) -> Result<(), BreakerError> {

@@ -90,6 +90,14 @@ pub struct Served<T> {
     pub by: ServedBy,
 }
 
+/// Redis's answer, converted and labelled.
+fn from_redis<T: FromRedisValue>(v: Value) -> Result<Served<T>, Error> {
+    decode(v).map(|value| Served {
+        value,
+        by: ServedBy::Redis,
+    })
+}
+
 fn by_memory(s: &dyn FallbackStore, key: &[u8]) -> ServedBy {
     if s.knows(key) {
         ServedBy::Memory
@@ -433,12 +441,7 @@ impl RedisManager {
             "get",
             Kind::Read,
             Request::Cmd(&cmd),
-            |v| {
-                decode(v).map(|value| Served {
-                    value,
-                    by: ServedBy::Redis,
-                })
-            },
+            from_redis,
             Some(&|s| {
                 Ok(Served {
                     value: s.get(key)?,
@@ -463,12 +466,7 @@ impl RedisManager {
             "incrby",
             Kind::NonIdempotentWrite,
             Request::Cmd(&cmd),
-            |v| {
-                decode(v).map(|value| Served {
-                    value,
-                    by: ServedBy::Redis,
-                })
-            },
+            from_redis,
             Some(&|s| {
                 let by = by_memory(s, key);
                 Ok(Served {

@@ -30,6 +30,10 @@ fn parts() -> Parts {
 async fn manager(p: Parts) -> RedisManager {
     let mut config = RedisConfig::default();
     config.max_retries = 0;
+    manager_with(p, config).await
+}
+
+async fn manager_with(p: Parts, config: RedisConfig) -> RedisManager {
     let mut store = p.store;
     store.expect_pending_writes().return_const(0u64);
     RedisManager::builder(config)
@@ -326,18 +330,7 @@ async fn a_call_dropped_while_it_waits_gives_its_permit_back() {
     let mut config = RedisConfig::default();
     config.max_retries = 3;
     config.retry_delay = std::time::Duration::from_millis(100);
-    let mut store = p.store;
-    store.expect_pending_writes().return_const(0u64);
-    let m = RedisManager::builder(config)
-        .pool(Arc::new(p.pool))
-        .health(Arc::new(MockHealthMonitor::new()))
-        .breaker(Arc::new(p.breaker))
-        .fallback(Arc::new(store))
-        .metrics(Arc::new(p.metrics))
-        .background_tasks(false)
-        .build()
-        .await
-        .unwrap();
+    let m = manager_with(p, config).await;
     // PING has no fallback: it is retried, and the caller gives up while it sleeps.
     let abandoned = tokio::time::timeout(
         std::time::Duration::from_millis(10),

@@ -160,10 +160,6 @@ impl PooledConnection {
         }
     }
 
-    fn raw(&mut self) -> &mut crate::manager::RawConn {
-        raw_of(&mut self.conn)
-    }
-
     /// Whether it may carry session state (an open transaction, watched keys, a selected
     /// database, subscriptions, client tracking): such a connection is closed when dropped,
     /// never handed to another borrower.
@@ -177,19 +173,13 @@ impl PooledConnection {
     /// # Errors
     /// [`PoolError::Command`] classified by kind.
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
-        let effect = session::effect(cmd);
-        self.session.before(effect);
-        let raw = self.raw();
-        let broken = Arc::clone(&raw.broken);
-        // An error reply comes back as a value: it is an error here, and it changes no session.
-        let mut mux = deadline_for(raw, cmd);
-        self.in_flight = true;
-        let reply = guarded(mux.send_packed_command(cmd), &broken, None).await;
-        self.in_flight = false;
-        let value = reply
+        // The session and in-flight bookkeeping live in `req_packed_command`; an error reply
+        // comes back from it as a value, and is an error here.
+        let value = self
+            .req_packed_command(cmd)
+            .await
             .and_then(Value::extract_error)
             .map_err(to_pool_error)?;
-        self.session.after_ok(effect);
         redis::from_redis_value(value).map_err(|e| PoolError::Command {
             kind: ErrorKind::Validation,
             source: e.into(),
