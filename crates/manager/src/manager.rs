@@ -203,9 +203,9 @@ impl RedisManager {
     /// only if the process then exits, and the error says how many.
     pub async fn close(&self, deadline: Duration) -> Result<(), Error> {
         let inner = &*self.inner;
-        if inner.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
+        // Every call runs every step (each is idempotent): a close whose future was dropped
+        // half-way must not let the next one answer `Ok` with writes still pending.
+        inner.closed.store(true, Ordering::Release);
         let tasks: Vec<_> = inner
             .tasks
             .lock()

@@ -506,3 +506,64 @@ async fn call_options_turn_off_the_fallback_and_retries_for_one_handle() {
     let one_try = manager(p).await.with_options(CallOptions::new().no_retry());
     assert!(one_try.execute(&redis::cmd("PING")).await.is_err());
 }
+
+/// A replay target whose first batch takes a second (the first close gives up on it).
+struct SlowFirst {
+    model: resilient_redis_fallback::ModelTarget,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl resilient_redis_fallback::SyncTarget for SlowFirst {
+    async fn apply(
+        &self,
+        batch: &resilient_redis_fallback::Batch<'_>,
+    ) -> Result<resilient_redis_fallback::BatchOutcome, resilient_redis_fallback::SyncError> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        self.model.apply(batch).await
+    }
+}
+
+/// Found by the final review: a `close()` whose future was dropped half-way (a shutdown
+/// timeout around it) marked the manager closed, and the next `close()` answered `Ok` at once
+/// with the journaled write never replayed or persisted.
+#[tokio::test]
+async fn a_close_cut_short_does_not_let_the_next_one_answer_ok_too_early() {
+    use resilient_redis_fallback::FallbackStore;
+    let mut config = RedisConfig::default();
+    config.max_retries = 0;
+    let target = Arc::new(SlowFirst {
+        model: resilient_redis_fallback::ModelTarget::new(),
+        calls: std::sync::atomic::AtomicU32::new(0),
+    });
+    let mut pool = MockConnectionPool::new();
+    pool.expect_shared().returning(|| Err(refused()));
+    pool.expect_close().return_const(());
+    let mut health = MockHealthMonitor::new();
+    health.expect_stop().return_const(());
+    let store = Arc::new(resilient_redis_fallback::MemoryStore::new(&config.fallback).unwrap());
+    let m = RedisManager::builder(config)
+        .pool(Arc::new(pool))
+        .health(Arc::new(health))
+        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
+        .fallback(Arc::clone(&store) as Arc<dyn FallbackStore>)
+        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
+        .sync_target(target.clone())
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+    m.set(b"k", b"v", None).await.unwrap();
+    assert_eq!(store.pending_writes(), 1);
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(20),
+        m.close(std::time::Duration::from_secs(5)),
+    )
+    .await;
+    assert!(cut.is_err(), "the first close was cut short");
+    m.close(std::time::Duration::from_secs(5)).await.unwrap();
+    assert_eq!(store.pending_writes(), 0, "the second close replayed it");
+    assert_eq!(target.model.snapshot(0).len(), 1);
+}
