@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use resilient_redis_config::FallbackConfig;
-use resilient_redis_fallback::{FallbackStore, MemoryStore};
+use resilient_redis_fallback::{FallbackStoreExt, Journal, MemoryStore};
 use resilient_redis_manager::RedisSyncTarget;
 use resilient_redis_pool::RedisPool;
 use resilient_redis_tests::RedisServer;
@@ -41,7 +41,6 @@ fn main() {
             config.max_memory_size = 1 << 32;
             config.replay_batch_size = batch;
             let store = MemoryStore::new(&config).expect("store");
-            store.activate();
             let value = [b'v'; 64];
             for i in 0..entries {
                 let key = format!("bench:{batch}:{}", i % 50_000);

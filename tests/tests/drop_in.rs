@@ -103,7 +103,7 @@ async fn an_unchanged_async_commands_workload_runs_through_an_outage() {
     // Redis is back: every write made through the outage is there, each increment once.
     server.restart();
     tokio::time::timeout(Duration::from_secs(20), async {
-        while manager.fallback().is_fallback_mode() || manager.fallback().pending_writes() > 0 {
+        while !manager.is_settled() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

@@ -8,8 +8,8 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use resilient_redis_config::FallbackConfig;
 use resilient_redis_fallback::{
-    Clock, FallbackStore, ManualClock, MemoryStore, ModelTarget, ModelValue, Op, Snapshot,
-    SystemClock,
+    Clock, FallbackStoreExt, Journal, ManualClock, MemoryStore, ModelTarget, ModelValue, Op,
+    Snapshot, SystemClock,
 };
 use resilient_redis_manager::RedisSyncTarget;
 use resilient_redis_pool::RedisPool;
@@ -95,7 +95,6 @@ async fn outage(
     config.replay_batch_size = batch;
     config.shadow = false;
     let store = MemoryStore::with_clock(&config, Arc::clone(&clock) as Arc<dyn Clock>).unwrap();
-    store.activate();
     let ms = |n: u64| Duration::from_millis(n);
     let step = |op: Op, f: &dyn Fn(&MemoryStore)| {
         f(&store);

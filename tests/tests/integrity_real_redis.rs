@@ -24,7 +24,7 @@ fn config(url: &str, journal: &str) -> RedisConfig {
 /// Waits until the journal is replayed and fallback mode is over.
 async fn drained(m: &RedisManager) {
     tokio::time::timeout(Duration::from_secs(20), async {
-        while m.fallback().is_fallback_mode() || m.fallback().pending_writes() > 0 {
+        while !m.is_settled() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -53,7 +53,7 @@ async fn child_process() {
     }
     // Memory does not know the counter: the increment is journaled as a delta, labelled.
     m.incr_by_with_source(b"counter", 1).await.unwrap();
-    assert_eq!(m.fallback().pending_writes(), 21, "all journaled");
+    assert_eq!(m.journal().pending_writes(), 21, "all journaled");
     println!("WROTE");
     let mut line = String::new();
     BufReader::new(tokio::io::stdin())
@@ -164,7 +164,7 @@ async fn a_poison_write_in_an_outage_is_refused_and_the_rest_replays_once() {
         .collect();
     assert_eq!(m.hset(b"big", &fields).await.unwrap(), 5000);
     m.set(b"after", b"y", None).await.unwrap();
-    assert_eq!(m.fallback().pending_writes(), 4);
+    assert_eq!(m.journal().pending_writes(), 4);
     proxy.set(Fault::Pass);
     drained(&m).await;
     let c: i64 = direct.get("c").await.unwrap();

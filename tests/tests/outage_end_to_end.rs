@@ -92,14 +92,14 @@ async fn nothing_acknowledged_is_lost_through_a_sigkill() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     server.kill();
     tokio::time::timeout(Duration::from_secs(5), async {
-        while !manager.fallback().is_fallback_mode() {
+        while !manager.is_fallback_mode() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
     .expect("fallback mode within 5 s of the kill");
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let pending_during_outage = manager.fallback().pending_writes();
+    let pending_during_outage = manager.journal().pending_writes();
     server.restart();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     stop.store(true, Ordering::Relaxed);
@@ -108,7 +108,7 @@ async fn nothing_acknowledged_is_lost_through_a_sigkill() {
     }
     // Recovery: the journal drains and fallback mode ends.
     tokio::time::timeout(Duration::from_secs(15), async {
-        while manager.fallback().is_fallback_mode() || manager.fallback().pending_writes() > 0 {
+        while !manager.is_settled() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

@@ -75,7 +75,7 @@ async fn a_call_in_flight_at_close_is_refused_not_journaled_behind_it() {
         "{answer:?}"
     );
     assert_eq!(
-        m.fallback().pending_writes(),
+        m.journal().pending_writes(),
         0,
         "nothing journaled after close"
     );
@@ -105,13 +105,13 @@ async fn a_call_timeout_bounds_the_whole_call() {
     );
     // Found by review: the caller's own deadline says nothing about Redis. It neither turns
     // fallback mode on for everyone nor journals a write that Redis may still apply.
-    assert!(!m.fallback().is_fallback_mode());
+    assert!(!m.is_fallback_mode());
     let err = quick.set(b"k", b"w", None).await.unwrap_err();
     assert!(
         matches!(err, resilient_redis_manager::Error::Ambiguous { .. }),
         "{err}"
     );
-    assert_eq!(m.fallback().pending_writes(), 0);
+    assert_eq!(m.journal().pending_writes(), 0);
     assert_eq!(m.breaker().state(), BreakerState::Closed);
     m.close(Duration::from_secs(1)).await.ok();
 }

@@ -210,14 +210,12 @@ pub(crate) async fn run(args: Args) -> bool {
         print!("waiting for recovery (journal replay) ... ");
         let _ = std::io::stdout().flush();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while (manager.fallback().is_fallback_mode() || manager.fallback().pending_writes() > 0)
-            && Instant::now() < deadline
-        {
+        while (!manager.is_settled()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         println!(
             "{}",
-            if manager.fallback().pending_writes() == 0 {
+            if manager.journal().pending_writes() == 0 {
                 "done"
             } else {
                 "NOT drained"
@@ -314,12 +312,8 @@ fn status_line(t: Duration, ops: u64, m: &RedisManager, ledger: &Ledger) {
         snap.p99_response_time.as_secs_f64() * 1000.0,
         ledger.errors.load(Ordering::Relaxed),
         m.breaker().state().as_str(),
-        if m.fallback().is_fallback_mode() {
-            "on"
-        } else {
-            "off"
-        },
-        m.fallback().pending_writes(),
+        if m.is_fallback_mode() { "on" } else { "off" },
+        m.journal().pending_writes(),
         if health.healthy {
             "healthy"
         } else {
@@ -341,7 +335,7 @@ async fn ledger_check(
         println!(
             "ledger: {} writes acknowledged, all held in the fallback journal ({} pending; no Redis to check against)",
             writes.len(),
-            m.fallback().pending_writes()
+            m.journal().pending_writes()
         );
         return true;
     }

@@ -127,7 +127,7 @@ pub(crate) fn render(r: &JournalReport, show_values: bool) -> String {
 #[cfg(test)]
 mod tests {
     use resilient_redis_config::FallbackConfig;
-    use resilient_redis_fallback::{FallbackStore, MemoryStore, inspect_journal};
+    use resilient_redis_fallback::{FallbackStoreExt, MemoryStore, inspect_journal};
 
     #[test]
     fn inspect_lists_pending_writes_and_hides_values_unless_asked() {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use resilient_redis_config::FallbackConfig;
-use resilient_redis_fallback::{FallbackStore, MemoryStore, ModelTarget};
+use resilient_redis_fallback::{FallbackStoreExt, Journal, MemoryStore, ModelTarget};
 
 const KEYS: usize = 10_000;
 
@@ -45,7 +45,6 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("fallback");
 
     let s = store(None);
-    s.activate();
     for k in &keys {
         s.set(k, &value, Some(Duration::from_secs(600)))
             .expect("set");

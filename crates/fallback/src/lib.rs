@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod command;
 mod inspect;
 mod journal;
 mod model;
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use resilient_redis_config::ErrorKind;
 
+pub use command::{Answer, FallbackStoreExt, ReadCmd, WriteCmd};
 pub use inspect::{JournalReport, inspect_journal};
 pub use journal::Cut;
 pub use model::{ModelTarget, ModelValue, Snapshot};
@@ -139,6 +141,22 @@ pub enum FallbackError {
         /// The operation.
         operation: &'static str,
     },
+    /// The store does not serve this command (a cache that refuses writes while Redis is down,
+    /// say).
+    #[error("{operation}: this fallback store does not serve it")]
+    Unsupported {
+        /// The command, lower case.
+        operation: &'static str,
+    },
+    /// The store answered a command with another kind of answer than it expects (a custom
+    /// store's bug).
+    #[error("{operation}: the fallback store answered {answer}, which does not fit")]
+    BadAnswer {
+        /// The command, lower case.
+        operation: &'static str,
+        /// The answer, shortened.
+        answer: String,
+    },
     /// The store was closed; it takes no more writes.
     #[error("the fallback store is closed")]
     Closed,
@@ -159,6 +177,8 @@ impl FallbackError {
             | FallbackError::OtherServer { .. }
             | FallbackError::PendingAtClose { .. }
             | FallbackError::Unknown { .. }
+            | FallbackError::Unsupported { .. }
+            | FallbackError::BadAnswer { .. }
             | FallbackError::DeadLettersAtClose { .. } => ErrorKind::Fallback,
         }
     }
@@ -209,104 +229,54 @@ impl Clock for ManualClock {
     }
 }
 
-/// The in-memory fallback: serves reads and takes writes while Redis is down, journals the writes
-/// in order, and replays them through a [`SyncTarget`] when Redis is back.
+/// The in-memory side of the fallback: answers reads and takes writes while Redis is down, and
+/// keeps shadow copies of what Redis answered before. Five methods; [`FallbackStoreExt`] adds
+/// a typed method per command. Object-safe, so the manager holds an `Arc<dyn FallbackStore>`;
+/// with the `mock` feature, `MockFallbackStore` (mockall) implements it.
 ///
-/// Keys and values are bytes. Writes (`set`, `delete`, `expire`, `incr_by`, `hset`, `hdel`,
-/// `mset`) are applied to memory and journaled; reads answer from the written values, then from
-/// shadow copies kept by [`FallbackStore::observe`] in normal operation. What the store never saw
-/// reads as missing. Object-safe, so the manager can hold an `Arc<dyn FallbackStore>`; with the
-/// `mock` feature, `MockFallbackStore` (mockall) implements it.
+/// Whether the application is in fallback mode is the manager's business, not the store's:
+/// the manager calls [`read`](FallbackStore::read) and [`write`](FallbackStore::write) only
+/// while Redis is unreachable (or while journaled writes are pending), and
+/// [`settle`](FallbackStore::settle) when it goes back to Redis.
+///
+/// A store that journals writes also implements [`Journal`], so they reach Redis when it is
+/// back. A store that cannot keep a write refuses it with an error (never acknowledges it).
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
-#[async_trait::async_trait]
 pub trait FallbackStore: Send + Sync {
-    /// The value of a string key.
+    /// Answers a read from memory: the values written during the outage, then the shadow
+    /// copies. What the store never saw reads as missing; [`knows`](FallbackStore::knows) says
+    /// whether that is an answer or a guess.
     ///
     /// # Errors
-    /// [`FallbackError::WrongType`] for a hash.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, FallbackError>;
-    /// Sets a string, with an optional time to live; journaled.
+    /// [`FallbackError::WrongType`] (a hash where a string is expected, say),
+    /// [`FallbackError::Unsupported`] for a read the store does not serve.
+    fn read<'a>(&self, cmd: &ReadCmd<'a>) -> Result<Answer, FallbackError>;
+    /// Applies a write to memory and journals it, or refuses it whole.
     ///
     /// # Errors
-    /// [`FallbackError::Full`], [`FallbackError::Journal`].
-    fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), FallbackError>;
-    /// Deletes keys; journaled. Returns how many of them the store knew to exist.
-    ///
-    /// # Errors
-    /// [`FallbackError::Full`], [`FallbackError::Journal`].
-    fn delete(&self, keys: &[Vec<u8>]) -> Result<u64, FallbackError>;
-    /// Whether the key exists (as far as the store knows).
-    ///
-    /// # Errors
-    /// None today; kept fallible like every read.
-    fn exists(&self, key: &[u8]) -> Result<bool, FallbackError>;
-    /// Sets a time to live; journaled (as an absolute deadline). Returns whether the store knew
-    /// the key.
-    ///
-    /// # Errors
-    /// [`FallbackError::Full`], [`FallbackError::Journal`].
-    fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, FallbackError>;
-    /// The remaining life of a key.
-    ///
-    /// # Errors
-    /// None today; kept fallible like every read.
-    fn ttl(&self, key: &[u8]) -> Result<Ttl, FallbackError>;
-    /// Adds to an integer (a missing key counts as 0); journaled as a delta. Returns the value the
-    /// store now holds, which is the delta alone for a key it never saw.
-    ///
-    /// # Errors
-    /// [`FallbackError::NotAnInteger`], [`FallbackError::WrongType`], [`FallbackError::Full`],
-    /// [`FallbackError::Journal`].
-    fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, FallbackError>;
-    /// A field of a hash.
-    ///
-    /// # Errors
-    /// [`FallbackError::WrongType`] for a string.
-    fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, FallbackError>;
-    /// Sets fields of a hash; journaled. Returns how many were new to the store.
-    ///
-    /// # Errors
-    /// [`FallbackError::WrongType`], [`FallbackError::Full`], [`FallbackError::Journal`].
-    fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, FallbackError>;
-    /// Deletes fields of a hash; journaled. Returns how many the store knew.
-    ///
-    /// # Errors
-    /// [`FallbackError::WrongType`], [`FallbackError::Full`], [`FallbackError::Journal`].
-    fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, FallbackError>;
-    /// The fields of a hash the store knows (possibly only those written during the outage).
-    ///
-    /// # Errors
-    /// [`FallbackError::WrongType`] for a string.
-    fn hgetall(&self, key: &[u8]) -> Result<Fields, FallbackError>;
-    /// Several string values.
-    ///
-    /// # Errors
-    /// None for a missing or non-string key (it reads as missing).
-    fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, FallbackError>;
-    /// Sets several strings; journaled (all or none: refused whole when they do not fit).
-    ///
-    /// # Errors
-    /// [`FallbackError::Full`], [`FallbackError::Journal`].
-    fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), FallbackError>;
-    /// Drops every shadow copy and every value whose write has reached Redis. Pending writes are
-    /// kept: nothing acknowledged is dropped.
-    fn clear(&self);
-    /// Whether the application is in fallback mode (the manager switches it).
-    fn is_fallback_mode(&self) -> bool;
-    /// Enters fallback mode.
-    fn activate(&self);
-    /// Leaves fallback mode.
-    fn deactivate(&self);
-    /// Journaled writes not yet replayed.
-    fn pending_writes(&self) -> u64;
-    /// Bytes held and the bound.
-    fn memory(&self) -> MemoryUsage;
+    /// [`FallbackError::Full`], [`FallbackError::Journal`], [`FallbackError::InvalidWrite`],
+    /// [`FallbackError::WrongType`], [`FallbackError::NotAnInteger`],
+    /// [`FallbackError::Unsupported`] for a write the store does not take.
+    fn write<'a>(&self, cmd: &WriteCmd<'a>) -> Result<Answer, FallbackError>;
     /// Whether memory holds an answer for `key`: a value or a deletion written while Redis was
     /// down (or restored, or already replayed and still kept), or a shadow copy (a value or
     /// "missing") seen before. A key it does not know may hold anything in Redis.
     fn knows(&self, key: &[u8]) -> bool;
-    /// Keeps a shadow copy of a value seen in normal operation (`None`: known missing), evictable.
+    /// Keeps a shadow copy of a value Redis answered (`None`: known missing), evictable.
     fn observe(&self, key: &[u8], value: Option<Vec<u8>>, ttl: Option<Duration>);
+    /// Fallback mode ended: reads go to Redis again, so values kept only to answer them (writes
+    /// already replayed) may go. Pending writes and what they wrote stay.
+    fn settle(&self);
+}
+
+/// The durable side of the fallback: the writes taken while Redis was down, in order, until
+/// they are replayed into Redis. Three methods. With the `mock` feature, `MockJournal`
+/// (mockall) implements it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync {
+    /// Journaled writes not yet replayed.
+    fn pending_writes(&self) -> u64;
     /// Replays pending writes in order, in batches, into `target`; resumes where an earlier,
     /// interrupted replay stopped. Writes made meanwhile queue behind it.
     ///
@@ -314,7 +284,8 @@ pub trait FallbackStore: Send + Sync {
     /// [`FallbackError::Sync`] when a batch failed (it is retried next time),
     /// [`FallbackError::Journal`].
     async fn replay(&self, target: Arc<dyn SyncTarget>) -> Result<ReplayReport, FallbackError>;
-    /// Flushes the journal file for the next process (with `persist_on_shutdown`).
+    /// Stops taking writes and leaves the journal for the next process (with
+    /// `persist_on_shutdown`).
     ///
     /// # Errors
     /// [`FallbackError::PendingAtClose`] when writes are pending and cannot be persisted,
@@ -322,8 +293,27 @@ pub trait FallbackStore: Send + Sync {
     fn close(&self) -> Result<(), FallbackError>;
 }
 
+/// A journal with nothing in it, for a store that journals nothing (a cache that refuses
+/// writes while Redis is down, say).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoJournal;
+
+#[async_trait::async_trait]
+impl Journal for NoJournal {
+    fn pending_writes(&self) -> u64 {
+        0
+    }
+    async fn replay(&self, _target: Arc<dyn SyncTarget>) -> Result<ReplayReport, FallbackError> {
+        Ok(ReplayReport::default())
+    }
+    fn close(&self) -> Result<(), FallbackError> {
+        Ok(())
+    }
+}
+
 const _: fn() = || {
     fn assert_send_sync<T: Send + Sync + ?Sized>() {}
     assert_send_sync::<dyn FallbackStore>();
+    assert_send_sync::<dyn Journal>();
     assert_send_sync::<dyn SyncTarget>();
 };

@@ -10,7 +10,9 @@ use resilient_redis_config::FallbackConfig;
 use crate::journal::{Contents, Cut, Header, JournalFile, is_locked};
 use crate::op::{DeadLetter, Entry, Op, Record};
 use crate::replay::{Batch, BatchId, BatchOutcome, Rejection, ReplayReport, SyncTarget};
-use crate::{Clock, FallbackError, FallbackStore, SystemClock, Ttl};
+use crate::{
+    Answer, Clock, FallbackError, FallbackStore, Journal, ReadCmd, SystemClock, Ttl, WriteCmd,
+};
 
 /// Largest key, field or value Redis accepts by default (`proto-max-bulk-len`, 512 MiB): a
 /// longer one is refused at the call, since Redis would refuse its replay.
@@ -105,7 +107,9 @@ struct State {
 pub struct MemoryStore {
     state: Mutex<State>,
     shadow: Option<moka::sync::Cache<Vec<u8>, Arc<Shadow>>>,
-    active: AtomicBool,
+    /// Writes arrived since the last [`FallbackStore::settle`]: values already replayed stay
+    /// readable, since the manager may still be answering from memory.
+    serving: AtomicBool,
     replaying: tokio_free::Flag,
     clock: Arc<dyn Clock>,
     config: FallbackConfig,
@@ -174,7 +178,6 @@ mod tokio_free {
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("fallback_mode", &self.is_fallback_mode())
             .field("pending", &self.pending_writes())
             .field("memory", &self.memory())
             .finish_non_exhaustive()
@@ -414,7 +417,7 @@ impl MemoryStore {
         let store = Self {
             state: Mutex::new(state),
             shadow,
-            active: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
             replaying: tokio_free::Flag::default(),
             clock,
             config: config.clone(),
@@ -468,6 +471,29 @@ impl MemoryStore {
         Ok(n)
     }
 
+    /// Drops every shadow copy. Pending writes and what they wrote are kept: nothing
+    /// acknowledged is dropped.
+    pub fn clear(&self) {
+        if let Some(shadow) = &self.shadow {
+            shadow.invalidate_all();
+            shadow.run_pending_tasks();
+        }
+    }
+
+    /// Bytes held and the bound.
+    #[must_use]
+    pub fn memory(&self) -> MemoryUsage {
+        let (pinned, settled) = {
+            let state = self.lock();
+            (state.pinned, state.settled)
+        };
+        MemoryUsage {
+            pinned,
+            shadow: self.shadow_bytes() + settled,
+            limit: self.config.max_memory_size,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -495,7 +521,7 @@ impl MemoryStore {
     }
 
     /// The value the store holds for `key` now (written first, then shadow).
-    fn read(&self, state: &State, key: &[u8]) -> (Option<Local>, Option<u64>) {
+    fn read_key(&self, state: &State, key: &[u8]) -> (Option<Local>, Option<u64>) {
         let now = self.clock.now_ms();
         if let Some(w) = state.written.get(key) {
             if w.expire_at.is_some_and(|d| d <= now) || w.value == Local::Gone {
@@ -512,7 +538,7 @@ impl MemoryStore {
     }
 
     /// Journals `ops` (in order) and applies them locally, or refuses them all.
-    fn write(&self, ops: Vec<Op>) -> Result<(), FallbackError> {
+    fn journal_ops(&self, ops: Vec<Op>) -> Result<(), FallbackError> {
         self.write_with(ops, |_| Ok(()))
     }
 
@@ -533,7 +559,7 @@ impl MemoryStore {
         }
         let answer = {
             let st = &*state;
-            inspect(&|k: &[u8]| self.read(st, k).0)?
+            inspect(&|k: &[u8]| self.read_key(st, k).0)?
         };
         let at = self.clock.now_ms();
         let entries: Vec<Entry> = ops
@@ -686,7 +712,7 @@ impl MemoryStore {
         }
         keep_dead(state, buried);
         finish_seal(state);
-        if !self.is_fallback_mode() {
+        if !self.serving.load(Ordering::Acquire) {
             self.release_settled(state);
         }
         if drained {
@@ -980,187 +1006,154 @@ fn apply_local(state: &mut State, e: &Entry) {
     }
 }
 
-#[async_trait::async_trait]
 impl FallbackStore for MemoryStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, FallbackError> {
-        match self.read(&self.lock(), key).0 {
+    fn read(&self, cmd: &ReadCmd<'_>) -> Result<Answer, FallbackError> {
+        let string = |v: Option<Local>| match v {
             None => Ok(None),
             Some(Local::Str(v)) => Ok(Some(v)),
             Some(_) => Err(FallbackError::WrongType),
-        }
-    }
-
-    fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<(), FallbackError> {
-        let expire_at = ttl.map(|t| self.deadline(t)).transpose()?;
-        self.write(vec![Op::Set {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            expire_at,
-        }])
-    }
-
-    fn delete(&self, keys: &[Vec<u8>]) -> Result<u64, FallbackError> {
-        // Counted under the write's own lock, so the answer matches what was journaled.
-        self.write_with(
-            vec![Op::Del {
-                keys: keys.to_vec(),
-            }],
-            |read| {
-                // A key named twice counts once, as Redis counts it.
-                let distinct: std::collections::BTreeSet<&Vec<u8>> = keys.iter().collect();
-                Ok(distinct.into_iter().filter(|k| read(k).is_some()).count() as u64)
-            },
-        )
-    }
-
-    fn exists(&self, key: &[u8]) -> Result<bool, FallbackError> {
-        Ok(self.read(&self.lock(), key).0.is_some())
-    }
-
-    fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool, FallbackError> {
-        let op = Op::ExpireAt {
-            key: key.to_vec(),
-            at: self.deadline(ttl)?,
         };
-        self.write_with(vec![op], |read| Ok(read(key).is_some()))
-    }
-
-    fn ttl(&self, key: &[u8]) -> Result<Ttl, FallbackError> {
-        let now = self.clock.now_ms();
-        Ok(match self.read(&self.lock(), key) {
-            (None, _) => Ttl::Missing,
-            (Some(_), None) => Ttl::Persistent,
-            (Some(_), Some(d)) => Ttl::ExpiresIn(Duration::from_millis(d.saturating_sub(now))),
-        })
-    }
-
-    fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, FallbackError> {
-        let op = Op::IncrBy {
-            key: key.to_vec(),
-            delta,
+        let hash = |v: Option<Local>| match v {
+            None => Ok(BTreeMap::new()),
+            Some(Local::Hash(m)) => Ok(m),
+            Some(_) => Err(FallbackError::WrongType),
         };
-        self.write_with(vec![op], |read| {
-            let base = match read(key).as_ref() {
-                None => 0,
-                Some(Local::Str(s)) => std::str::from_utf8(s)
-                    .ok()
-                    .and_then(|t| t.parse::<i64>().ok())
-                    .ok_or(FallbackError::NotAnInteger)?,
-                Some(_) => return Err(FallbackError::WrongType),
-            };
-            base.checked_add(delta).ok_or(FallbackError::NotAnInteger)
-        })
-    }
-
-    fn hget(&self, key: &[u8], field: &[u8]) -> Result<Option<Vec<u8>>, FallbackError> {
-        match self.read(&self.lock(), key).0 {
-            None => Ok(None),
-            Some(Local::Hash(m)) => Ok(m.get(field).cloned()),
-            Some(_) => Err(FallbackError::WrongType),
-        }
-    }
-
-    fn hset(&self, key: &[u8], fields: &[(Vec<u8>, Vec<u8>)]) -> Result<u64, FallbackError> {
-        let op = Op::HSet {
-            key: key.to_vec(),
-            fields: fields.to_vec(),
-        };
-        let distinct: std::collections::BTreeSet<&Vec<u8>> =
-            fields.iter().map(|(f, _)| f).collect();
-        self.write_with(vec![op], |read| match read(key).as_ref() {
-            None => Ok(distinct.len() as u64),
-            Some(Local::Hash(m)) => {
-                Ok(distinct.iter().filter(|f| !m.contains_key(**f)).count() as u64)
-            }
-            Some(_) => Err(FallbackError::WrongType),
-        })
-    }
-
-    fn hdel(&self, key: &[u8], fields: &[Vec<u8>]) -> Result<u64, FallbackError> {
-        let op = Op::HDel {
-            key: key.to_vec(),
-            fields: fields.to_vec(),
-        };
-        self.write_with(vec![op], |read| match read(key).as_ref() {
-            None => Ok(0),
-            Some(Local::Hash(m)) => {
-                let distinct: std::collections::BTreeSet<&Vec<u8>> = fields.iter().collect();
-                Ok(distinct.into_iter().filter(|f| m.contains_key(*f)).count() as u64)
-            }
-            Some(_) => Err(FallbackError::WrongType),
-        })
-    }
-
-    fn hgetall(&self, key: &[u8]) -> Result<crate::Fields, FallbackError> {
-        match self.read(&self.lock(), key).0 {
-            None => Ok(Vec::new()),
-            Some(Local::Hash(m)) => Ok(m.into_iter().collect()),
-            Some(_) => Err(FallbackError::WrongType),
-        }
-    }
-
-    fn mget(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, FallbackError> {
-        let state = self.lock();
-        Ok(keys
-            .iter()
-            .map(|k| match self.read(&state, k).0 {
-                Some(Local::Str(v)) => Some(v),
-                _ => None,
-            })
-            .collect())
-    }
-
-    fn mset(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), FallbackError> {
-        self.write(
-            pairs
-                .iter()
-                .map(|(k, v)| Op::Set {
-                    key: k.clone(),
-                    value: v.clone(),
-                    expire_at: None,
+        Ok(match *cmd {
+            ReadCmd::Get(key) => Answer::Value(string(self.read_key(&self.lock(), key).0)?),
+            ReadCmd::Exists(key) => Answer::Bool(self.read_key(&self.lock(), key).0.is_some()),
+            ReadCmd::Ttl(key) => {
+                let now = self.clock.now_ms();
+                Answer::Ttl(match self.read_key(&self.lock(), key) {
+                    (None, _) => Ttl::Missing,
+                    (Some(_), None) => Ttl::Persistent,
+                    (Some(_), Some(d)) => {
+                        Ttl::ExpiresIn(Duration::from_millis(d.saturating_sub(now)))
+                    }
                 })
-                .collect(),
-        )
+            }
+            ReadCmd::HGet(key, field) => Answer::Value(
+                hash(self.read_key(&self.lock(), key).0)?
+                    .get(field)
+                    .cloned(),
+            ),
+            ReadCmd::HGetAll(key) => Answer::Fields(
+                hash(self.read_key(&self.lock(), key).0)?
+                    .into_iter()
+                    .collect(),
+            ),
+            ReadCmd::MGet(keys) => {
+                let state = self.lock();
+                Answer::Values(
+                    keys.iter()
+                        .map(|k| match self.read_key(&state, k).0 {
+                            Some(Local::Str(v)) => Some(v),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            }
+        })
     }
 
-    fn clear(&self) {
-        if let Some(shadow) = &self.shadow {
-            shadow.invalidate_all();
-            shadow.run_pending_tasks();
-        }
-    }
-
-    fn is_fallback_mode(&self) -> bool {
-        self.active.load(Ordering::Acquire)
-    }
-
-    fn activate(&self) {
-        if !self.active.swap(true, Ordering::AcqRel) {
-            tracing::warn!("fallback mode on: serving from memory, journaling writes");
-        }
-    }
-
-    fn deactivate(&self) {
-        if self.active.swap(false, Ordering::AcqRel) {
-            tracing::info!("fallback mode off");
-        }
-        // Reads go to Redis again: the values already replayed are no longer needed.
-        self.release_settled(&mut self.lock());
-    }
-
-    fn pending_writes(&self) -> u64 {
-        self.lock().journal.len() as u64
-    }
-
-    fn memory(&self) -> MemoryUsage {
-        let (pinned, settled) = {
-            let state = self.lock();
-            (state.pinned, state.settled)
-        };
-        MemoryUsage {
-            pinned,
-            shadow: self.shadow_bytes() + settled,
-            limit: self.config.max_memory_size,
+    fn write(&self, cmd: &WriteCmd<'_>) -> Result<Answer, FallbackError> {
+        self.serving.store(true, Ordering::Release);
+        match *cmd {
+            WriteCmd::Set { key, value, ttl } => {
+                let expire_at = ttl.map(|t| self.deadline(t)).transpose()?;
+                self.journal_ops(vec![Op::Set {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    expire_at,
+                }])?;
+                Ok(Answer::Ok)
+            }
+            WriteCmd::Del(keys) => {
+                let op = Op::Del {
+                    keys: keys.iter().map(|k| k.to_vec()).collect(),
+                };
+                // Counted under the write's own lock, so the answer matches what was journaled.
+                self.write_with(vec![op], |read| {
+                    // A key named twice counts once, as Redis counts it.
+                    let distinct: std::collections::BTreeSet<&[u8]> =
+                        keys.iter().copied().collect();
+                    Ok(distinct.into_iter().filter(|k| read(k).is_some()).count() as u64)
+                })
+                .map(Answer::Count)
+            }
+            WriteCmd::Expire { key, ttl } => {
+                let op = Op::ExpireAt {
+                    key: key.to_vec(),
+                    at: self.deadline(ttl)?,
+                };
+                self.write_with(vec![op], |read| Ok(read(key).is_some()))
+                    .map(Answer::Bool)
+            }
+            WriteCmd::IncrBy { key, delta } => {
+                let op = Op::IncrBy {
+                    key: key.to_vec(),
+                    delta,
+                };
+                self.write_with(vec![op], |read| {
+                    let base = match read(key).as_ref() {
+                        None => 0,
+                        Some(Local::Str(s)) => std::str::from_utf8(s)
+                            .ok()
+                            .and_then(|t| t.parse::<i64>().ok())
+                            .ok_or(FallbackError::NotAnInteger)?,
+                        Some(_) => return Err(FallbackError::WrongType),
+                    };
+                    base.checked_add(delta).ok_or(FallbackError::NotAnInteger)
+                })
+                .map(Answer::Int)
+            }
+            WriteCmd::HSet { key, fields } => {
+                let op = Op::HSet {
+                    key: key.to_vec(),
+                    fields: fields
+                        .iter()
+                        .map(|(f, v)| (f.to_vec(), v.to_vec()))
+                        .collect(),
+                };
+                let distinct: std::collections::BTreeSet<&[u8]> =
+                    fields.iter().map(|(f, _)| *f).collect();
+                self.write_with(vec![op], |read| match read(key).as_ref() {
+                    None => Ok(distinct.len() as u64),
+                    Some(Local::Hash(m)) => {
+                        Ok(distinct.iter().filter(|f| !m.contains_key(**f)).count() as u64)
+                    }
+                    Some(_) => Err(FallbackError::WrongType),
+                })
+                .map(Answer::Count)
+            }
+            WriteCmd::HDel { key, fields } => {
+                let op = Op::HDel {
+                    key: key.to_vec(),
+                    fields: fields.iter().map(|f| f.to_vec()).collect(),
+                };
+                self.write_with(vec![op], |read| match read(key).as_ref() {
+                    None => Ok(0),
+                    Some(Local::Hash(m)) => {
+                        let distinct: std::collections::BTreeSet<&[u8]> =
+                            fields.iter().copied().collect();
+                        Ok(distinct.into_iter().filter(|f| m.contains_key(*f)).count() as u64)
+                    }
+                    Some(_) => Err(FallbackError::WrongType),
+                })
+                .map(Answer::Count)
+            }
+            WriteCmd::MSet(pairs) => {
+                self.journal_ops(
+                    pairs
+                        .iter()
+                        .map(|(k, v)| Op::Set {
+                            key: k.to_vec(),
+                            value: v.to_vec(),
+                            expire_at: None,
+                        })
+                        .collect(),
+                )?;
+                Ok(Answer::Ok)
+            }
         }
     }
 
@@ -1177,6 +1170,19 @@ impl FallbackStore for MemoryStore {
             return;
         };
         shadow.insert(key.to_vec(), Arc::new(Shadow { value, expire_at }));
+    }
+
+    fn settle(&self) {
+        self.serving.store(false, Ordering::Release);
+        // Reads go to Redis again: the values already replayed are no longer needed.
+        self.release_settled(&mut self.lock());
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for MemoryStore {
+    fn pending_writes(&self) -> u64 {
+        self.lock().journal.len() as u64
     }
 
     async fn replay(&self, target: Arc<dyn SyncTarget>) -> Result<ReplayReport, FallbackError> {
@@ -1303,8 +1309,8 @@ mod tests {
     use std::sync::atomic::{AtomicU8, Ordering};
 
     use super::*;
-    use crate::ModelTarget;
     use crate::journal::Header;
+    use crate::{FallbackStoreExt, ModelTarget};
 
     fn config(path: &std::path::Path, batch: u32) -> FallbackConfig {
         let mut c = FallbackConfig::default();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use resilient_redis_config::FallbackConfig;
 use resilient_redis_fallback::{
-    FallbackError, FallbackStore, ManualClock, MemoryStore, ModelTarget,
+    FallbackError, FallbackStore, FallbackStoreExt, Journal, ManualClock, MemoryStore, ModelTarget,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -39,7 +39,6 @@ fn a_full_store_refuses_writes_keeps_serving_reads_and_loses_nothing_accepted() 
     let mut c = config(None);
     c.max_memory_size = 4 * 1024;
     let store = open(&c, &clock);
-    store.activate();
     let mut accepted = Vec::new();
     let mut refused = 0;
     for i in 0..200u32 {
@@ -90,7 +89,6 @@ fn shadow_copies_give_way_to_writes() {
         store.observe(format!("seen:{i}").as_bytes(), Some(vec![1; 200]), None);
     }
     assert!(store.memory().shadow > 0);
-    store.activate();
     // Writes that need the room the shadow copies hold are accepted, the copies evicted.
     for i in 0..10u32 {
         store
@@ -108,7 +106,6 @@ fn the_journal_file_restores_pending_writes_after_a_crash() {
     let direct = ModelTarget::new();
     {
         let store = open(&config(Some(&path)), &clock);
-        store.activate();
         store
             .set(b"a", b"1", Some(Duration::from_secs(60)))
             .unwrap();
@@ -163,7 +160,6 @@ fn a_replay_interrupted_by_a_crash_resumes_with_the_same_batches() {
     let target = Arc::new(ModelTarget::new());
     {
         let store = open(&config(Some(&path)), &clock);
-        store.activate();
         for _ in 0..7 {
             store.incr_by(b"n", 1).unwrap();
         }
@@ -187,7 +183,6 @@ fn a_journal_cut_at_any_byte_of_its_last_record_keeps_exactly_the_whole_records(
     let clock = ManualClock::new(T0);
     {
         let store = open(&config(Some(&path)), &clock);
-        store.activate();
         store.set(b"first", b"1", None).unwrap();
         store.set(b"second", b"2", None).unwrap();
     }
@@ -289,7 +284,6 @@ fn writes_to_a_key_known_only_as_a_shadow_copy_start_from_it() {
     let store = open(&c, &clock);
     store.observe(b"n", Some(b"5".to_vec()), None);
     store.observe(b"s", Some(b"v".to_vec()), None);
-    store.activate();
     assert_eq!(store.incr_by(b"n", 2).unwrap(), 7);
     assert_eq!(store.get(b"n").unwrap().as_deref(), Some(&b"7"[..]));
     assert!(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use resilient_redis_config::FallbackConfig;
 use resilient_redis_fallback::{
-    Batch, BatchId, BatchOutcome, Clock, FallbackError, FallbackStore, ManualClock, MemoryStore,
-    ModelTarget, ModelValue, Op, SyncError, SyncTarget, inspect_journal,
+    Batch, BatchId, BatchOutcome, Clock, FallbackError, FallbackStore, FallbackStoreExt, Journal,
+    ManualClock, MemoryStore, ModelTarget, ModelValue, Op, SyncError, SyncTarget, inspect_journal,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -54,7 +54,6 @@ fn three_processes_in_turn_on_one_journal_file_lose_nothing() {
     for process in 0..3 {
         let store = open(&config(Some(&path)), &clock, "127.0.0.1:6379/0");
         instances.push(store.instance());
-        store.activate();
         for i in 0..20 {
             store
                 .set(format!("p{process}:k{i}").as_bytes(), b"v", None)
@@ -126,7 +125,6 @@ fn the_next_instance_retires_the_previous_marker() {
 fn a_ttl_redis_would_refuse_is_refused_at_the_call() {
     let clock = ManualClock::new(T0);
     let store = open(&config(None), &clock, "");
-    store.activate();
     store.incr_by(b"c", 1).unwrap();
     let err = store
         .set(b"k", b"v", Some(Duration::MAX))
@@ -184,7 +182,6 @@ fn a_write_refused_at_replay_becomes_a_dead_letter_that_survives_a_restart() {
     );
     {
         let store = open(&config(Some(&path)), &clock, "s:1/0");
-        store.activate();
         store.set(b"before", b"1", None).unwrap();
         assert_eq!(store.incr_by(b"h", 5).unwrap(), 5, "memory never saw h");
         store.set(b"after", b"2", None).unwrap();
@@ -287,7 +284,6 @@ fn a_second_store_on_the_same_journal_file_is_refused_at_build() {
 fn replayed_values_stay_readable_until_fallback_mode_ends() {
     let clock = ManualClock::new(T0);
     let store = open(&config(None), &clock, "");
-    store.activate();
     store.set(b"k", b"v", None).unwrap();
     rt().block_on(store.replay(Arc::new(ModelTarget::new())))
         .unwrap();
@@ -298,7 +294,7 @@ fn replayed_values_stay_readable_until_fallback_mode_ends() {
         0,
         "no longer pinned: it may give way"
     );
-    store.deactivate();
+    store.settle();
     assert_eq!(store.get(b"k").unwrap(), None, "Redis answers again");
 }
 
@@ -309,7 +305,6 @@ fn replayed_values_give_way_to_new_writes() {
     let mut c = config(None);
     c.max_memory_size = 8 * 1024;
     let store = open(&c, &clock, "");
-    store.activate();
     let mut accepted = 0;
     while store
         .set(format!("a{accepted}").as_bytes(), &[1; 200], None)
@@ -440,12 +435,10 @@ fn a_replayed_delete_leaves_no_stale_shadow_copy_behind() {
     c.shadow = true;
     let store = open(&c, &clock, "");
     store.observe(b"k", Some(b"old".to_vec()), None);
-    store.activate();
     store.delete(&[b"k".to_vec()]).unwrap();
     rt().block_on(store.replay(Arc::new(ModelTarget::new())))
         .unwrap();
-    store.deactivate();
-    store.activate(); // the next outage
+    store.settle();
     assert_eq!(store.get(b"k").unwrap(), None);
 }
 
@@ -478,7 +471,6 @@ fn close_reports_dead_letters_that_cannot_be_kept() {
 fn memory_knows_only_what_it_knows_whole() {
     let clock = ManualClock::new(T0);
     let store = open(&config(None), &clock, "");
-    store.activate();
     store.hset(b"h", &[(b"f".to_vec(), b"v".to_vec())]).unwrap();
     assert!(!store.knows(b"h"), "Redis may hold other fields");
     store.incr_by(b"n", 1).unwrap();

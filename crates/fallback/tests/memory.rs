@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use resilient_redis_config::FallbackConfig;
-use resilient_redis_fallback::{FallbackStore, MemoryStore};
+use resilient_redis_fallback::{FallbackStoreExt, MemoryStore};
 
 struct Counting;
 
@@ -42,7 +42,6 @@ fn measure(key_len: usize, value_len: usize, writes: usize) -> (i64, u64) {
     config.shadow = false;
     config.max_memory_size = 1 << 30;
     let store = MemoryStore::new(&config).unwrap();
-    store.activate();
     let value = vec![b'v'; value_len];
     let keys: Vec<Vec<u8>> = (0..writes)
         .map(|i| format!("{i:0>width$}", width = key_len).into_bytes())

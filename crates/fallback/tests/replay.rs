@@ -8,7 +8,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use resilient_redis_config::FallbackConfig;
 use resilient_redis_fallback::{
-    FallbackStore, ManualClock, MemoryStore, ModelTarget, Op, Snapshot,
+    FallbackStoreExt, Journal, ManualClock, MemoryStore, ModelTarget, Op, Snapshot,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -55,7 +55,6 @@ fn store(clock: &Arc<ManualClock>, batch: u32) -> MemoryStore {
 /// Applies `writes` to the store (fallback mode) and directly to `direct` at the same times.
 /// Returns the end time. Writes the store refuses (a wrong type) are not applied directly either.
 fn run(writes: &[Write], store: &MemoryStore, clock: &ManualClock, direct: &ModelTarget) -> u64 {
-    store.activate();
     for w in writes {
         let now = clock.now();
         let op = match w {
@@ -184,7 +183,6 @@ proptest! {
 fn writes_made_during_a_replay_queue_behind_it() {
     let clock = ManualClock::new(T0);
     let store = store(&clock, 2);
-    store.activate();
     for i in 0..5 {
         store.incr_by(b"n", i).unwrap();
     }

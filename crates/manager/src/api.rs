@@ -6,9 +6,10 @@ use std::time::Duration;
 use redis::{Cmd, FromRedisValue, Pipeline, ToRedisArgs, Value};
 use resilient_redis_fallback::{Fields, Ttl};
 
+use crate::compat::{Memory, slice_pairs, slices};
 use crate::request::{Kind, Request};
 use crate::{Error, RedisManager};
-use resilient_redis_fallback::{FallbackError, FallbackStore};
+use resilient_redis_fallback::{FallbackStore, FallbackStoreExt};
 
 fn decode<T: FromRedisValue>(v: Value) -> Result<T, Error> {
     redis::from_redis_value(v).map_err(|e| Error::Validation(e.to_string()))
@@ -47,20 +48,6 @@ fn non_empty<T>(what: &str, command: &str, items: &[T]) -> Result<(), Error> {
         return Err(Error::Validation(format!(
             "{what}: {command} needs at least one"
         )));
-    }
-    Ok(())
-}
-
-/// With `fallback.unknown_keys = "error"`, refuses an answer from memory about keys it does not
-/// know.
-fn known(
-    s: &dyn FallbackStore,
-    strict: bool,
-    operation: &'static str,
-    keys: &[&[u8]],
-) -> Result<(), FallbackError> {
-    if strict && keys.iter().any(|k| !s.knows(k)) {
-        return Err(FallbackError::Unknown { operation });
     }
     Ok(())
 }
@@ -160,20 +147,9 @@ macro_rules! operations {
 operations! {
     /// `GET`.
     fn get(&self, key: [&[u8]]) -> [Result<Option<Vec<u8>>, Error>] {
-        let strict = self.strict();
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
-        self.call(
-            "get",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "get", &[key]).and_then(|()| s.get(key))),
-            |s, v: &Option<Vec<u8>>| {
-                s.observe(key, v.clone(), None);
-            },
-        )
-        .await
+        decode(self.memory_call(&Memory::Get(key), &cmd).await?)
     }
 
     /// `SET`, with `PX` when `ttl` is given.
@@ -184,17 +160,7 @@ operations! {
         if let Some(t) = ttl {
             cmd.arg("PX").arg(millis(t));
         }
-        self.call(
-            "set",
-            Kind::IdempotentWrite,
-            Request::Cmd(&cmd),
-            decode::<()>,
-            Some(&|s| s.set(key, value, ttl)),
-            |s, _| {
-                s.observe(key, Some(value.to_vec()), ttl);
-            },
-        )
-        .await
+        decode(self.memory_call(&Memory::Set(key, value, ttl), &cmd).await?)
     }
 
     /// `DEL`; the number deleted (while Redis is down: the number the fallback knew).
@@ -202,35 +168,14 @@ operations! {
         non_empty("keys", "DEL", keys)?;
         let mut cmd = redis::cmd("DEL");
         cmd.arg(keys);
-        self.call(
-            "del",
-            Kind::CountingWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| s.delete(keys)),
-            |s, _| {
-                for k in keys {
-                    s.observe(k, None, None);
-                }
-            },
-        )
-        .await
+        decode(self.memory_call(&Memory::Del(slices(keys)), &cmd).await?)
     }
 
     /// `EXISTS` of one key.
     fn exists(&self, key: [&[u8]]) -> [Result<bool, Error>] {
-        let strict = self.strict();
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(key);
-        self.call(
-            "exists",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "exists", &[key]).and_then(|()| s.exists(key))),
-            |_, _| {},
-        )
-        .await
+        decode(self.memory_call(&Memory::Exists(key), &cmd).await?)
     }
 
     /// `PEXPIRE`; whether the key existed.
@@ -238,73 +183,29 @@ operations! {
         check_ttl(ttl)?;
         let mut cmd = redis::cmd("PEXPIRE");
         cmd.arg(key).arg(millis(ttl));
-        self.call(
-            "expire",
-            Kind::IdempotentWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| s.expire(key, ttl)),
-            |_, _| {},
-        )
-        .await
+        decode(self.memory_call(&Memory::Expire(key, ttl), &cmd).await?)
     }
 
     /// `PTTL`.
     fn ttl(&self, key: [&[u8]]) -> [Result<Ttl, Error>] {
-        let strict = self.strict();
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(key);
-        self.call(
-            "ttl",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            |v| decode::<i64>(v).map(ttl_of),
-            Some(&|s| known(s, strict, "ttl", &[key]).and_then(|()| s.ttl(key))),
-            |_, _| {},
-        )
-        .await
+        decode::<i64>(self.memory_call(&Memory::Ttl(key, false), &cmd).await?).map(ttl_of)
     }
 
     /// `INCRBY`; the new value. Never applied twice: see [`Error::Ambiguous`].
     fn incr_by(&self, key: [&[u8]], delta: [i64]) -> [Result<i64, Error>] {
-        let strict = self.strict();
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(delta);
-        self.call(
-            "incrby",
-            Kind::NonIdempotentWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "incrby", &[key]).and_then(|()| s.incr_by(key, delta))),
-            |s, v: &i64| {
-                s.observe(key, Some(v.to_string().into_bytes()), None);
-            },
-        )
-        .await
+        decode(self.memory_call(&Memory::IncrBy(key, delta), &cmd).await?)
     }
 
     /// `MGET`.
     fn mget(&self, keys: [&[Vec<u8>]]) -> [Result<Vec<Option<Vec<u8>>>, Error>] {
-        let strict = self.strict();
         non_empty("keys", "MGET", keys)?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
-        self.call(
-            "mget",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| {
-                let ks: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-                known(s, strict, "mget", &ks).and_then(|()| s.mget(keys))
-            }),
-            |s, values: &Vec<Option<Vec<u8>>>| {
-                for (k, v) in keys.iter().zip(values) {
-                    s.observe(k, v.clone(), None);
-                }
-            },
-        )
-        .await
+        decode(self.memory_call(&Memory::MGet(slices(keys)), &cmd).await?)
     }
 
     /// `MSET`.
@@ -314,35 +215,14 @@ operations! {
         for (k, v) in pairs {
             cmd.arg(k).arg(v);
         }
-        self.call(
-            "mset",
-            Kind::IdempotentWrite,
-            Request::Cmd(&cmd),
-            decode::<()>,
-            Some(&|s| s.mset(pairs)),
-            |s, _| {
-                for (k, v) in pairs {
-                    s.observe(k, Some(v.clone()), None);
-                }
-            },
-        )
-        .await
+        decode(self.memory_call(&Memory::MSet(slice_pairs(pairs)), &cmd).await?)
     }
 
     /// `HGET`.
     fn hget(&self, key: [&[u8]], field: [&[u8]]) -> [Result<Option<Vec<u8>>, Error>] {
-        let strict = self.strict();
         let mut cmd = redis::cmd("HGET");
         cmd.arg(key).arg(field);
-        self.call(
-            "hget",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "hget", &[key]).and_then(|()| s.hget(key, field))),
-            |_, _| {},
-        )
-        .await
+        decode(self.memory_call(&Memory::HGet(key, field), &cmd).await?)
     }
 
     /// `HSET`; the number of new fields.
@@ -353,15 +233,7 @@ operations! {
         for (f, v) in fields {
             cmd.arg(f).arg(v);
         }
-        self.call(
-            "hset",
-            Kind::CountingWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| s.hset(key, fields)),
-            |_, _| {},
-        )
-        .await
+        decode(self.memory_call(&Memory::HSet(key, slice_pairs(fields)), &cmd).await?)
     }
 
     /// `HDEL`; the number removed.
@@ -369,31 +241,14 @@ operations! {
         non_empty("fields", "HDEL", fields)?;
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(key).arg(fields);
-        self.call(
-            "hdel",
-            Kind::CountingWrite,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| s.hdel(key, fields)),
-            |_, _| {},
-        )
-        .await
+        decode(self.memory_call(&Memory::HDel(key, slices(fields)), &cmd).await?)
     }
 
     /// `HGETALL`.
     fn hgetall(&self, key: [&[u8]]) -> [Result<Fields, Error>] {
-        let strict = self.strict();
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(key);
-        self.call(
-            "hgetall",
-            Kind::Read,
-            Request::Cmd(&cmd),
-            decode,
-            Some(&|s| known(s, strict, "hgetall", &[key]).and_then(|()| s.hgetall(key))),
-            |_, _| {},
-        )
-        .await
+        decode(self.memory_call(&Memory::HGetAll(key), &cmd).await?)
     }
 
     /// Any command through the whole stack: retried by its class (reads and harmless writes;

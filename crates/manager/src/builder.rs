@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use resilient_redis_breaker::{Breaker, CircuitBreaker, NoopBreaker};
 use resilient_redis_config::RedisConfig;
-use resilient_redis_fallback::{FallbackStore, MemoryStore, SyncTarget};
+use resilient_redis_fallback::{FallbackStore, Journal, MemoryStore, SyncTarget};
 use resilient_redis_health::{HealthMonitor, Monitor};
 use resilient_redis_metrics::{Collector, MetricsCollector, NoopMetrics};
 use resilient_redis_pool::{ConnectionPool, RedisPool};
@@ -24,7 +24,7 @@ pub struct RedisManagerBuilder {
     pool: Option<Arc<dyn ConnectionPool>>,
     health: Option<Arc<dyn HealthMonitor>>,
     breaker: Option<Arc<dyn CircuitBreaker>>,
-    store: Option<Arc<dyn FallbackStore>>,
+    store: Option<(Arc<dyn FallbackStore>, Arc<dyn Journal>)>,
     metrics: Option<Arc<dyn MetricsCollector>>,
     target: Option<Arc<dyn SyncTarget>>,
     start_tasks: bool,
@@ -46,9 +46,21 @@ impl RedisManagerBuilder {
         self.breaker = Some(breaker);
         self
     }
-    /// Uses this fallback store.
-    pub fn fallback(mut self, store: Arc<dyn FallbackStore>) -> Self {
-        self.store = Some(store);
+    /// Uses this fallback store, which is also its own journal (as [`MemoryStore`] is).
+    pub fn fallback<S: FallbackStore + Journal + 'static>(self, store: Arc<S>) -> Self {
+        let journal: Arc<dyn Journal> = Arc::clone(&store) as Arc<dyn Journal>;
+        self.fallback_parts(store, journal)
+    }
+
+    /// Uses this fallback store and this journal: the journal must hold the writes the store
+    /// takes (a store that journals nothing refuses writes, and pairs with
+    /// [`resilient_redis_fallback::NoJournal`]).
+    pub fn fallback_parts(
+        mut self,
+        store: Arc<dyn FallbackStore>,
+        journal: Arc<dyn Journal>,
+    ) -> Self {
+        self.store = Some((store, journal));
         self
     }
     /// Uses this metrics collector.
@@ -99,13 +111,16 @@ impl RedisManagerBuilder {
                     .map_err(|e| Error::Build(e.to_string()))?,
             ),
         };
-        let store: Arc<dyn FallbackStore> = match self.store {
-            Some(s) => s,
-            None => Arc::new(
-                MemoryStore::builder(&config.fallback)
-                    .server(crate::adapters::server_identity(config.url.expose()))
-                    .build()?,
-            ),
+        let (store, journal): (Arc<dyn FallbackStore>, Arc<dyn Journal>) = match self.store {
+            Some(parts) => parts,
+            None => {
+                let store = Arc::new(
+                    MemoryStore::builder(&config.fallback)
+                        .server(crate::adapters::server_identity(config.url.expose()))
+                        .build()?,
+                );
+                (Arc::clone(&store) as Arc<dyn FallbackStore>, store)
+            }
         };
         let metrics: Arc<dyn MetricsCollector> = match self.metrics {
             Some(m) => m,
@@ -123,22 +138,24 @@ impl RedisManagerBuilder {
             health,
             breaker,
             store,
+            journal,
             metrics,
             target,
             closed: AtomicBool::new(false),
+            fallback_mode: AtomicBool::new(false),
             gate: RwLock::new(()),
             activated: Arc::new(tokio::sync::Notify::new()),
             dead_letters: std::sync::atomic::AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
         });
-        if inner.store.pending_writes() > 0 {
+        if inner.journal.pending_writes() > 0 {
             // A journal restored from an earlier process: serve from it until it is replayed
             // (with the fallback off, refuse what could overtake it until then).
             tracing::warn!(
-                pending = inner.store.pending_writes(),
+                pending = inner.journal.pending_writes(),
                 "restored journaled writes; replaying when Redis answers"
             );
-            inner.store.activate();
+            inner.activate();
         }
         if self.start_tasks {
             inner

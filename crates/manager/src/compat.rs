@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
 
-use resilient_redis_fallback::{FallbackError, FallbackStore};
+use resilient_redis_fallback::{Answer, FallbackError, FallbackStore, ReadCmd, WriteCmd};
 
 use crate::request::{Kind, Request};
 use crate::{Error, RedisManager, Ttl};
@@ -176,31 +176,46 @@ fn invalid_expire(command: &str) -> Error {
     }
 }
 
-/// A command the fallback store can answer, with its arguments.
-enum Memory<'a> {
+/// A command the fallback store can answer, with its arguments: the typed API and the
+/// `ConnectionLike` path both plan their commands as one of these, so memory answers each
+/// command in one place, as Redis would have.
+pub(crate) enum Memory<'a> {
     Get(&'a [u8]),
     Set(&'a [u8], &'a [u8], Option<Duration>),
-    Del(&'a [&'a [u8]]),
+    Del(Vec<&'a [u8]>),
     Exists(&'a [u8]),
     Expire(&'a [u8], Duration),
+    /// `PTTL` (`false`) or `TTL` (`true`: seconds).
     Ttl(&'a [u8], bool),
     IncrBy(&'a [u8], i64),
-    MGet(&'a [&'a [u8]]),
-    MSet(&'a [&'a [u8]]),
+    MGet(Vec<&'a [u8]>),
+    MSet(Vec<(&'a [u8], &'a [u8])>),
     HGet(&'a [u8], &'a [u8]),
-    HSet(&'a [u8], &'a [&'a [u8]]),
-    HDel(&'a [u8], &'a [&'a [u8]]),
+    HSet(&'a [u8], Vec<(&'a [u8], &'a [u8])>),
+    HDel(&'a [u8], Vec<&'a [u8]>),
     HGetAll(&'a [u8]),
 }
 
-fn owned(items: &[&[u8]]) -> Vec<Vec<u8>> {
-    items.iter().map(|k| k.to_vec()).collect()
+/// What the store is asked.
+enum Ask<'a> {
+    Read(ReadCmd<'a>),
+    Write(WriteCmd<'a>),
 }
 
-fn pairs(items: &[&[u8]]) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn pairs<'a>(items: &'a [&'a [u8]]) -> Vec<(&'a [u8], &'a [u8])> {
+    items.chunks_exact(2).map(|p| (p[0], p[1])).collect()
+}
+
+/// Borrowed slices of owned keys, fields or values.
+pub(crate) fn slices(items: &[Vec<u8>]) -> Vec<&[u8]> {
+    items.iter().map(Vec::as_slice).collect()
+}
+
+/// Borrowed pairs of owned fields and values.
+pub(crate) fn slice_pairs(items: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
     items
-        .chunks(2)
-        .map(|p| (p[0].to_vec(), p[1].to_vec()))
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
         .collect()
 }
 
@@ -236,7 +251,7 @@ impl<'a> Memory<'a> {
             (b"PSETEX", [k, n, v]) => {
                 return with(expiry(n, true, "psetex"), &|t| Memory::Set(k, v, Some(t)));
             }
-            (b"DEL", ks) if !ks.is_empty() => Memory::Del(ks),
+            (b"DEL", ks) if !ks.is_empty() => Memory::Del(ks.to_vec()),
             (b"EXISTS", [k]) => Memory::Exists(k),
             (b"PEXPIRE", [k, n]) => Memory::Expire(
                 k,
@@ -251,18 +266,20 @@ impl<'a> Memory<'a> {
             (b"DECR", [k]) => Memory::IncrBy(k, -1),
             (b"INCRBY", [k, d]) => Memory::IncrBy(k, number(d)?),
             (b"DECRBY", [k, d]) => Memory::IncrBy(k, number::<i64>(d)?.checked_neg()?),
-            (b"MGET", ks) if !ks.is_empty() => Memory::MGet(ks),
-            (b"MSET", kv) if !kv.is_empty() && kv.len() % 2 == 0 => Memory::MSet(kv),
+            (b"MGET", ks) if !ks.is_empty() => Memory::MGet(ks.to_vec()),
+            (b"MSET", kv) if !kv.is_empty() && kv.len() % 2 == 0 => Memory::MSet(pairs(kv)),
             (b"HGET", [k, f]) => Memory::HGet(k, f),
-            (b"HSET", [k, kv @ ..]) if !kv.is_empty() && kv.len() % 2 == 0 => Memory::HSet(k, kv),
-            (b"HDEL", [k, fs @ ..]) if !fs.is_empty() => Memory::HDel(k, fs),
+            (b"HSET", [k, kv @ ..]) if !kv.is_empty() && kv.len() % 2 == 0 => {
+                Memory::HSet(k, pairs(kv))
+            }
+            (b"HDEL", [k, fs @ ..]) if !fs.is_empty() => Memory::HDel(k, fs.to_vec()),
             (b"HGETALL", [k]) => Memory::HGetAll(k),
             _ => return None,
         }))
     }
 
-    /// The metrics name and how a failure may be handled (as the typed operation's).
-    fn op(&self) -> (&'static str, Kind) {
+    /// The metrics name and how a failure may be handled.
+    pub(crate) fn op(&self) -> (&'static str, Kind) {
         match self {
             Memory::Get(_) => ("get", Kind::Read),
             Memory::Set(..) => ("set", Kind::IdempotentWrite),
@@ -280,86 +297,115 @@ impl<'a> Memory<'a> {
         }
     }
 
-    /// The answer from memory, as Redis would have given it.
-    fn answer(&self, s: &dyn FallbackStore, strict: bool) -> Result<Value, FallbackError> {
-        let known = |op: &'static str, keys: &[&[u8]]| {
+    fn ask(&self) -> Ask<'_> {
+        match self {
+            Memory::Get(k) => Ask::Read(ReadCmd::Get(k)),
+            Memory::Exists(k) => Ask::Read(ReadCmd::Exists(k)),
+            Memory::Ttl(k, _) => Ask::Read(ReadCmd::Ttl(k)),
+            Memory::MGet(ks) => Ask::Read(ReadCmd::MGet(ks)),
+            Memory::HGet(k, f) => Ask::Read(ReadCmd::HGet(k, f)),
+            Memory::HGetAll(k) => Ask::Read(ReadCmd::HGetAll(k)),
+            Memory::Set(key, value, ttl) => Ask::Write(WriteCmd::Set {
+                key,
+                value,
+                ttl: *ttl,
+            }),
+            Memory::Del(ks) => Ask::Write(WriteCmd::Del(ks)),
+            Memory::Expire(key, ttl) => Ask::Write(WriteCmd::Expire { key, ttl: *ttl }),
+            Memory::IncrBy(key, delta) => Ask::Write(WriteCmd::IncrBy { key, delta: *delta }),
+            Memory::MSet(kv) => Ask::Write(WriteCmd::MSet(kv)),
+            Memory::HSet(key, fields) => Ask::Write(WriteCmd::HSet { key, fields }),
+            Memory::HDel(key, fields) => Ask::Write(WriteCmd::HDel { key, fields }),
+        }
+    }
+
+    /// The answer from memory, as Redis would have given it. With `strict`
+    /// (`fallback.unknown_keys = "error"`), a read or an increment of a key memory knows
+    /// nothing of is refused rather than answered as if Redis had said "missing" or "0".
+    pub(crate) fn answer(
+        &self,
+        s: &dyn FallbackStore,
+        strict: bool,
+    ) -> Result<Value, FallbackError> {
+        let (operation, _) = self.op();
+        let check = |keys: Vec<&[u8]>| {
             if strict && keys.iter().any(|k| !s.knows(k)) {
-                Err(FallbackError::Unknown { operation: op })
+                Err(FallbackError::Unknown { operation })
             } else {
                 Ok(())
             }
         };
-        Ok(match *self {
-            Memory::Get(k) => {
-                known("get", &[k])?;
-                bulk(s.get(k)?)
+        let answer = match self.ask() {
+            Ask::Read(read) => {
+                check(read.keys())?;
+                s.read(&read)?
             }
-            Memory::Set(k, v, ttl) => {
-                s.set(k, v, ttl)?;
-                Value::Okay
-            }
-            Memory::Del(ks) => int(s.delete(&owned(ks))?),
-            Memory::Exists(k) => {
-                known("exists", &[k])?;
-                int(u64::from(s.exists(k)?))
-            }
-            Memory::Expire(k, t) => int(u64::from(s.expire(k, t)?)),
-            Memory::Ttl(k, seconds) => {
-                known("ttl", &[k])?;
-                match s.ttl(k)? {
-                    Ttl::Missing => Value::Int(-2),
-                    Ttl::Persistent => Value::Int(-1),
-                    // Redis rounds seconds half up.
-                    Ttl::ExpiresIn(d) if seconds => {
-                        int((u64::try_from(d.as_millis()).unwrap_or(u64::MAX) + 500) / 1000)
-                    }
-                    Ttl::ExpiresIn(d) => int(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                    _ => Value::Int(-1),
+            Ask::Write(write) => {
+                if let WriteCmd::IncrBy { key, .. } = write {
+                    check(vec![key])?;
                 }
+                s.write(&write)?
             }
-            Memory::IncrBy(k, d) => {
-                known("incrby", &[k])?;
-                Value::Int(s.incr_by(k, d)?)
+        };
+        Ok(match answer {
+            Answer::Ok => Value::Okay,
+            Answer::Bool(b) => Value::Int(i64::from(b)),
+            Answer::Count(n) => int(n),
+            Answer::Int(n) => Value::Int(n),
+            Answer::Ttl(Ttl::Missing) => Value::Int(-2),
+            // Redis rounds seconds half up.
+            Answer::Ttl(Ttl::ExpiresIn(d)) => {
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                int(if matches!(self, Memory::Ttl(_, true)) {
+                    ms.saturating_add(500) / 1000
+                } else {
+                    ms
+                })
             }
-            Memory::MGet(ks) => {
-                known("mget", ks)?;
-                Value::Array(s.mget(&owned(ks))?.into_iter().map(bulk).collect())
-            }
-            Memory::MSet(kv) => {
-                s.mset(&pairs(kv))?;
-                Value::Okay
-            }
-            Memory::HGet(k, f) => {
-                known("hget", &[k])?;
-                bulk(s.hget(k, f)?)
-            }
-            Memory::HSet(k, kv) => int(s.hset(k, &pairs(kv))?),
-            Memory::HDel(k, fs) => int(s.hdel(k, &owned(fs))?),
-            Memory::HGetAll(k) => {
-                known("hgetall", &[k])?;
-                Value::Array(
-                    s.hgetall(k)?
-                        .into_iter()
-                        .flat_map(|(f, v)| [Value::BulkString(f), Value::BulkString(v)])
-                        .collect(),
-                )
+            Answer::Ttl(_) => Value::Int(-1),
+            Answer::Value(v) => bulk(v),
+            Answer::Values(vs) => Value::Array(vs.into_iter().map(bulk).collect()),
+            Answer::Fields(fs) => Value::Array(
+                fs.into_iter()
+                    .flat_map(|(f, v)| [Value::BulkString(f), Value::BulkString(v)])
+                    .collect(),
+            ),
+            other => {
+                return Err(FallbackError::BadAnswer {
+                    operation,
+                    answer: format!("{other:?}"),
+                });
             }
         })
     }
 
     /// Keeps shadow copies of what Redis answered (with `fallback.shadow`).
-    fn observe(&self, s: &dyn FallbackStore, reply: &Value) {
+    pub(crate) fn observe(&self, s: &dyn FallbackStore, reply: &Value) {
         match (self, reply) {
             (Memory::Get(k), Value::BulkString(v)) => s.observe(k, Some(v.clone()), None),
             (Memory::Get(k), Value::Nil) => s.observe(k, None, None),
             (Memory::Set(k, v, ttl), _) => s.observe(k, Some(v.to_vec()), *ttl),
             (Memory::Del(ks), _) => {
-                for k in *ks {
+                for k in ks {
                     s.observe(k, None, None);
                 }
             }
             (Memory::IncrBy(k, _), Value::Int(n)) => {
                 s.observe(k, Some(n.to_string().into_bytes()), None);
+            }
+            (Memory::MGet(ks), Value::Array(vs)) => {
+                for (k, v) in ks.iter().zip(vs) {
+                    match v {
+                        Value::BulkString(b) => s.observe(k, Some(b.clone()), None),
+                        Value::Nil => s.observe(k, None, None),
+                        _ => {}
+                    }
+                }
+            }
+            (Memory::MSet(kv), _) => {
+                for (k, v) in kv {
+                    s.observe(k, Some(v.to_vec()), None);
+                }
             }
             _ => {}
         }
@@ -367,6 +413,21 @@ impl<'a> Memory<'a> {
 }
 
 impl RedisManager {
+    /// Runs a command the fallback store can answer through the whole stack.
+    pub(crate) async fn memory_call(&self, memory: &Memory<'_>, cmd: &Cmd) -> Result<Value, Error> {
+        let (op, kind) = memory.op();
+        let strict = self.strict();
+        self.call(
+            op,
+            kind,
+            Request::Cmd(cmd),
+            Ok,
+            Some(&|s| memory.answer(s, strict)),
+            |s, v| memory.observe(s, v),
+        )
+        .await
+    }
+
     /// Runs any command through the whole stack, as the `ConnectionLike` path does: retried by
     /// its class, answered from memory while Redis is down when the fallback supports it.
     ///
@@ -389,19 +450,7 @@ impl RedisManager {
         let name = name.as_slice();
         refuse_exclusive(cmd)?;
         if simple && let Some(plan) = Memory::plan(name, &args[1..]) {
-            let memory = plan?;
-            let (op, kind) = memory.op();
-            let strict = self.strict();
-            return self
-                .call(
-                    op,
-                    kind,
-                    Request::Cmd(cmd),
-                    Ok,
-                    Some(&|s| memory.answer(s, strict)),
-                    |s, v| memory.observe(s, v),
-                )
-                .await;
+            return self.memory_call(&plan?, cmd).await;
         }
         let kind = if simple {
             kind_of(name, &args)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use resilient_redis_breaker::{BreakerState, CircuitBreaker};
 use resilient_redis_config::RedisConfig;
-use resilient_redis_fallback::{FallbackStore, SyncTarget};
+use resilient_redis_fallback::{FallbackStore, Journal, SyncTarget};
 use resilient_redis_health::{HealthMonitor, HealthStatus};
 use resilient_redis_metrics::{FallbackGauge, MetricsCollector, PoolGauges};
 use resilient_redis_pool::{ConnectionPool, PooledConnection};
@@ -25,11 +25,16 @@ pub(crate) struct Inner {
     pub(crate) health: Arc<dyn HealthMonitor>,
     pub(crate) breaker: Arc<dyn CircuitBreaker>,
     pub(crate) store: Arc<dyn FallbackStore>,
+    pub(crate) journal: Arc<dyn Journal>,
     pub(crate) metrics: Arc<dyn MetricsCollector>,
     pub(crate) target: Arc<dyn SyncTarget>,
     pub(crate) fallback_enabled: bool,
     pub(crate) shadow: bool,
     pub(crate) closed: AtomicBool,
+    /// Fallback mode: calls are answered from memory (and writes journaled) instead of going
+    /// to Redis. Turned on by a call that finds Redis unreachable, a health verdict or a
+    /// restored journal; off once Redis answers and the journal has drained.
+    pub(crate) fallback_mode: AtomicBool,
     /// Orders fallback-mode changes against journal appends: every answer from the fallback
     /// store (and so every journal append) happens under a read guard, after checking the mode
     /// and `closed`; leaving fallback mode and closing take the write guard. So fallback mode
@@ -43,8 +48,29 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    pub(crate) fn is_fallback_mode(&self) -> bool {
+        self.fallback_mode.load(Ordering::Acquire)
+    }
+
+    /// Turns fallback mode on; whether it was off.
+    pub(crate) fn activate(&self) -> bool {
+        let turned = !self.fallback_mode.swap(true, Ordering::AcqRel);
+        if turned {
+            tracing::warn!("fallback mode on: serving from memory, journaling writes");
+        }
+        turned
+    }
+
+    /// Turns fallback mode off and lets the store drop what it kept only to answer.
+    pub(crate) fn deactivate(&self) {
+        if self.fallback_mode.swap(false, Ordering::AcqRel) {
+            tracing::info!("fallback mode off");
+        }
+        self.store.settle();
+    }
+
     pub(crate) fn fallback_gauge(&self) -> FallbackGauge {
-        FallbackGauge::new(self.store.is_fallback_mode(), self.store.pending_writes())
+        FallbackGauge::new(self.is_fallback_mode(), self.journal.pending_writes())
             .with_dead_letters(self.dead_letters.load(Ordering::Relaxed))
     }
 
@@ -79,7 +105,7 @@ impl std::fmt::Debug for RedisManager {
         f.debug_struct("RedisManager")
             .field("url", &self.inner.config.url)
             .field("breaker", &self.inner.breaker.state())
-            .field("fallback_mode", &self.inner.store.is_fallback_mode())
+            .field("fallback_mode", &self.inner.is_fallback_mode())
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +147,25 @@ impl RedisManager {
     #[must_use]
     pub fn fallback(&self) -> &Arc<dyn FallbackStore> {
         &self.inner.store
+    }
+
+    /// The fallback journal: writes taken while Redis was down, until they are replayed.
+    #[must_use]
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.inner.journal
+    }
+
+    /// Whether calls are being answered from memory (Redis unreachable, or journaled writes
+    /// still to replay).
+    #[must_use]
+    pub fn is_fallback_mode(&self) -> bool {
+        self.inner.is_fallback_mode()
+    }
+
+    /// Whether fallback mode is off and nothing journaled waits: Redis answers every call.
+    #[must_use]
+    pub fn is_settled(&self) -> bool {
+        !self.inner.is_fallback_mode() && self.inner.journal.pending_writes() == 0
     }
 
     /// The metrics collector (snapshot, report).
@@ -166,7 +211,7 @@ impl RedisManager {
         let probe = inner.health.check_now().await;
         let breaker = inner.breaker.state();
         let snapshot = inner.metrics.snapshot();
-        let fallback_mode = inner.store.is_fallback_mode();
+        let fallback_mode = inner.is_fallback_mode();
         let reachable = probe.error.is_none();
         let serving_from_memory = inner.fallback_enabled && fallback_mode;
         let verdict = if !(reachable || serving_from_memory) {
@@ -188,7 +233,7 @@ impl RedisManager {
             breaker: breaker.as_str(),
             pool: inner.pool.status().to_string(),
             fallback_mode,
-            pending_writes: inner.store.pending_writes(),
+            pending_writes: inner.journal.pending_writes(),
             dead_letters: inner.dead_letters.load(Ordering::Relaxed),
             error_rate: snapshot.error_rate,
         }
@@ -223,8 +268,8 @@ impl RedisManager {
         inner.health.stop().await;
         // Wait for answers from memory in flight; later ones see `closed` and refuse.
         drop(inner.gate.write().unwrap_or_else(PoisonError::into_inner));
-        if inner.store.pending_writes() > 0 {
-            match tokio::time::timeout(deadline, inner.store.replay(Arc::clone(&inner.target)))
+        if inner.journal.pending_writes() > 0 {
+            match tokio::time::timeout(deadline, inner.journal.replay(Arc::clone(&inner.target)))
                 .await
             {
                 Ok(Ok(report)) => {
@@ -239,7 +284,7 @@ impl RedisManager {
                 Err(_) => tracing::warn!("replay on close timed out"),
             }
         }
-        let persisted = inner.store.close();
+        let persisted = inner.journal.close();
         inner.pool.close(deadline).await;
         persisted.map_err(Error::from)
     }

@@ -38,7 +38,7 @@ pub(crate) async fn supervise(
                 m.metrics.record_breaker_state(BreakerGauge::new(state.as_str(), state.as_u8(), snap.trips));
                 tracing::warn!(state = %state, "circuit breaker changed state");
                 if state == BreakerState::Open && m.fallback_enabled {
-                    m.store.activate();
+                    m.activate();
                     m.metrics.record_fallback(m.fallback_gauge());
                 }
             }
@@ -60,9 +60,9 @@ pub(crate) async fn supervise(
                     }
                     // A good probe short of the success threshold (no error) is no reason to go
                     // back to memory right after a recovery.
-                    if m.fallback_enabled && status.error.is_some() && !m.store.is_fallback_mode() {
+                    if m.fallback_enabled && status.error.is_some() && !m.is_fallback_mode() {
                         tracing::warn!(error = ?status.error, "health: Redis unhealthy; fallback mode on");
-                        m.store.activate();
+                        m.activate();
                     }
                 } else if status.healthy && status.error.is_none() {
                     recover(&m).await;
@@ -77,7 +77,7 @@ pub(crate) async fn supervise(
             }
             _ = sync.tick() => {
                 let Some(m) = inner.upgrade() else { return };
-                if m.store.is_fallback_mode() || m.store.pending_writes() > 0 {
+                if m.is_fallback_mode() || m.journal.pending_writes() > 0 {
                     let probe = m.health.check_now().await;
                     if probe.error.is_none() {
                         recover(&m).await;
@@ -95,13 +95,13 @@ pub(crate) async fn supervise(
 
 /// Redis answers: half-open the breaker, replay the journal, leave fallback mode when drained.
 pub(crate) async fn recover(inner: &Inner) {
-    if !inner.store.is_fallback_mode() && inner.store.pending_writes() == 0 {
+    if !inner.is_fallback_mode() && inner.journal.pending_writes() == 0 {
         return;
     }
     if matches!(inner.breaker.state(), BreakerState::Open) {
         let _ = inner.breaker.transition_to(BreakerState::HalfOpen);
     }
-    match inner.store.replay(Arc::clone(&inner.target)).await {
+    match inner.journal.replay(Arc::clone(&inner.target)).await {
         Ok(report) => {
             if report.entries_applied > 0 {
                 tracing::info!(
@@ -114,8 +114,8 @@ pub(crate) async fn recover(inner: &Inner) {
             {
                 // No append is in flight while the write guard is held, so "drained" holds.
                 let _gate = inner.gate.write().unwrap_or_else(PoisonError::into_inner);
-                if inner.store.pending_writes() == 0 && inner.store.is_fallback_mode() {
-                    inner.store.deactivate();
+                if inner.journal.pending_writes() == 0 && inner.is_fallback_mode() {
+                    inner.deactivate();
                     tracing::info!("Redis is back and the journal is drained: fallback mode off");
                 }
             }
@@ -132,7 +132,7 @@ mod tests {
 
     use resilient_redis_breaker::NoopBreaker;
     use resilient_redis_config::RedisConfig;
-    use resilient_redis_fallback::{FallbackStore, MemoryStore, ModelTarget};
+    use resilient_redis_fallback::{FallbackStoreExt, Journal, MemoryStore, ModelTarget};
     use resilient_redis_metrics::NoopMetrics;
 
     use super::*;
@@ -156,14 +156,14 @@ mod tests {
             .pool(Arc::new(resilient_redis_pool::MockConnectionPool::new()))
             .health(Arc::new(health))
             .breaker(Arc::new(NoopBreaker::new()))
-            .fallback(Arc::clone(&store) as Arc<dyn FallbackStore>)
+            .fallback(Arc::clone(&store))
             .metrics(Arc::new(NoopMetrics))
             .sync_target(Arc::new(ModelTarget::new()))
             .background_tasks(false)
             .build()
             .await
             .unwrap();
-        store.activate();
+        m.inner.activate();
         // A request answered from memory: it has checked the mode and is about to append.
         let in_flight = m.inner.gate.read().unwrap();
         let recovery = tokio::spawn({
@@ -172,15 +172,15 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
-            store.is_fallback_mode(),
+            m.is_fallback_mode(),
             "recovery waits for the append in flight"
         );
         store.set(b"k", b"v", None).unwrap();
         drop(in_flight);
         recovery.await.unwrap();
-        assert!(store.is_fallback_mode(), "a write is pending: still on");
+        assert!(m.is_fallback_mode(), "a write is pending: still on");
         assert_eq!(store.pending_writes(), 1);
         recover(&m.inner).await;
-        assert!(!store.is_fallback_mode(), "drained: off");
+        assert!(!m.is_fallback_mode(), "drained: off");
     }
 }

@@ -129,7 +129,7 @@ impl RedisManager {
         }
         let fallback = fallback.filter(|_| inner.fallback_enabled && opts.fallback);
         if let Some(serve) = fallback
-            && inner.store.is_fallback_mode()
+            && inner.is_fallback_mode()
             && let Some(answer) = self.serve(serve, false)
         {
             return answer;
@@ -271,7 +271,7 @@ impl RedisManager {
 
     /// Whether journaled writes wait for their replay (only ever in fallback mode).
     pub(crate) fn journal_pending(&self) -> bool {
-        self.inner.store.is_fallback_mode() && self.inner.store.pending_writes() > 0
+        self.inner.is_fallback_mode() && self.inner.journal.pending_writes() > 0
     }
 
     /// Enters fallback mode and answers from the fallback store.
@@ -293,14 +293,14 @@ impl RedisManager {
             return Some((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)));
         }
         if activate {
-            if !inner.store.is_fallback_mode() {
+            if !inner.is_fallback_mode() {
                 // Ask the recovery loop for a probe now (decided under the gate, so a recovery
                 // that just ended the mode cannot swallow the request): one failed call must
                 // not keep every caller on memory for longer than it takes to see Redis again.
                 inner.activated.notify_one();
             }
-            inner.store.activate();
-        } else if !inner.store.is_fallback_mode() {
+            inner.activate();
+        } else if !inner.is_fallback_mode() {
             return None;
         }
         let result = serve(inner.store.as_ref()).map_err(Error::from);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use resilient_redis_breaker::{BreakerState, CallNotPermitted, MockCircuitBreaker, Permit};
 use resilient_redis_config::{ErrorKind, RedisConfig};
-use resilient_redis_fallback::MockFallbackStore;
+use resilient_redis_fallback::{Answer, MockFallbackStore, MockJournal, ReadCmd, WriteCmd};
 use resilient_redis_health::MockHealthMonitor;
 use resilient_redis_manager::{Error, RedisManager};
 use resilient_redis_metrics::{MockMetricsCollector, Outcome};
@@ -16,6 +16,9 @@ struct Parts {
     breaker: MockCircuitBreaker,
     store: MockFallbackStore,
     metrics: MockMetricsCollector,
+    /// Writes the journal holds at build (restored from an earlier process): fallback mode
+    /// starts on when there are any.
+    pending: u64,
 }
 
 fn parts() -> Parts {
@@ -24,6 +27,7 @@ fn parts() -> Parts {
         breaker: MockCircuitBreaker::new(),
         store: MockFallbackStore::new(),
         metrics: MockMetricsCollector::new(),
+        pending: 0,
     }
 }
 
@@ -34,13 +38,13 @@ async fn manager(p: Parts) -> RedisManager {
 }
 
 async fn manager_with(p: Parts, config: RedisConfig) -> RedisManager {
-    let mut store = p.store;
-    store.expect_pending_writes().return_const(0u64);
+    let mut journal = MockJournal::new();
+    journal.expect_pending_writes().return_const(p.pending);
     RedisManager::builder(config)
         .pool(Arc::new(p.pool))
         .health(Arc::new(MockHealthMonitor::new()))
         .breaker(Arc::new(p.breaker))
-        .fallback(Arc::new(store))
+        .fallback_parts(Arc::new(p.store), Arc::new(journal))
         .metrics(Arc::new(p.metrics))
         .background_tasks(false)
         .build()
@@ -65,14 +69,12 @@ async fn an_open_breaker_sends_reads_to_the_fallback_without_touching_the_pool()
         })
     });
     p.pool.expect_shared().never();
-    p.store.expect_is_fallback_mode().return_const(false);
-    p.store.expect_activate().times(1).return_const(());
     p.store.expect_knows().return_const(true);
     p.store
-        .expect_get()
-        .withf(|k| k == b"k")
+        .expect_read()
+        .withf(|c| *c == ReadCmd::Get(b"k"))
         .times(1)
-        .returning(|_| Ok(Some(b"cached".to_vec())));
+        .returning(|_| Ok(Answer::Value(Some(b"cached".to_vec()))));
     p.metrics
         .expect_record_operation()
         .withf(|op, _, o| op == "get" && *o == Outcome::Fallback)
@@ -91,7 +93,6 @@ async fn an_open_breaker_fails_fast_for_what_the_fallback_cannot_serve() {
         })
     });
     p.pool.expect_shared().never();
-    p.store.expect_is_fallback_mode().return_const(false);
     p.metrics
         .expect_record_operation()
         .withf(|op, _, o| op == "ping" && *o == Outcome::Error(ErrorKind::CircuitBreaker))
@@ -123,13 +124,17 @@ async fn a_write_that_never_left_counts_against_the_breaker_and_is_journaled() {
         .times(1)
         .return_const(());
     p.pool.expect_shared().times(1).returning(|| Err(refused()));
-    p.store.expect_is_fallback_mode().return_const(false);
-    p.store.expect_activate().times(1).return_const(());
     p.store
-        .expect_set()
-        .withf(|k, v, ttl| k == b"k" && v == b"v" && ttl.is_none())
+        .expect_write()
+        .withf(|c| {
+            *c == WriteCmd::Set {
+                key: b"k",
+                value: b"v",
+                ttl: None,
+            }
+        })
         .times(1)
-        .returning(|_, _, _| Ok(()));
+        .returning(|_| Ok(Answer::Ok));
     p.metrics
         .expect_record_operation()
         .withf(|_, _, o| *o == Outcome::Fallback)
@@ -147,14 +152,17 @@ async fn an_increment_that_never_left_is_journaled_not_ambiguous() {
         .returning(|| Ok(Permit::new(1)));
     p.breaker.expect_on_error().return_const(());
     p.pool.expect_shared().returning(|| Err(refused()));
-    p.store.expect_is_fallback_mode().return_const(false);
-    p.store.expect_activate().return_const(());
     p.store.expect_knows().return_const(true);
     p.store
-        .expect_incr_by()
-        .withf(|k, d| k == b"n" && *d == 2)
+        .expect_write()
+        .withf(|c| {
+            *c == WriteCmd::IncrBy {
+                key: b"n",
+                delta: 2,
+            }
+        })
         .times(1)
-        .returning(|_, _| Ok(2));
+        .returning(|_| Ok(Answer::Int(2)));
     p.metrics.expect_record_operation().return_const(());
     let m = manager(p).await;
     assert_eq!(m.incr_by(b"n", 2).await.unwrap(), 2);
@@ -164,9 +172,13 @@ async fn an_increment_that_never_left_is_journaled_not_ambiguous() {
 async fn in_fallback_mode_supported_operations_never_reach_the_breaker() {
     let mut p = parts();
     p.breaker.expect_try_acquire().never();
-    p.store.expect_is_fallback_mode().return_const(true);
+    p.pending = 1;
     p.store.expect_knows().return_const(true);
-    p.store.expect_exists().times(1).returning(|_| Ok(true));
+    p.store
+        .expect_read()
+        .withf(|c| *c == ReadCmd::Exists(b"k"))
+        .times(1)
+        .returning(|_| Ok(Answer::Bool(true)));
     p.metrics
         .expect_record_operation()
         .withf(|_, _, o| *o == Outcome::Fallback)
@@ -178,8 +190,8 @@ async fn in_fallback_mode_supported_operations_never_reach_the_breaker() {
 #[tokio::test]
 async fn a_full_fallback_store_refuses_with_its_error() {
     let mut p = parts();
-    p.store.expect_is_fallback_mode().return_const(true);
-    p.store.expect_set().returning(|_, _, _| {
+    p.pending = 1;
+    p.store.expect_write().returning(|_| {
         Err(resilient_redis_fallback::FallbackError::Full {
             needed: 10,
             used: 100,
@@ -228,24 +240,13 @@ async fn commands_the_fallback_cannot_serve_never_overtake_journaled_writes() {
     let mut p = parts();
     p.pool.expect_shared().never();
     p.breaker.expect_try_acquire().never();
-    p.store.expect_is_fallback_mode().return_const(true);
-    p.store.expect_activate().return_const(());
-    p.store.expect_pending_writes().return_const(3u64);
+    p.pending = 3;
     p.metrics
         .expect_record_operation()
         .withf(|_, _, o| *o == Outcome::Error(ErrorKind::Fallback))
         .times(2)
         .return_const(());
-    let m = RedisManager::builder(RedisConfig::default())
-        .pool(Arc::new(p.pool))
-        .health(Arc::new(MockHealthMonitor::new()))
-        .breaker(Arc::new(p.breaker))
-        .fallback(Arc::new(p.store))
-        .metrics(Arc::new(p.metrics))
-        .background_tasks(false)
-        .build()
-        .await
-        .unwrap();
+    let m = manager_with(p, RedisConfig::default()).await;
     let err = m.execute(&redis::cmd("GETSET")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Fallback, "{err}");
     assert!(err.to_string().contains("overtake"), "{err}");
@@ -260,7 +261,8 @@ async fn arguments_redis_would_refuse_are_refused_at_the_call() {
     let mut p = parts();
     p.pool.expect_shared().never();
     p.breaker.expect_try_acquire().never();
-    p.store.expect_is_fallback_mode().never();
+    p.store.expect_read().never();
+    p.store.expect_write().never();
     let m = manager(p).await;
     for err in [
         m.set(b"k", b"v", Some(std::time::Duration::MAX))
@@ -282,7 +284,7 @@ async fn arguments_redis_would_refuse_are_refused_at_the_call() {
 /// were replayed over them. Now they are refused until the journal is replayed.
 #[tokio::test]
 async fn a_restored_journal_blocks_writes_that_would_overtake_it_even_with_the_fallback_off() {
-    use resilient_redis_fallback::{FallbackStore, MemoryStore};
+    use resilient_redis_fallback::{FallbackStoreExt, MemoryStore};
     let dir = tempfile::tempdir().unwrap();
     let mut config = RedisConfig::default();
     config.fallback.journal_path = Some(dir.path().join("app.journal"));
@@ -302,7 +304,7 @@ async fn a_restored_journal_blocks_writes_that_would_overtake_it_even_with_the_f
         .build()
         .await
         .unwrap();
-    assert_eq!(m.fallback().pending_writes(), 1);
+    assert_eq!(m.journal().pending_writes(), 1);
     let err = m.set(b"k", b"new", None).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Fallback, "{err}");
     assert!(m.connection().await.is_err());
@@ -325,7 +327,6 @@ async fn a_call_dropped_while_it_waits_gives_its_permit_back() {
     p.breaker.expect_on_error().never();
     p.breaker.expect_on_success().never();
     p.pool.expect_shared().returning(|| Err(refused()));
-    p.store.expect_is_fallback_mode().return_const(false);
     p.metrics.expect_record_operation().return_const(());
     let mut config = RedisConfig::default();
     config.max_retries = 3;
@@ -347,7 +348,7 @@ async fn a_call_dropped_while_it_waits_gives_its_permit_back() {
 async fn outage_manager(
     config: RedisConfig,
 ) -> (RedisManager, Arc<resilient_redis_fallback::MemoryStore>) {
-    use resilient_redis_fallback::{FallbackStore, MemoryStore};
+    use resilient_redis_fallback::MemoryStore;
     let mut pool = MockConnectionPool::new();
     pool.expect_shared().returning(|| Err(refused()));
     let store = Arc::new(MemoryStore::new(&config.fallback).unwrap());
@@ -355,7 +356,7 @@ async fn outage_manager(
         .pool(Arc::new(pool))
         .health(Arc::new(MockHealthMonitor::new()))
         .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
-        .fallback(Arc::clone(&store) as Arc<dyn FallbackStore>)
+        .fallback(Arc::clone(&store))
         .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
         .background_tasks(false)
         .build()
@@ -369,7 +370,7 @@ async fn outage_manager(
 /// counter it never held answered the delta (an ID generator handed out duplicates).
 #[tokio::test]
 async fn memory_never_passes_off_an_unknown_key_as_redis_s_answer() {
-    use resilient_redis_fallback::{FallbackError, FallbackStore};
+    use resilient_redis_fallback::{FallbackError, Journal};
     use resilient_redis_manager::ServedBy;
     let mut config = RedisConfig::default();
     config.max_retries = 0;
@@ -468,7 +469,7 @@ async fn an_unhealthy_verdict_opens_the_breaker_whatever_the_traffic() {
     })
     .await
     .expect("the breaker opens");
-    assert!(m.fallback().is_fallback_mode());
+    assert!(m.is_fallback_mode());
     m.close(std::time::Duration::from_millis(100))
         .await
         .unwrap();
@@ -478,7 +479,7 @@ async fn an_unhealthy_verdict_opens_the_breaker_whatever_the_traffic() {
 /// one attempt.
 #[tokio::test]
 async fn call_options_turn_off_the_fallback_and_retries_for_one_handle() {
-    use resilient_redis_fallback::FallbackStore;
+    use resilient_redis_fallback::Journal;
     use resilient_redis_manager::CallOptions;
     let mut config = RedisConfig::default();
     config.max_retries = 3;
@@ -498,7 +499,6 @@ async fn call_options_turn_off_the_fallback_and_retries_for_one_handle() {
         .expect_try_acquire()
         .returning(|| Ok(Permit::new(1)));
     p.breaker.expect_on_error().times(1).return_const(());
-    p.store.expect_is_fallback_mode().return_const(false);
     p.metrics
         .expect_record_operation()
         .times(1)
@@ -531,7 +531,7 @@ impl resilient_redis_fallback::SyncTarget for SlowFirst {
 /// with the journaled write never replayed or persisted.
 #[tokio::test]
 async fn a_close_cut_short_does_not_let_the_next_one_answer_ok_too_early() {
-    use resilient_redis_fallback::FallbackStore;
+    use resilient_redis_fallback::Journal;
     let mut config = RedisConfig::default();
     config.max_retries = 0;
     let target = Arc::new(SlowFirst {
@@ -548,7 +548,7 @@ async fn a_close_cut_short_does_not_let_the_next_one_answer_ok_too_early() {
         .pool(Arc::new(pool))
         .health(Arc::new(health))
         .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
-        .fallback(Arc::clone(&store) as Arc<dyn FallbackStore>)
+        .fallback(Arc::clone(&store))
         .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
         .sync_target(target.clone())
         .background_tasks(false)

@@ -168,7 +168,7 @@ async fn a_health_monitor_written_outside_its_crate_drives_fallback_mode() {
         Some("load balancer says no".into()),
     ));
     tokio::time::timeout(Duration::from_secs(2), async {
-        while !m.fallback().is_fallback_mode() {
+        while !m.is_fallback_mode() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -180,6 +180,6 @@ async fn a_health_monitor_written_outside_its_crate_drives_fallback_mode() {
         "and the breaker hears of it"
     );
     m.set(b"k", b"v", None).await.unwrap();
-    assert_eq!(m.fallback().pending_writes(), 1);
+    assert_eq!(m.journal().pending_writes(), 1);
     m.close(Duration::from_millis(50)).await.ok();
 }
