@@ -318,7 +318,7 @@ async fn edge_deadlines_replay_exactly_and_markers_live_as_long_as_needed() {
         (far - (now as i64 + (1 << 53))).abs() < 60_000,
         "deadline {far}"
     );
-    let marker = resilient_redis_fallback::marker_key(first);
+    let marker = resilient_redis_manager::replay::marker_key(first);
     let ttl: i64 = conn.pttl(&marker).await.unwrap();
     assert_eq!(
         ttl, -1,
@@ -328,7 +328,7 @@ async fn edge_deadlines_replay_exactly_and_markers_live_as_long_as_needed() {
     store.replay(target).await.unwrap();
     let ttl: i64 = conn.pttl(&marker).await.unwrap();
     assert!(
-        ttl > 0 && ttl <= resilient_redis_fallback::RETIRED_MARKER_TTL_MS as i64,
+        ttl > 0 && ttl <= resilient_redis_manager::replay::RETIRED_MARKER_TTL_MS as i64,
         "retired by the next instance's first batch: expires after a day ({ttl} ms)"
     );
 }

@@ -65,7 +65,6 @@ fn describe(op: &Op, show_values: bool) -> String {
             }
         ),
         Op::HDel { key, fields } => format!("HDEL {:?} {} fields", text(key), fields.len()),
-        _ => op.to_string(),
     }
 }
 

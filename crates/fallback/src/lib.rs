@@ -22,10 +22,7 @@ pub use inspect::{JournalReport, inspect_journal};
 pub use journal::Cut;
 pub use model::{ModelTarget, ModelValue, Snapshot};
 pub use op::{DeadLetter, Entry, Op};
-pub use replay::{
-    Batch, BatchId, BatchOutcome, REPLAY_SCRIPT, RETIRED_MARKER_TTL_MS, Rejection, ReplayReport,
-    SyncError, SyncTarget, deadlines_key, marker_key, script_args,
-};
+pub use replay::{Batch, BatchId, BatchOutcome, Rejection, ReplayReport, SyncError, SyncTarget};
 pub use store::{
     MAX_BULK_LEN, MAX_DEADLINE_MS, MemoryStore, MemoryStoreBuilder, MemoryUsage, REPLAY_BATCH_BYTES,
 };

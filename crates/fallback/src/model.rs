@@ -27,14 +27,14 @@ struct State {
     keys: HashMap<Vec<u8>, Slot>,
     /// The last batch applied per journal instance: `(seal, index)`.
     markers: HashMap<u128, (u64, u32, Vec<Rejection>)>,
-    /// Virtual deadlines of replays in progress, by deadlines key.
-    virtual_deadlines: HashMap<String, HashMap<Vec<u8>, u64>>,
+    /// Virtual deadlines of replays in progress, by journal instance.
+    virtual_deadlines: HashMap<u128, HashMap<Vec<u8>, u64>>,
     batches: u32,
 }
 
 /// An in-memory model of the Redis commands a replay uses, with Redis's TTL rules. Apply writes
 /// directly at their time with [`ModelTarget::apply_direct`], or replay batches into it as a
-/// [`SyncTarget`] (the same algorithm as [`crate::REPLAY_SCRIPT`]), then compare
+/// [`SyncTarget`] (the same algorithm as the manager's Redis replay script), then compare
 /// [`ModelTarget::snapshot`]s.
 #[derive(Default)]
 pub struct ModelTarget {
@@ -139,10 +139,9 @@ impl ModelTarget {
         }
         if let Some(old) = batch.retire {
             s.markers.remove(&old);
-            s.virtual_deadlines
-                .remove(&crate::replay::deadlines_key(old));
+            s.virtual_deadlines.remove(&old);
         }
-        let vd_key = batch.id.deadlines_key();
+        let vd_key = batch.id.instance;
         let mut vd = s.virtual_deadlines.remove(&vd_key).unwrap_or_default();
         let now = batch.now;
         let mut rejected = Vec::new();

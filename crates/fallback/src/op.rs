@@ -3,8 +3,11 @@
 use std::fmt;
 
 /// A write as journaled: what the caller asked for, with absolute deadlines (Unix ms).
+///
+/// Deliberately exhaustive: a replay target must apply every kind of write, so a new kind is a
+/// breaking change that stops every target from compiling until it handles it, rather than a
+/// write some target would silently skip.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Op {
     /// `SET key value [PXAT at]`.
     Set {

@@ -1,10 +1,7 @@
-//! Where the parts meet Redis: the health probe and the replay target over the pool.
+//! Where the parts meet Redis: the health probe over the pool, and the server identity a
+//! journal records. The replay target is in `replay.rs`.
 
 use std::sync::Arc;
-
-use resilient_redis_fallback::{
-    Batch, BatchOutcome, REPLAY_SCRIPT, SyncError, SyncTarget, script_args,
-};
 
 use resilient_redis_health::{Probe, ProbeError};
 use resilient_redis_pool::ConnectionPool;
@@ -58,42 +55,6 @@ pub fn server_identity(url: &str) -> String {
                 .unwrap_or(0);
             format!("{host}:{port}/{db}")
         }
-    }
-}
-
-/// Replays fallback batches into Redis with the fallback crate's script, over the pool.
-pub struct RedisSyncTarget {
-    pool: Arc<dyn ConnectionPool>,
-    script: redis::Script,
-}
-
-impl RedisSyncTarget {
-    /// A target over `pool`.
-    #[must_use]
-    pub fn new(pool: Arc<dyn ConnectionPool>) -> Self {
-        Self {
-            pool,
-            script: redis::Script::new(REPLAY_SCRIPT),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl SyncTarget for RedisSyncTarget {
-    async fn apply(&self, batch: &Batch<'_>) -> Result<BatchOutcome, SyncError> {
-        let mut conn = self
-            .pool
-            .shared()
-            .map_err(|e| SyncError::new(e.kind(), e.to_string()))?;
-        let mut invocation = self.script.prepare_invoke();
-        for arg in script_args(batch) {
-            invocation.arg(arg);
-        }
-        let reply: Vec<String> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| SyncError::new(resilient_redis_pool::classify(&e), e.to_string()))?;
-        BatchOutcome::from_script_reply(&reply)
     }
 }
 

@@ -11,9 +11,10 @@ use resilient_redis_metrics::{Collector, MetricsCollector, NoopMetrics};
 use resilient_redis_pool::{ConnectionPool, RedisPool};
 
 use crate::Error;
-use crate::adapters::{PoolProbe, RedisSyncTarget};
+use crate::adapters::PoolProbe;
 use crate::manager::{Inner, RedisManager};
 use crate::recovery::supervise;
+use crate::replay::RedisSyncTarget;
 use crate::request::CallOptions;
 
 /// Builds a [`RedisManager`]: each part defaults to the real implementation built from the

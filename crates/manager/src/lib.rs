@@ -9,15 +9,17 @@ mod compat;
 mod error;
 mod manager;
 mod recovery;
+pub mod replay;
 mod report;
 mod request;
 
-pub use adapters::{PoolProbe, RedisSyncTarget, server_identity};
+pub use adapters::{PoolProbe, server_identity};
 pub use api::{RedisApi, RedisApiExt, Served, ServedBy};
 pub use builder::RedisManagerBuilder;
 pub use compat::ManagedConnection;
 pub use error::{AMBIGUOUS_CODE, Error, FALLBACK_CODE, Source, UNAVAILABLE_CODE};
 pub use manager::RedisManager;
+pub use replay::RedisSyncTarget;
 pub use report::{HealthReport, Verdict};
 pub use request::CallOptions;
 

@@ -1,0 +1,354 @@
+//! The replay of fallback journals into Redis: [`RedisSyncTarget`] applies each batch with one
+//! Lua script call ([`REPLAY_SCRIPT`]), atomic and at most once.
+//!
+//! Each journal instance has one marker hash in Redis ([`marker_key`]) recording the last batch
+//! applied (fields `seal`, `index`, and the refusals of that batch); a batch the marker covers
+//! is skipped. The marker has no TTL while the journal may need it; the first batch of the next
+//! instance gives it [`RETIRED_MARKER_TTL_MS`].
+
+use std::sync::Arc;
+
+use resilient_redis_config::ErrorKind;
+use resilient_redis_fallback::{Batch, BatchOutcome, Op, Rejection, SyncError, SyncTarget};
+use resilient_redis_pool::ConnectionPool;
+
+/// How long the marker of a drained journal instance is kept once the next instance has begun
+/// replaying (24 h): long enough for a script call still in flight on a dead connection to find
+/// it.
+pub const RETIRED_MARKER_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The marker hash of a journal instance.
+#[must_use]
+pub fn marker_key(instance: u128) -> String {
+    format!("resilient-redis:journal:{instance:032x}")
+}
+
+/// The hash that holds a replay's virtual deadlines until its last batch.
+#[must_use]
+pub fn deadlines_key(instance: u128) -> String {
+    format!("resilient-redis:journal:{instance:032x}:deadlines")
+}
+
+/// Replays fallback batches into Redis with [`REPLAY_SCRIPT`], over the pool's shared
+/// connection.
+pub struct RedisSyncTarget {
+    pool: Arc<dyn ConnectionPool>,
+    script: redis::Script,
+}
+
+impl RedisSyncTarget {
+    /// A target over `pool`.
+    #[must_use]
+    pub fn new(pool: Arc<dyn ConnectionPool>) -> Self {
+        Self {
+            pool,
+            script: redis::Script::new(REPLAY_SCRIPT),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SyncTarget for RedisSyncTarget {
+    async fn apply(&self, batch: &Batch<'_>) -> Result<BatchOutcome, SyncError> {
+        let mut conn = self
+            .pool
+            .shared()
+            .map_err(|e| SyncError::new(e.kind(), e.to_string()))?;
+        let mut invocation = self.script.prepare_invoke();
+        for arg in script_args(batch) {
+            invocation.arg(arg);
+        }
+        let reply: Vec<String> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| SyncError::new(resilient_redis_pool::classify(&e), e.to_string()))?;
+        outcome_of(&reply)
+    }
+}
+
+/// The outcome from [`REPLAY_SCRIPT`]'s reply: `["1", index, reason, ...]` when the batch ran
+/// now, `["0", index, reason, ...]` when its marker showed it had run before (indexes of
+/// refused entries, from 1).
+fn outcome_of(reply: &[String]) -> Result<BatchOutcome, SyncError> {
+    let bad = || {
+        SyncError::new(
+            ErrorKind::Server,
+            format!("unexpected replay script reply ({} items)", reply.len()),
+        )
+    };
+    let rejected = |rest: &[String]| {
+        rest.chunks(2)
+            .map(|pair| {
+                let index: usize = pair[0].parse().map_err(|_| bad())?;
+                let index = index.checked_sub(1).ok_or_else(bad)?;
+                Ok(Rejection::new(index, pair.get(1).ok_or_else(bad)?.clone()))
+            })
+            .collect::<Result<Vec<_>, SyncError>>()
+    };
+    match reply.split_first() {
+        Some((flag, rest)) if flag == "1" && rest.len() % 2 == 0 => Ok(BatchOutcome::Applied {
+            rejected: rejected(rest)?,
+        }),
+        Some((flag, rest)) if flag == "0" && rest.len() % 2 == 0 => {
+            Ok(BatchOutcome::AlreadyApplied {
+                rejected: rejected(rest)?,
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// The Lua script that applies one batch on Redis (`EVAL` with no keys; everything in `ARGV`,
+/// see [`script_args`]). Redis runs a script atomically. It first checks the whole batch's
+/// shape and writes nothing if it is malformed; then each write is `pcall`ed so that one refused
+/// write (`WRONGTYPE`, not an integer) is reported as a dead letter instead of stopping the
+/// batch half-way. Hash writes go in chunks of at most 1000 arguments (Lua's `unpack` has a
+/// limit of a few thousand). An `OOM` refusal can only come before the script's first write, so it
+/// aborts the whole batch, to be retried. Deadlines travel as 20-digit strings and are compared
+/// without floating point, so every deadline Redis accepts replays exactly. The marker (the last
+/// batch applied, per journal instance) is set last.
+pub const REPLAY_SCRIPT: &str = r"
+local marker, vdkey = ARGV[1], ARGV[2]
+local seal, index = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, last = ARGV[5], ARGV[6]
+local retire, retire_vd = ARGV[7], ARGV[8]
+local ZERO = '00000000000000000000'
+local function cmp(a, b)
+  local x, y = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
+  if x == y then x, y = tonumber(string.sub(a, 11)), tonumber(string.sub(b, 11)) end
+  if x < y then return -1 elseif x > y then return 1 end
+  return 0
+end
+local function int(s)
+  local r = string.gsub(s, '^0+', '')
+  if r == '' then return '0' end
+  return r
+end
+local function digits(s) return type(s) == 'string' and #s == 20 and not string.find(s, '%D') end
+-- Check the whole batch before writing anything.
+local ops, i, n = {}, 9, #ARGV
+local width = {S = 5, E = 4, I = 4}
+while i <= n do
+  local op = ARGV[i]
+  local size
+  if width[op] then
+    size = width[op]
+  elseif op == 'D' or op == 'H' or op == 'h' then
+    local c = tonumber(ARGV[i + (op == 'D' and 2 or 3)])
+    if not c or c < 1 then return redis.error_reply('resilient-redis replay: bad count') end
+    size = (op == 'D') and (3 + c) or (4 + ((op == 'H') and 2 or 1) * c)
+  else
+    return redis.error_reply('resilient-redis replay: unknown op ' .. tostring(op))
+  end
+  if i + size - 1 > n or not digits(ARGV[i + 1]) then
+    return redis.error_reply('resilient-redis replay: malformed batch')
+  end
+  if (op == 'S' or op == 'E') and not digits(ARGV[i + size - 1]) then
+    return redis.error_reply('resilient-redis replay: malformed deadline')
+  end
+  ops[#ops + 1] = {op, i}
+  i = i + size
+end
+local ms = redis.call('HMGET', marker, 'seal', 'index', 'reply')
+if ms[1] then
+  local s, x = tonumber(ms[1]), tonumber(ms[2])
+  if s == seal and x == index and ms[3] then
+    -- The batch last applied: give back what it refused, in case that was never recorded.
+    local r = cjson.decode(ms[3])
+    r[1] = '0'
+    return r
+  end
+  if s > seal or (s == seal and x >= index) then return {'0'} end
+end
+local reply = {'1'}
+local function try(e, ...)
+  local ok, err = pcall(redis.call, ...)
+  if ok then return true end
+  local msg = type(err) == 'table' and err.err or tostring(err)
+  if string.sub(msg, 1, 3) == 'OOM' or string.sub(msg, 1, 4) == '-OOM' then error(err) end
+  reply[#reply + 1] = tostring(e)
+  reply[#reply + 1] = msg
+  return false
+end
+local function settle(k, t)
+  local d = redis.call('HGET', vdkey, k)
+  if d and cmp(d, t) <= 0 then
+    redis.call('DEL', k)
+    redis.call('HDEL', vdkey, k)
+  end
+end
+local function deadline(k, d)
+  if cmp(d, now) > 0 then
+    redis.call('PEXPIREAT', k, int(d))
+    redis.call('HDEL', vdkey, k)
+  else
+    redis.call('PERSIST', k)
+    redis.call('HSET', vdkey, k, d)
+  end
+end
+local function chunks(e, cmd, k, from, count, per)
+  local done = 0
+  while done < count do
+    local take = math.min(per, count - done)
+    local args = {}
+    for j = 1, take do args[j] = ARGV[from + done + j - 1] end
+    if not try(e, cmd, k, unpack(args)) then return end
+    done = done + take
+  end
+end
+if retire ~= '' then
+  redis.call('PEXPIRE', retire, 86400000)
+  redis.call('DEL', retire_vd)
+end
+for e, o in ipairs(ops) do
+  local op, i = o[1], o[2]
+  local t, k = ARGV[i + 1], ARGV[i + 2]
+  if op == 'S' then
+    settle(k, t)
+    if try(e, 'SET', k, ARGV[i + 3]) then
+      redis.call('HDEL', vdkey, k)
+      if ARGV[i + 4] ~= ZERO then deadline(k, ARGV[i + 4]) end
+    end
+  elseif op == 'D' then
+    for j = 1, tonumber(ARGV[i + 2]) do
+      local key = ARGV[i + 2 + j]
+      redis.call('DEL', key)
+      redis.call('HDEL', vdkey, key)
+    end
+  elseif op == 'E' then
+    settle(k, t)
+    if redis.call('EXISTS', k) == 1 then deadline(k, ARGV[i + 3]) end
+  elseif op == 'I' then
+    settle(k, t)
+    try(e, 'INCRBY', k, ARGV[i + 3])
+  else
+    settle(k, t)
+    local c = tonumber(ARGV[i + 3])
+    if op == 'H' then
+      chunks(e, 'HSET', k, i + 4, 2 * c, 2 * 500)
+    else
+      chunks(e, 'HDEL', k, i + 4, c, 1000)
+    end
+    -- HDEL of the last field deletes the key, and its deadline with it.
+    if redis.call('EXISTS', k) == 0 then redis.call('HDEL', vdkey, k) end
+  end
+end
+if last == '1' then
+  local vd = redis.call('HGETALL', vdkey)
+  for j = 1, #vd, 2 do
+    if cmp(vd[j + 1], now) <= 0 then redis.call('DEL', vd[j]) else redis.call('PEXPIREAT', vd[j], int(vd[j + 1])) end
+  end
+  redis.call('DEL', vdkey)
+end
+redis.call('HSET', marker, 'seal', ARGV[3], 'index', ARGV[4], 'reply', cjson.encode(reply))
+return reply
+";
+
+/// A Unix-millisecond time or deadline as the script reads it: 20 digits.
+fn padded(n: u64) -> Vec<u8> {
+    format!("{n:020}").into_bytes()
+}
+
+/// The `ARGV` of [`REPLAY_SCRIPT`] for `batch`: marker, deadlines hash, seal, index, now, last
+/// flag, the retired instance's marker and deadlines hash (or empty), then each entry as
+/// `code, time, ...`.
+fn script_args(batch: &Batch<'_>) -> Vec<Vec<u8>> {
+    let (retire, retire_vd) = batch.retire.map_or((Vec::new(), Vec::new()), |r| {
+        (marker_key(r).into_bytes(), deadlines_key(r).into_bytes())
+    });
+    let mut argv: Vec<Vec<u8>> = vec![
+        marker_key(batch.id.instance).into_bytes(),
+        deadlines_key(batch.id.instance).into_bytes(),
+        batch.id.seal.to_string().into_bytes(),
+        batch.id.index.to_string().into_bytes(),
+        padded(batch.now),
+        if batch.last {
+            b"1".to_vec()
+        } else {
+            b"0".to_vec()
+        },
+        retire,
+        retire_vd,
+    ];
+    for e in batch.entries {
+        let t = padded(e.at);
+        match &e.op {
+            Op::Set {
+                key,
+                value,
+                expire_at,
+            } => argv.extend([
+                b"S".to_vec(),
+                t,
+                key.clone(),
+                value.clone(),
+                padded(expire_at.unwrap_or(0)),
+            ]),
+            Op::Del { keys } => {
+                argv.extend([b"D".to_vec(), t, keys.len().to_string().into_bytes()]);
+                argv.extend(keys.iter().cloned());
+            }
+            Op::ExpireAt { key, at } => {
+                argv.extend([b"E".to_vec(), t, key.clone(), padded(*at)]);
+            }
+            Op::IncrBy { key, delta } => {
+                argv.extend([
+                    b"I".to_vec(),
+                    t,
+                    key.clone(),
+                    delta.to_string().into_bytes(),
+                ]);
+            }
+            Op::HSet { key, fields } => {
+                argv.extend([
+                    b"H".to_vec(),
+                    t,
+                    key.clone(),
+                    fields.len().to_string().into_bytes(),
+                ]);
+                for (f, v) in fields {
+                    argv.extend([f.clone(), v.clone()]);
+                }
+            }
+            Op::HDel { key, fields } => {
+                argv.extend([
+                    b"h".to_vec(),
+                    t,
+                    key.clone(),
+                    fields.len().to_string().into_bytes(),
+                ]);
+                argv.extend(fields.iter().cloned());
+            }
+        }
+    }
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_replies_of_another_shape_are_errors_not_outcomes() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            outcome_of(&s(&["1", "2", "WRONGTYPE"])).unwrap(),
+            BatchOutcome::Applied {
+                rejected: vec![Rejection::new(1, "WRONGTYPE")]
+            }
+        );
+        assert!(matches!(
+            outcome_of(&s(&["0"])).unwrap(),
+            BatchOutcome::AlreadyApplied { .. }
+        ));
+        for bad in [
+            &[][..],
+            &["2"],
+            &["1", "0", "x"],
+            &["1", "x", "y"],
+            &["1", "3"],
+        ] {
+            assert!(outcome_of(&s(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
