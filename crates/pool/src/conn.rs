@@ -65,18 +65,53 @@ impl Drop for Lane {
 /// use the same connection at once. Every request runs under the socket timeout (redis-rs's
 /// response timeout); one that times out or hits an I/O error takes the connection out of
 /// service and the pool replaces it in the background.
+///
+/// A pool written outside this crate (a mock, a proxy, another client) hands out its own
+/// connection with [`SharedConnection::from_connection`].
 #[derive(Clone)]
-pub struct SharedConnection {
-    mux: MultiplexedConnection,
-    lane: Arc<Lane>,
+pub struct SharedConnection(SharedKind);
+
+#[derive(Clone)]
+enum SharedKind {
+    Lane {
+        mux: MultiplexedConnection,
+        lane: Arc<Lane>,
+    },
+    Custom(Box<dyn CustomConnection>),
+}
+
+/// A connection from outside the crate, cloneable behind a box.
+trait CustomConnection: ConnectionLike + Send + Sync {
+    fn clone_box(&self) -> Box<dyn CustomConnection>;
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> CustomConnection for C {
+    fn clone_box(&self) -> Box<dyn CustomConnection> {
+        Box::new(self.clone())
+    }
+}
+
+impl Clone for Box<dyn CustomConnection> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
 }
 
 impl SharedConnection {
     pub(crate) fn new(lane: Arc<Lane>) -> Self {
-        Self {
+        Self(SharedKind::Lane {
             mux: lane.mux.clone(),
             lane,
-        }
+        })
+    }
+
+    /// A handle on a connection of a pool written outside this crate: any redis-rs
+    /// `ConnectionLike` that clones cheaply (a `MultiplexedConnection`, redis-test's
+    /// `MockRedisConnection`, ...). Requests go to it as they are: no timeout or failure
+    /// bookkeeping is added, that is the custom pool's business.
+    #[must_use]
+    pub fn from_connection<C: ConnectionLike + Clone + Send + Sync + 'static>(conn: C) -> Self {
+        Self(SharedKind::Custom(Box::new(conn)))
     }
 
     /// Runs `cmd` and converts the reply.
@@ -84,14 +119,11 @@ impl SharedConnection {
     /// # Errors
     /// [`PoolError::Command`] classified by kind (a timeout is `Timeout`).
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
-        let value = guarded(
-            self.mux.send_packed_command(cmd),
-            &self.lane.broken,
-            Some(&self.lane.wake),
-        )
-        .await
-        .and_then(Value::extract_error)
-        .map_err(to_pool_error)?;
+        let value = self
+            .req_packed_command(cmd)
+            .await
+            .and_then(Value::extract_error)
+            .map_err(to_pool_error)?;
         redis::from_redis_value(value).map_err(|e| PoolError::Command {
             kind: ErrorKind::Validation,
             source: e.into(),
@@ -107,11 +139,14 @@ impl std::fmt::Debug for SharedConnection {
 
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(guarded(
-            self.mux.send_packed_command(cmd),
-            &self.lane.broken,
-            Some(&self.lane.wake),
-        ))
+        match &mut self.0 {
+            SharedKind::Lane { mux, lane } => Box::pin(guarded(
+                mux.send_packed_command(cmd),
+                &lane.broken,
+                Some(&lane.wake),
+            )),
+            SharedKind::Custom(conn) => conn.req_packed_command(cmd),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -120,24 +155,32 @@ impl ConnectionLike for SharedConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(guarded(
-            self.mux.send_packed_commands(pipeline, offset, count),
-            &self.lane.broken,
-            Some(&self.lane.wake),
-        ))
+        match &mut self.0 {
+            SharedKind::Lane { mux, lane } => Box::pin(guarded(
+                mux.send_packed_commands(pipeline, offset, count),
+                &lane.broken,
+                Some(&lane.wake),
+            )),
+            SharedKind::Custom(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
     }
 
     fn get_db(&self) -> i64 {
-        self.mux.get_db()
+        match &self.0 {
+            SharedKind::Lane { mux, .. } => mux.get_db(),
+            SharedKind::Custom(conn) => conn.get_db(),
+        }
     }
 }
 
 /// An exclusive connection checked out of the pool, for what cannot share a connection
 /// (blocking commands, WATCH/MULTI). Dropping it gives it back; one whose command timed out or
 /// hit an I/O error is closed instead.
+///
+/// A pool written outside this crate hands out its own with
+/// [`PooledConnection::from_connection`].
 pub struct PooledConnection {
-    conn: Option<mobc::Connection<RedisManager>>,
-    pub(crate) on_drop: Arc<crate::pool::Shared>,
+    conn: Exclusive,
     /// Session state it may carry (a transaction, watches, a database, subscriptions): if any,
     /// it is closed on drop instead of being handed to the next borrower.
     session: Session,
@@ -147,17 +190,44 @@ pub struct PooledConnection {
     in_flight: bool,
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the mobc variant is the common one; boxing it would add an allocation per checkout"
+)]
+enum Exclusive {
+    /// Checked out of mobc; `conn` is `Some` from construction until drop.
+    Mobc {
+        conn: Option<mobc::Connection<RedisManager>>,
+        on_drop: Arc<crate::pool::Shared>,
+    },
+    Custom(Box<dyn ConnectionLike + Send + Sync>),
+}
+
 impl PooledConnection {
     pub(crate) fn new(
         conn: mobc::Connection<RedisManager>,
         on_drop: Arc<crate::pool::Shared>,
     ) -> Self {
-        Self {
+        Self::with(Exclusive::Mobc {
             conn: Some(conn),
             on_drop,
+        })
+    }
+
+    fn with(conn: Exclusive) -> Self {
+        Self {
+            conn,
             session: Session::default(),
             in_flight: false,
         }
+    }
+
+    /// A handle on an exclusive connection of a pool written outside this crate: any redis-rs
+    /// `ConnectionLike`. Dropping the handle drops the connection; session tracking
+    /// ([`PooledConnection::carries_session_state`]) works as for the pool's own.
+    #[must_use]
+    pub fn from_connection<C: ConnectionLike + Send + Sync + 'static>(conn: C) -> Self {
+        Self::with(Exclusive::Custom(Box::new(conn)))
     }
 
     /// Whether it may carry session state (an open transaction, watched keys, a selected
@@ -189,9 +259,12 @@ impl PooledConnection {
     /// Whether a failure has taken this connection out of service (it will be closed on drop).
     #[must_use]
     pub fn is_broken(&self) -> bool {
-        self.conn
-            .as_ref()
-            .is_some_and(|c| c.broken.load(Ordering::Acquire))
+        match &self.conn {
+            Exclusive::Mobc { conn, .. } => conn
+                .as_ref()
+                .is_some_and(|c| c.broken.load(Ordering::Acquire)),
+            Exclusive::Custom(_) => false,
+        }
     }
 }
 
@@ -205,7 +278,10 @@ impl std::fmt::Debug for PooledConnection {
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
+        let Exclusive::Mobc { conn, on_drop } = &mut self.conn else {
+            return;
+        };
+        if let Some(mut conn) = conn.take() {
             conn.last_used = tokio::time::Instant::now();
             if conn.broken.load(Ordering::Acquire) || self.session.is_dirty() || self.in_flight {
                 // Closed now, not when mobc gets round to it.
@@ -214,7 +290,7 @@ impl Drop for PooledConnection {
                 drop(conn);
             }
         }
-        self.on_drop.returned();
+        on_drop.returned();
     }
 }
 
@@ -229,10 +305,21 @@ fn deadline_for(raw: &crate::manager::RawConn, cmd: &Cmd) -> MultiplexedConnecti
     mux
 }
 
-fn raw_of(conn: &mut Option<mobc::Connection<RedisManager>>) -> &mut crate::manager::RawConn {
-    // `conn` is Some from construction until drop.
-    conn.as_deref_mut()
-        .unwrap_or_else(|| unreachable!("connection taken before drop"))
+/// Where an exclusive handle's requests go.
+enum Target<'a> {
+    Raw(&'a mut crate::manager::RawConn),
+    Custom(&'a mut (dyn ConnectionLike + Send + Sync)),
+}
+
+fn target_of(conn: &mut Exclusive) -> Target<'_> {
+    match conn {
+        // `conn` is Some from construction until drop.
+        Exclusive::Mobc { conn, .. } => Target::Raw(
+            conn.as_deref_mut()
+                .unwrap_or_else(|| unreachable!("connection taken before drop")),
+        ),
+        Exclusive::Custom(c) => Target::Custom(c.as_mut()),
+    }
 }
 
 impl ConnectionLike for PooledConnection {
@@ -245,11 +332,16 @@ impl ConnectionLike for PooledConnection {
             in_flight,
             ..
         } = self;
-        let raw = raw_of(conn);
+        let target = target_of(conn);
         Box::pin(async move {
-            let mut mux = deadline_for(raw, cmd);
             *in_flight = true;
-            let reply = guarded(mux.send_packed_command(cmd), &raw.broken, None).await;
+            let reply = match target {
+                Target::Raw(raw) => {
+                    let mut mux = deadline_for(raw, cmd);
+                    guarded(mux.send_packed_command(cmd), &raw.broken, None).await
+                }
+                Target::Custom(c) => c.req_packed_command(cmd).await,
+            };
             *in_flight = false;
             if matches!(&reply, Ok(v) if !matches!(v, Value::ServerError(_))) {
                 session.after_ok(effect);
@@ -275,15 +367,20 @@ impl ConnectionLike for PooledConnection {
             in_flight,
             ..
         } = self;
-        let raw = raw_of(conn);
+        let target = target_of(conn);
         Box::pin(async move {
             *in_flight = true;
-            let reply = guarded(
-                raw.mux.send_packed_commands(pipeline, offset, count),
-                &raw.broken,
-                None,
-            )
-            .await;
+            let reply = match target {
+                Target::Raw(raw) => {
+                    guarded(
+                        raw.mux.send_packed_commands(pipeline, offset, count),
+                        &raw.broken,
+                        None,
+                    )
+                    .await
+                }
+                Target::Custom(c) => c.req_packed_commands(pipeline, offset, count).await,
+            };
             *in_flight = false;
             // Only a reply with one clean answer per command shows how the session ended:
             // replay the commands in order from where it started. Otherwise assume the worst.
@@ -303,6 +400,9 @@ impl ConnectionLike for PooledConnection {
     }
 
     fn get_db(&self) -> i64 {
-        self.conn.as_ref().map_or(0, |c| c.mux.get_db())
+        match &self.conn {
+            Exclusive::Mobc { conn, .. } => conn.as_ref().map_or(0, |c| c.mux.get_db()),
+            Exclusive::Custom(c) => c.get_db(),
+        }
     }
 }

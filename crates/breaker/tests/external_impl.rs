@@ -1,9 +1,8 @@
-//! Parts written outside their crates, as a user's crate would write them (only public items),
-//! plugged into `RedisManager`: a breaker that opens after N consecutive failures, and a health
-//! monitor fed by the application's own signal.
+//! A circuit breaker written outside this crate, as a user's crate would write it (only public
+//! items): it opens after N consecutive failures, in 30-odd lines, and guards the manager's
+//! request path.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use resilient_redis_breaker::{
     BreakerError, BreakerSnapshot, BreakerState, CallNotPermitted, CircuitBreaker, Permit,
 };
 use resilient_redis_config::{ErrorKind, RedisConfig};
-use resilient_redis_health::{HealthError, HealthMonitor, HealthStatus};
 use resilient_redis_manager::RedisManager;
 use resilient_redis_pool::{MockConnectionPool, PoolError};
 use tokio::sync::watch;
@@ -83,30 +81,6 @@ impl CircuitBreaker for Consecutive {
     }
 }
 
-/// Health as the application sees it (say, from its own load balancer's checks).
-struct Signal {
-    status: watch::Sender<HealthStatus>,
-    probes: Mutex<u32>,
-}
-
-#[async_trait::async_trait]
-impl HealthMonitor for Signal {
-    fn start(&self) -> Result<(), HealthError> {
-        Ok(())
-    }
-    async fn stop(&self) {}
-    fn status(&self) -> HealthStatus {
-        self.status.borrow().clone()
-    }
-    fn subscribe(&self) -> watch::Receiver<HealthStatus> {
-        self.status.subscribe()
-    }
-    async fn check_now(&self) -> HealthStatus {
-        *self.probes.lock().unwrap() += 1;
-        self.status()
-    }
-}
-
 fn refusing_pool() -> MockConnectionPool {
     let mut pool = MockConnectionPool::new();
     pool.expect_shared().returning(|| {
@@ -129,10 +103,6 @@ async fn a_breaker_written_outside_its_crate_guards_the_request_path() {
     config.fallback.enabled = false;
     let m = RedisManager::builder(config)
         .pool(Arc::new(refusing_pool()))
-        .health(Arc::new(Signal {
-            status: watch::Sender::new(HealthStatus::default()),
-            probes: Mutex::new(0),
-        }))
         .breaker(breaker.clone())
         .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
         .background_tasks(false)
@@ -147,39 +117,4 @@ async fn a_breaker_written_outside_its_crate_guards_the_request_path() {
     let e = m.execute(&redis::cmd("PING")).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::CircuitBreaker, "{e}");
     assert_eq!(m.breaker().snapshot().state, BreakerState::Open);
-}
-
-#[tokio::test]
-async fn a_health_monitor_written_outside_its_crate_drives_fallback_mode() {
-    let signal = Arc::new(Signal {
-        status: watch::Sender::new(HealthStatus::default()),
-        probes: Mutex::new(0),
-    });
-    let m = RedisManager::builder(RedisConfig::default())
-        .pool(Arc::new(refusing_pool()))
-        .health(signal.clone())
-        .breaker(Arc::new(Consecutive::new(3)))
-        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
-        .build()
-        .await
-        .unwrap();
-    signal.status.send_replace(HealthStatus::new(
-        false,
-        Some("load balancer says no".into()),
-    ));
-    tokio::time::timeout(Duration::from_secs(2), async {
-        while !m.is_fallback_mode() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("fallback mode follows the monitor");
-    assert_eq!(
-        m.breaker().state(),
-        BreakerState::Open,
-        "and the breaker hears of it"
-    );
-    m.set(b"k", b"v", None).await.unwrap();
-    assert_eq!(m.journal().pending_writes(), 1);
-    m.close(Duration::from_millis(50)).await.ok();
 }

@@ -1,0 +1,116 @@
+//! A fallback store written outside this crate, as a user's crate would write it (only public
+//! items): a read-only cache that answers reads from what Redis said before the outage and
+//! refuses writes (it journals nothing, so it pairs with `NoJournal`), plugged into the manager.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use resilient_redis_config::{ErrorKind, RedisConfig};
+use resilient_redis_fallback::{
+    Answer, FallbackError, FallbackStore, NoJournal, ReadCmd, WriteCmd,
+};
+use resilient_redis_manager::{Error, RedisManager};
+use resilient_redis_pool::{MockConnectionPool, PoolError};
+
+/// Remembers what Redis answered; serves `GET`, `EXISTS` and `MGET` from it while Redis is down.
+#[derive(Default)]
+struct ReadOnlyCache {
+    seen: Mutex<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl FallbackStore for ReadOnlyCache {
+    fn read(&self, cmd: &ReadCmd<'_>) -> Result<Answer, FallbackError> {
+        let seen = self.seen.lock().unwrap();
+        let value = |k: &[u8]| seen.get(k).cloned().flatten();
+        match *cmd {
+            ReadCmd::Get(k) => Ok(Answer::Value(value(k))),
+            ReadCmd::Exists(k) => Ok(Answer::Bool(value(k).is_some())),
+            ReadCmd::MGet(ks) => Ok(Answer::Values(ks.iter().map(|k| value(k)).collect())),
+            _ => Err(FallbackError::Unsupported {
+                operation: cmd.name(),
+            }),
+        }
+    }
+    fn write(&self, cmd: &WriteCmd<'_>) -> Result<Answer, FallbackError> {
+        Err(FallbackError::Unsupported {
+            operation: cmd.name(),
+        })
+    }
+    fn knows(&self, key: &[u8]) -> bool {
+        self.seen.lock().unwrap().contains_key(key)
+    }
+    fn observe(&self, key: &[u8], value: Option<Vec<u8>>, _ttl: Option<Duration>) {
+        self.seen.lock().unwrap().insert(key.to_vec(), value);
+    }
+    fn settle(&self) {}
+}
+
+fn unreachable_redis() -> MockConnectionPool {
+    let mut pool = MockConnectionPool::new();
+    pool.expect_shared().returning(|| {
+        Err(PoolError::Connect {
+            kind: ErrorKind::Connection,
+            url: "redis://127.0.0.1:1".into(),
+            message: "connection refused".into(),
+        })
+    });
+    pool.expect_status().returning(Default::default);
+    pool.expect_close().return_const(());
+    pool
+}
+
+#[tokio::test]
+async fn a_read_only_cache_serves_reads_and_refuses_writes_during_an_outage() {
+    let cache = Arc::new(ReadOnlyCache::default());
+    // What Redis answered before it went away.
+    cache.observe(b"flag:beta", Some(b"on".to_vec()), None);
+    cache.observe(b"session:gone", None, None);
+    cache.observe(b"h", None, None);
+    let mut config = RedisConfig::default();
+    config.max_retries = 0;
+    let m = RedisManager::builder(config)
+        .pool(Arc::new(unreachable_redis()))
+        .fallback_parts(cache.clone(), Arc::new(NoJournal))
+        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
+        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        m.get(b"flag:beta").await.unwrap().as_deref(),
+        Some(&b"on"[..])
+    );
+    assert_eq!(m.get(b"session:gone").await.unwrap(), None, "known missing");
+    assert!(m.is_fallback_mode());
+    let unknown = m.get(b"never-seen").await.unwrap_err();
+    assert!(
+        matches!(unknown, Error::Fallback(FallbackError::Unknown { .. })),
+        "{unknown}"
+    );
+
+    let refused = m.set(b"flag:beta", b"off", None).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Fallback, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("set: this fallback store does not serve it"),
+        "{refused}"
+    );
+    let refused = m.hget(b"h", b"f").await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("hget: this fallback store does not serve it"),
+        "{refused}"
+    );
+    assert_eq!(m.journal().pending_writes(), 0);
+    assert_eq!(
+        m.get(b"flag:beta").await.unwrap().as_deref(),
+        Some(&b"on"[..]),
+        "the refused write changed nothing"
+    );
+    m.close(Duration::from_millis(10)).await.unwrap();
+}
