@@ -1,50 +1,20 @@
 //! A fallback store written outside this crate, as a user's crate would write it (only public
 //! items): a read-only cache that answers reads from what Redis said before the outage and
 //! refuses writes (it journals nothing, so it pairs with `NoJournal`), plugged into the manager.
+//! The store is the one in `examples/read_only_cache.rs`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use resilient_redis_config::{ErrorKind, RedisConfig};
-use resilient_redis_fallback::{
-    Answer, FallbackError, FallbackStore, NoJournal, ReadCmd, WriteCmd,
-};
+use resilient_redis_fallback::{FallbackError, FallbackStore, NoJournal};
 use resilient_redis_manager::{Error, RedisManager};
 use resilient_redis_pool::{MockConnectionPool, PoolError};
 
-/// Remembers what Redis answered; serves `GET`, `EXISTS` and `MGET` from it while Redis is down.
-#[derive(Default)]
-struct ReadOnlyCache {
-    seen: Mutex<HashMap<Vec<u8>, Option<Vec<u8>>>>,
-}
-
-impl FallbackStore for ReadOnlyCache {
-    fn read(&self, cmd: &ReadCmd<'_>) -> Result<Answer, FallbackError> {
-        let seen = self.seen.lock().unwrap();
-        let value = |k: &[u8]| seen.get(k).cloned().flatten();
-        match *cmd {
-            ReadCmd::Get(k) => Ok(Answer::Value(value(k))),
-            ReadCmd::Exists(k) => Ok(Answer::Bool(value(k).is_some())),
-            ReadCmd::MGet(ks) => Ok(Answer::Values(ks.iter().map(|k| value(k)).collect())),
-            _ => Err(FallbackError::Unsupported {
-                operation: cmd.name(),
-            }),
-        }
-    }
-    fn write(&self, cmd: &WriteCmd<'_>) -> Result<Answer, FallbackError> {
-        Err(FallbackError::Unsupported {
-            operation: cmd.name(),
-        })
-    }
-    fn knows(&self, key: &[u8]) -> bool {
-        self.seen.lock().unwrap().contains_key(key)
-    }
-    fn observe(&self, key: &[u8], value: Option<Vec<u8>>, _ttl: Option<Duration>) {
-        self.seen.lock().unwrap().insert(key.to_vec(), value);
-    }
-    fn settle(&self) {}
-}
+#[path = "../examples/read_only_cache.rs"]
+#[allow(dead_code, reason = "the example's main is not called here")]
+mod example;
+use example::ReadOnlyCache;
 
 fn unreachable_redis() -> MockConnectionPool {
     let mut pool = MockConnectionPool::new();
