@@ -7,10 +7,11 @@ use tokio::time::Instant;
 
 use crate::{CallNotPermitted, CircuitBreaker, Permit};
 
-/// How a finished call counts.
+/// How the breaker records a finished call (what happened to the call itself, as the metrics
+/// see it, is another matter: a call answered from memory is recorded by neither).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum Record {
     /// It worked (a slow success still counts towards the slow-call rate).
     Success,
     /// It failed in a way that says the backend is unwell.
@@ -54,14 +55,14 @@ pub trait CircuitBreakerExt: CircuitBreaker {
     /// released, not counted.
     ///
     /// ```
-    /// use resilient_redis_breaker::{Breaker, CircuitBreakerExt, Outcome};
+    /// use resilient_redis_breaker::{Breaker, CircuitBreakerExt, Record};
     ///
     /// # tokio_test_block_on(async {
     /// let breaker = Breaker::builder().build().unwrap();
     /// let answer = breaker
     ///     .call(async { Ok::<_, std::io::Error>(42) }, |r| match r {
-    ///         Ok(_) => Outcome::Success,
-    ///         Err(_) => Outcome::Failure,
+    ///         Ok(_) => Record::Success,
+    ///         Err(_) => Record::Failure,
     ///     })
     ///     .await;
     /// assert_eq!(answer.unwrap(), 42);
@@ -77,7 +78,7 @@ pub trait CircuitBreakerExt: CircuitBreaker {
     ) -> impl Future<Output = Result<T, CallError<E>>>
     where
         Fut: Future<Output = Result<T, E>>,
-        C: FnOnce(&Result<T, E>) -> Outcome,
+        C: FnOnce(&Result<T, E>) -> Record,
     {
         async move {
             let permit = self.try_acquire().map_err(CallError::NotPermitted)?;
@@ -86,9 +87,9 @@ pub trait CircuitBreakerExt: CircuitBreaker {
             let result = op.await;
             let elapsed = started.elapsed();
             match classify(&result) {
-                Outcome::Success => guard.success(elapsed),
-                Outcome::Failure => guard.error(elapsed),
-                Outcome::Ignored => guard.release(),
+                Record::Success => guard.success(elapsed),
+                Record::Failure => guard.error(elapsed),
+                Record::Ignored => guard.release(),
             }
             result.map_err(CallError::Inner)
         }
@@ -159,11 +160,11 @@ mod tests {
     use super::*;
     use crate::{BreakerState, MockCircuitBreaker};
 
-    fn classify(r: &Result<u32, &'static str>) -> Outcome {
+    fn classify(r: &Result<u32, &'static str>) -> Record {
         match r {
-            Ok(_) => Outcome::Success,
-            Err("ignored") => Outcome::Ignored,
-            Err(_) => Outcome::Failure,
+            Ok(_) => Record::Success,
+            Err("ignored") => Record::Ignored,
+            Err(_) => Record::Failure,
         }
     }
 

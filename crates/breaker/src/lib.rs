@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use error::{BreakerError, CallNotPermitted};
-pub use ext::{CallError, CircuitBreakerExt, Outcome, PermitGuard};
+pub use ext::{CallError, CircuitBreakerExt, PermitGuard, Record};
 pub use machine::{Breaker, BreakerBuilder};
 pub use noop::NoopBreaker;
 pub use state::{BreakerSnapshot, BreakerState, Permit};

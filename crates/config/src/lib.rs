@@ -8,6 +8,7 @@ mod kind;
 mod load;
 mod model;
 mod secret;
+mod status;
 pub mod units;
 mod validate;
 
@@ -20,6 +21,7 @@ pub use model::{
     SlidingWindowType, UnknownKeys,
 };
 pub use secret::{REDACTED, RedisUrl, Secret, URL_SCHEMES};
+pub use status::PoolStatus;
 pub use validate::{
     CONNECT_TIMEOUT_RANGE, MAX_COUNT, MAX_DURATION, MAX_FALLBACK_MEMORY, MAX_HALF_OPEN_CALLS,
     MAX_POOL_SIZE, MAX_RETRIES_LIMIT, MAX_SLIDING_WINDOW_SIZE,

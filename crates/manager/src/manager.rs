@@ -10,7 +10,7 @@ use resilient_redis_breaker::{BreakerState, CircuitBreaker};
 use resilient_redis_config::RedisConfig;
 use resilient_redis_fallback::{FallbackStore, Journal, SyncTarget};
 use resilient_redis_health::{HealthMonitor, HealthStatus};
-use resilient_redis_metrics::{FallbackGauge, MetricsCollector, PoolGauges};
+use resilient_redis_metrics::{FallbackGauge, MetricsCollector};
 use resilient_redis_pool::{ConnectionPool, PooledConnection};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -198,10 +198,9 @@ impl RedisManager {
         }
         let started = Instant::now();
         let conn = self.inner.pool.get().await.map_err(unavailable);
-        self.inner.metrics.record_pool(
-            pool_gauges(self.inner.pool.as_ref()),
-            Some(started.elapsed()),
-        );
+        self.inner
+            .metrics
+            .record_pool(self.inner.pool.status(), Some(started.elapsed()));
         conn
     }
 
@@ -288,18 +287,6 @@ impl RedisManager {
         inner.pool.close(deadline).await;
         persisted.map_err(Error::from)
     }
-}
-
-pub(crate) fn pool_gauges(pool: &dyn ConnectionPool) -> PoolGauges {
-    let s = pool.status();
-    PoolGauges::new(
-        s.max_size,
-        s.open,
-        s.idle,
-        s.in_use + s.shared_up,
-        s.waiters,
-        s.timeouts,
-    )
 }
 
 impl Drop for Inner {

@@ -6,7 +6,7 @@ use resilient_redis_breaker::{BreakerState, CircuitBreaker};
 use resilient_redis_health::HealthMonitor;
 use resilient_redis_metrics::{BreakerGauge, HealthGauge, MetricsCollector};
 
-use crate::manager::{Inner, pool_gauges};
+use crate::manager::Inner;
 
 /// The recovery loop: follows the breaker and the health monitor, enters fallback mode when
 /// either says Redis is down, and when Redis answers again moves the breaker to half-open,
@@ -86,7 +86,7 @@ pub(crate) async fn supervise(
             }
             _ = gauges.tick() => {
                 let Some(m) = inner.upgrade() else { return };
-                m.metrics.record_pool(pool_gauges(m.pool.as_ref()), None);
+                m.metrics.record_pool(m.pool.status(), None);
                 m.metrics.record_fallback(m.fallback_gauge());
             }
         }

@@ -1,7 +1,7 @@
 //! [`Collector`]: lock-free recording into a window of histograms.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,7 @@ use crate::otel::Instruments;
 use crate::report::PerformanceReport;
 use crate::{
     BreakerGauge, FallbackGauge, HealthGauge, MetricsCollector, MetricsSnapshot, Outcome,
-    PoolGauges,
+    PoolStatus,
 };
 
 /// Slots the retention window is cut into: it advances in sixths.
@@ -100,12 +100,7 @@ fn stripe_index() -> usize {
 /// The latest component gauges; read by the OpenTelemetry callbacks.
 #[derive(Default)]
 pub(crate) struct Gauges {
-    pub(crate) pool_max: AtomicU32,
-    pub(crate) pool_open: AtomicU32,
-    pub(crate) pool_idle: AtomicU32,
-    pub(crate) pool_in_use: AtomicU32,
-    pub(crate) pool_waiters: AtomicU32,
-    pub(crate) pool_timeouts: AtomicU64,
+    pub(crate) pool: Mutex<PoolStatus>,
     pub(crate) breaker_value: AtomicU8,
     pub(crate) breaker_seen: AtomicBool,
     pub(crate) fallback_active: AtomicBool,
@@ -253,14 +248,16 @@ impl MetricsCollector for Collector {
         }
     }
 
-    fn record_pool(&self, pool: PoolGauges, wait: Option<Duration>) {
-        let g = &self.gauges;
-        g.pool_max.store(pool.max_size, Ordering::Relaxed);
-        g.pool_open.store(pool.open, Ordering::Relaxed);
-        g.pool_idle.store(pool.idle, Ordering::Relaxed);
-        g.pool_in_use.store(pool.in_use, Ordering::Relaxed);
-        g.pool_waiters.store(pool.waiters, Ordering::Relaxed);
-        let before = g.pool_timeouts.swap(pool.timeouts, Ordering::Relaxed);
+    fn record_pool(&self, pool: PoolStatus, wait: Option<Duration>) {
+        let before = std::mem::replace(
+            &mut *self
+                .gauges
+                .pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            pool,
+        )
+        .timeouts;
         if let Some(otel) = &self.otel {
             otel.pool(wait, pool.timeouts.saturating_sub(before));
         }
@@ -319,14 +316,7 @@ impl MetricsCollector for Collector {
             }
         };
         let g = &self.gauges;
-        let pool = PoolGauges {
-            max_size: g.pool_max.load(Ordering::Relaxed),
-            open: g.pool_open.load(Ordering::Relaxed),
-            idle: g.pool_idle.load(Ordering::Relaxed),
-            in_use: g.pool_in_use.load(Ordering::Relaxed),
-            waiters: g.pool_waiters.load(Ordering::Relaxed),
-            timeouts: g.pool_timeouts.load(Ordering::Relaxed),
-        };
+        let pool = *g.pool.lock().unwrap_or_else(PoisonError::into_inner);
         let period = self.period();
         let oldest = period.saturating_sub(SLOTS as u64 - 1);
         let breaker_trips = self
@@ -361,11 +351,7 @@ impl MetricsCollector for Collector {
             timeout_rate: rate(errors[kind_index(ErrorKind::Timeout)]),
             uptime: self.started.elapsed(),
             pool,
-            pool_utilisation: if pool.max_size == 0 {
-                0.0
-            } else {
-                f64::from(pool.in_use) / f64::from(pool.max_size)
-            },
+            pool_utilisation: pool.utilisation(),
             breaker: *self.breaker.lock().unwrap_or_else(PoisonError::into_inner),
             breaker_trips,
             fallback: FallbackGauge {
@@ -393,7 +379,7 @@ pub struct NoopMetrics;
 impl MetricsCollector for NoopMetrics {
     #[inline]
     fn record_operation(&self, _: &'static str, _: Duration, _: Outcome) {}
-    fn record_pool(&self, _: PoolGauges, _: Option<Duration>) {}
+    fn record_pool(&self, _: PoolStatus, _: Option<Duration>) {}
     fn record_breaker_state(&self, _: BreakerGauge) {}
     fn record_fallback(&self, _: FallbackGauge) {}
     fn record_health(&self, _: HealthGauge) {}

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use resilient_redis_config::ErrorKind;
+/// The pool's figures: the pool reports them, the metrics record them.
+pub use resilient_redis_config::PoolStatus;
 use serde::Serialize;
 
 pub use collector::{Collector, NoopMetrics};
@@ -27,46 +29,6 @@ pub enum Outcome {
     Fallback,
     /// It failed, with this kind.
     Error(ErrorKind),
-}
-
-/// The pool's figures, as the metrics need them (this crate knows nothing of the pool).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-#[non_exhaustive]
-pub struct PoolGauges {
-    /// `pool.max_size`.
-    pub max_size: u32,
-    /// Connections open.
-    pub open: u32,
-    /// Connections idle.
-    pub idle: u32,
-    /// Connections in use (shared connections count as used).
-    pub in_use: u32,
-    /// Callers waiting for a connection.
-    pub waiters: u32,
-    /// Checkouts that timed out, since start.
-    pub timeouts: u64,
-}
-
-impl PoolGauges {
-    /// Gauges from the pool's figures.
-    #[must_use]
-    pub fn new(
-        max_size: u32,
-        open: u32,
-        idle: u32,
-        in_use: u32,
-        waiters: u32,
-        timeouts: u64,
-    ) -> Self {
-        Self {
-            max_size,
-            open,
-            idle,
-            in_use,
-            waiters,
-            timeouts,
-        }
-    }
 }
 
 /// The breaker's state, as the metrics need it.
@@ -180,7 +142,7 @@ pub struct MetricsSnapshot {
     /// Since the collector started.
     pub uptime: Duration,
     /// The pool's latest figures.
-    pub pool: PoolGauges,
+    pub pool: PoolStatus,
     /// Share of the pool in use, 0..=1.
     pub pool_utilisation: f64,
     /// The breaker's latest state.
@@ -203,7 +165,7 @@ pub trait MetricsCollector: Send + Sync {
     /// Records one operation: its name (`get`, `set`, ...: never a key), duration and outcome.
     fn record_operation(&self, operation: &'static str, duration: Duration, outcome: Outcome);
     /// Records the pool's figures, and how long a checkout waited if one did.
-    fn record_pool(&self, pool: PoolGauges, wait: Option<Duration>);
+    fn record_pool(&self, pool: PoolStatus, wait: Option<Duration>);
     /// Records the breaker's state.
     fn record_breaker_state(&self, breaker: BreakerGauge);
     /// Records the fallback store's state.
@@ -221,7 +183,7 @@ impl<T: MetricsCollector + ?Sized> MetricsCollector for Arc<T> {
     fn record_operation(&self, operation: &'static str, duration: Duration, outcome: Outcome) {
         (**self).record_operation(operation, duration, outcome);
     }
-    fn record_pool(&self, pool: PoolGauges, wait: Option<Duration>) {
+    fn record_pool(&self, pool: PoolStatus, wait: Option<Duration>) {
         (**self).record_pool(pool, wait);
     }
     fn record_breaker_state(&self, breaker: BreakerGauge) {

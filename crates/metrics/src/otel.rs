@@ -1,8 +1,8 @@
 //! OpenTelemetry instruments (database-client semantic conventions), a Prometheus exporter, and
 //! the tracing span of an operation.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -65,8 +65,10 @@ impl Instruments {
             .with_description("Open connections by state")
             .with_unit("{connection}")
             .with_callback(move |o| {
-                let used = u64::from(g.pool_in_use.load(Ordering::Relaxed));
-                let idle = u64::from(g.pool_idle.load(Ordering::Relaxed));
+                let pool = *g.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                // Shared (multiplexed) connections serve callers all the time: used.
+                let used = u64::from(pool.in_use + pool.shared_up);
+                let idle = u64::from(pool.idle);
                 o.observe(
                     idle,
                     &[system(), KeyValue::new(names::CONNECTION_STATE, "idle")],
@@ -83,10 +85,8 @@ impl Instruments {
             .with_description("Callers waiting for a connection")
             .with_unit("{request}")
             .with_callback(move |o| {
-                o.observe(
-                    u64::from(g.pool_waiters.load(Ordering::Relaxed)),
-                    &[system()],
-                )
+                let pool = *g.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                o.observe(u64::from(pool.waiters), &[system()]);
             })
             .build();
         let g = Arc::clone(gauges);

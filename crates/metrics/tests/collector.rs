@@ -11,8 +11,27 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use resilient_redis_config::{ErrorKind, MetricsConfig};
 use resilient_redis_metrics::{
     BreakerGauge, Collector, FallbackGauge, HealthGauge, MetricsCollector, NoopMetrics, Outcome,
-    PoolGauges, PrometheusExporter, names, thresholds,
+    PoolStatus, PrometheusExporter, names, thresholds,
 };
+
+/// Pool figures: `in_use` exclusive connections checked out beside the shared ones.
+fn pool(
+    max_size: u32,
+    open: u32,
+    idle: u32,
+    in_use: u32,
+    waiters: u32,
+    timeouts: u64,
+) -> PoolStatus {
+    let mut s = PoolStatus::default();
+    s.max_size = max_size;
+    s.open = open;
+    s.idle = idle;
+    s.in_use = in_use;
+    s.waiters = waiters;
+    s.timeouts = timeouts;
+    s
+}
 
 fn manual() -> (Collector, Arc<AtomicU64>) {
     let now = Arc::new(AtomicU64::new(0));
@@ -132,7 +151,7 @@ fn recommendations_fire_when_figures_cross_their_thresholds_and_stay_silent_othe
     for _ in 0..1_000 {
         quiet.record_operation("get", Duration::from_millis(1), Outcome::Success);
     }
-    quiet.record_pool(PoolGauges::new(16, 4, 2, 2, 0, 0), None);
+    quiet.record_pool(pool(16, 4, 2, 2, 0, 0), None);
     quiet.record_breaker_state(BreakerGauge::new("closed", 0, 0));
     assert!(codes(&quiet).is_empty(), "{}", quiet.report());
 
@@ -150,10 +169,7 @@ fn recommendations_fire_when_figures_cross_their_thresholds_and_stay_silent_othe
         };
         busy.record_operation("get", d, outcome);
     }
-    busy.record_pool(
-        PoolGauges::new(16, 16, 0, 15, 3, 2),
-        Some(Duration::from_millis(40)),
-    );
+    busy.record_pool(pool(16, 16, 0, 15, 3, 2), Some(Duration::from_millis(40)));
     busy.record_breaker_state(BreakerGauge::new("closed", 0, 0));
     busy.record_breaker_state(BreakerGauge::new("open", 1, 3));
     let report = busy.report();
@@ -214,10 +230,7 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
         Duration::from_millis(3),
         Outcome::Error(ErrorKind::Timeout),
     );
-    c.record_pool(
-        PoolGauges::new(8, 3, 1, 2, 1, 1),
-        Some(Duration::from_millis(5)),
-    );
+    c.record_pool(pool(8, 3, 1, 2, 1, 1), Some(Duration::from_millis(5)));
     c.record_breaker_state(BreakerGauge::new("open", 1, 1));
     c.record_fallback(FallbackGauge::new(true, 7));
     c.record_health(HealthGauge::new(false, Duration::from_millis(9)));

@@ -7,7 +7,6 @@ mod error;
 mod manager;
 mod pool;
 mod session;
-mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +14,8 @@ use std::time::Duration;
 pub use conn::{PooledConnection, SharedConnection};
 pub use error::{PoolError, classify};
 pub use pool::RedisPool;
+pub use resilient_redis_config::PoolStatus;
 pub use session::{Word as CommandName, block_time, shared_refusal};
-pub use status::PoolStatus;
 
 impl From<resilient_redis_config::ConfigError> for PoolError {
     fn from(e: resilient_redis_config::ConfigError) -> Self {

@@ -208,19 +208,19 @@ impl Inner {
         let in_use = c.in_use.load(Ordering::Relaxed);
         let lanes_held =
             u32::try_from(self.lanes.iter().filter(|l| l.load().is_some()).count()).unwrap_or(0);
-        PoolStatus {
-            max_size: self.config.max_size,
-            open,
-            idle: open.saturating_sub(in_use).saturating_sub(lanes_held),
-            in_use,
-            shared_up: self.shared_up(),
-            shared_total: self.config.shared_connections,
-            waiters: c.waiters.load(Ordering::Relaxed),
-            created,
-            closed,
-            timeouts: c.timeouts.load(Ordering::Relaxed),
-            validation_failures: c.validation_failures.load(Ordering::Relaxed),
-        }
+        let mut s = PoolStatus::default();
+        s.max_size = self.config.max_size;
+        s.open = open;
+        s.idle = open.saturating_sub(in_use).saturating_sub(lanes_held);
+        s.in_use = in_use;
+        s.shared_up = self.shared_up();
+        s.shared_total = self.config.shared_connections;
+        s.waiters = c.waiters.load(Ordering::Relaxed);
+        s.created = created;
+        s.closed = closed;
+        s.timeouts = c.timeouts.load(Ordering::Relaxed);
+        s.validation_failures = c.validation_failures.load(Ordering::Relaxed);
+        s
     }
 
     /// "No shared connection": the reason is the last failure to connect.

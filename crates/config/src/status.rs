@@ -1,10 +1,11 @@
-//! Point-in-time figures of a pool.
+//! Point-in-time figures of a connection pool: what the pool reports and the metrics record
+//! (one type for both).
 
 use std::fmt;
 
 /// What a pool holds and has done. Counters (`created`, `closed`, `timeouts`,
 /// `validation_failures`) only grow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct PoolStatus {
     /// Most connections open at once (`pool.max_size`).
