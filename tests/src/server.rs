@@ -67,13 +67,23 @@ impl RedisServerBuilder {
     /// # Panics
     /// When `redis-server` is not installed or does not come up, with a message that says so.
     pub fn start(self) -> RedisServer {
+        self.try_start()
+            .unwrap_or_else(|e| panic!("redis-server did not start: {e}"))
+    }
+
+    /// As [`RedisServerBuilder::start`], with the reason as an error instead of a panic (for
+    /// the CLI's demo).
+    ///
+    /// # Errors
+    /// When `redis-server` is not installed or does not come up, saying which.
+    pub fn try_start(self) -> Result<RedisServer, String> {
         let mut last_error = String::new();
         // A port found free can be taken by someone else before redis binds it: try a few.
         for _ in 0..5 {
             let dir = tempfile::Builder::new()
-                .prefix("resilient-redis-test-")
+                .prefix("resilient-redis-server-")
                 .tempdir()
-                .expect("create a temporary directory for redis-server");
+                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
             let port = free_port();
             let mut args = self.args.clone();
             if self.tls {
@@ -88,11 +98,11 @@ impl RedisServerBuilder {
                 child: None,
             };
             match server.spawn() {
-                Ok(()) => return server,
+                Ok(()) => return Ok(server),
                 Err(e) => last_error = e,
             }
         }
-        panic!("redis-server did not start: {last_error}");
+        Err(last_error)
     }
 }
 
@@ -184,10 +194,19 @@ impl RedisServer {
     /// # Panics
     /// When it does not come up (for example, the port was taken meanwhile).
     pub fn restart(&mut self) {
-        self.kill();
-        if let Err(e) = self.spawn() {
-            panic!("redis-server did not restart on port {}: {e}", self.port);
+        if let Err(e) = self.try_restart() {
+            panic!("{e}");
         }
+    }
+
+    /// As [`RedisServer::restart`], with the reason as an error instead of a panic.
+    ///
+    /// # Errors
+    /// When it does not come up.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.spawn()
+            .map_err(|e| format!("redis-server did not restart on port {}: {e}", self.port))
     }
 
     fn spawn(&mut self) -> Result<(), String> {

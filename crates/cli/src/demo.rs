@@ -12,7 +12,7 @@ use resilient_redis_config::{ConfigLoader, RedisConfig, RedisUrl};
 use resilient_redis_manager::{Error, RedisManager, ServedBy};
 use resilient_redis_metrics::{Collector, MetricsCollector, PrometheusExporter};
 
-use crate::server::OwnServer;
+use resilient_redis_tests::RedisServer;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -81,7 +81,7 @@ pub(crate) async fn run(args: Args) -> bool {
     };
     let mut server = None;
     if args.spawn_server {
-        match OwnServer::start() {
+        match RedisServer::builder().durable().try_start() {
             Ok(s) => {
                 config.url = RedisUrl::new(s.url());
                 server = Some(s);
@@ -185,7 +185,7 @@ pub(crate) async fn run(args: Args) -> bool {
                     t.as_secs_f64()
                 );
             } else if killed && !restarted && t >= restart_at {
-                match s.restart() {
+                match s.try_restart() {
                     Ok(()) => println!(
                         "\n*** chaos: redis-server restarted at {:.0} s",
                         t.as_secs_f64()

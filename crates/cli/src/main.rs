@@ -5,7 +5,6 @@ mod config_cmd;
 mod demo;
 mod http;
 mod journal_cmd;
-mod server;
 
 use std::process::ExitCode;
 use std::time::Duration;

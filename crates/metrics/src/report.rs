@@ -233,8 +233,9 @@ impl fmt::Display for PerformanceReport {
         }
         writeln!(
             f,
-            "  pool        {} open, {} in use, {} idle, {} waiting ({:.0} % utilised)",
+            "  pool        {} open: {} shared, {} exclusive in use, {} idle; {} waiting ({:.0} % utilised)",
             s.pool.open,
+            s.pool.shared_up,
             s.pool.in_use,
             s.pool.idle,
             s.pool.waiters,
