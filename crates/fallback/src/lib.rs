@@ -5,6 +5,7 @@
 mod command;
 mod inspect;
 mod journal;
+#[cfg(any(test, feature = "test-util"))]
 mod model;
 mod op;
 mod replay;
@@ -12,7 +13,6 @@ mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use resilient_redis_config::ErrorKind;
@@ -20,6 +20,7 @@ use resilient_redis_config::ErrorKind;
 pub use command::{Answer, FallbackStoreExt, ReadCmd, WriteCmd};
 pub use inspect::{JournalReport, inspect_journal};
 pub use journal::Cut;
+#[cfg(any(test, feature = "test-util"))]
 pub use model::{ModelTarget, ModelValue, Snapshot};
 pub use op::{DeadLetter, Entry, Op};
 pub use replay::{Batch, BatchId, BatchOutcome, Rejection, ReplayReport, SyncError, SyncTarget};
@@ -200,29 +201,32 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to, for tests.
+/// A clock that moves only when told to, for tests (feature `test-util`).
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
+pub struct ManualClock(std::sync::atomic::AtomicU64);
 
+#[cfg(any(test, feature = "test-util"))]
 impl ManualClock {
     /// A clock showing `now_ms`.
     #[must_use]
     pub fn new(now_ms: u64) -> Arc<Self> {
-        Arc::new(Self(AtomicU64::new(now_ms)))
+        Arc::new(Self(std::sync::atomic::AtomicU64::new(now_ms)))
     }
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(
             u64::try_from(by.as_millis()).unwrap_or(u64::MAX),
-            Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
         );
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

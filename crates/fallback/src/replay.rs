@@ -151,7 +151,7 @@ impl SyncError {
 }
 
 /// Where a replay goes: the manager implements it over Redis (a Lua script per batch);
-/// [`crate::ModelTarget`] implements it in memory for tests.
+/// `ModelTarget` (feature `test-util`) implements it in memory for tests.
 #[async_trait::async_trait]
 pub trait SyncTarget: Send + Sync {
     /// Applies `batch` atomically (all or nothing: refused writes are reported, never half

@@ -98,8 +98,9 @@ fn outcome_of(reply: &[String]) -> Result<BatchOutcome, SyncError> {
     }
 }
 
-/// The Lua script that applies one batch on Redis (`EVAL` with no keys; everything in `ARGV`,
-/// see [`script_args`]). Redis runs a script atomically. It first checks the whole batch's
+/// The Lua script that applies one batch on Redis (`EVAL` with no keys; everything in `ARGV`:
+/// the marker and deadlines keys, seal, index, now, last flag, the retired instance's keys,
+/// then each write as a one-letter code, its time and its arguments). Redis runs a script atomically. It first checks the whole batch's
 /// shape and writes nothing if it is malformed; then each write is `pcall`ed so that one refused
 /// write (`WRONGTYPE`, not an integer) is reported as a dead letter instead of stopping the
 /// batch half-way. Hash writes go in chunks of at most 1000 arguments (Lua's `unpack` has a
