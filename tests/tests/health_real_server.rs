@@ -1,5 +1,5 @@
 //! The health monitor against a real server: a SIGKILL is seen as unhealthy and the restart as
-//! healthy again, both through `subscribe()`.
+//! healthy again, both through `subscribe()`. The probe is the manager's own `PoolProbe`.
 
 mod common;
 
@@ -7,23 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use resilient_redis_config::HealthConfig;
-use resilient_redis_health::{HealthMonitor, Monitor, Probe, ProbeError};
-use resilient_redis_pool::{ConnectionPool, RedisPool};
+use resilient_redis_health::{HealthMonitor, Monitor};
+use resilient_redis_manager::PoolProbe;
+use resilient_redis_pool::RedisPool;
 use resilient_redis_tests::RedisServer;
-
-/// PING through the pool's shared connection (what the manager's probe does).
-struct PoolProbe(RedisPool);
-
-#[async_trait::async_trait]
-impl Probe for PoolProbe {
-    async fn probe(&self) -> Result<(), ProbeError> {
-        let mut conn = self.0.shared().map_err(|e| ProbeError(e.to_string()))?;
-        conn.query::<String>(&redis::cmd("PING"))
-            .await
-            .map(drop)
-            .map_err(|e| ProbeError(e.to_string()))
-    }
-}
 
 #[tokio::test]
 async fn kill_is_seen_as_unhealthy_and_restart_as_healthy() {
@@ -36,7 +23,7 @@ async fn kill_is_seen_as_unhealthy_and_restart_as_healthy() {
     health.timeout = Duration::from_millis(50);
     health.failure_threshold = 2;
     health.success_threshold = 2;
-    let monitor = Monitor::new(Arc::new(PoolProbe(pool)), &health).unwrap();
+    let monitor = Monitor::new(Arc::new(PoolProbe::new(Arc::new(pool))), &health).unwrap();
     let mut rx = monitor.subscribe();
     monitor.start().unwrap();
 
