@@ -298,6 +298,50 @@ fn replayed_values_stay_readable_until_fallback_mode_ends() {
     assert_eq!(store.get(b"k").unwrap(), None, "Redis answers again");
 }
 
+/// Found by review of the store/journal split: a store restored from a journal file started
+/// out "not serving", so the first seal it completed dropped the values it settled at once,
+/// while the manager (in fallback mode for the writes still pending) went on answering from
+/// memory: reads of those keys said "unknown" or "missing". Settled values now go only when
+/// fallback mode ends (`settle`).
+#[test]
+fn after_a_restart_replayed_values_stay_readable_while_writes_are_still_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.journal");
+    let clock = ManualClock::new(T0);
+    {
+        let earlier = open(&config(Some(&path)), &clock, "");
+        for i in 0..3 {
+            earlier.set(format!("k{i}").as_bytes(), b"v", None).unwrap();
+        }
+        earlier.close().unwrap();
+    }
+    let store = open(&config(Some(&path)), &clock, "");
+    let redis = Arc::new(ModelTarget::new());
+    rt().block_on(store.replay(redis.clone())).unwrap();
+    // A write queued behind (or made during a new outage): fallback mode goes on.
+    store.set(b"later", b"w", None).unwrap();
+    let readable = |store: &MemoryStore| {
+        for i in 0..3 {
+            let key = format!("k{i}");
+            assert!(store.knows(key.as_bytes()), "{key}: still known");
+            assert_eq!(
+                store.get(key.as_bytes()).unwrap().as_deref(),
+                Some(&b"v"[..])
+            );
+        }
+    };
+    readable(&store);
+    rt().block_on(store.replay(redis)).unwrap();
+    assert_eq!(store.pending_writes(), 0);
+    readable(&store);
+    store.settle();
+    assert_eq!(
+        store.get(b"k0").unwrap(),
+        None,
+        "fallback mode over: Redis answers"
+    );
+}
+
 /// Values kept only for reading give way to new writes instead of filling the store.
 #[test]
 fn replayed_values_give_way_to_new_writes() {

@@ -149,7 +149,7 @@ operations! {
     fn get(&self, key: [&[u8]]) -> [Result<Option<Vec<u8>>, Error>] {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
-        decode(self.memory_call(&Memory::Get(key), &cmd).await?)
+        self.memory_call(&Memory::Get(key), &cmd, decode).await
     }
 
     /// `SET`, with `PX` when `ttl` is given.
@@ -160,7 +160,7 @@ operations! {
         if let Some(t) = ttl {
             cmd.arg("PX").arg(millis(t));
         }
-        decode(self.memory_call(&Memory::Set(key, value, ttl), &cmd).await?)
+        self.memory_call(&Memory::Set(key, value, ttl), &cmd, decode).await
     }
 
     /// `DEL`; the number deleted (while Redis is down: the number the fallback knew).
@@ -168,14 +168,14 @@ operations! {
         non_empty("keys", "DEL", keys)?;
         let mut cmd = redis::cmd("DEL");
         cmd.arg(keys);
-        decode(self.memory_call(&Memory::Del(slices(keys)), &cmd).await?)
+        self.memory_call(&Memory::Del(slices(keys)), &cmd, decode).await
     }
 
     /// `EXISTS` of one key.
     fn exists(&self, key: [&[u8]]) -> [Result<bool, Error>] {
         let mut cmd = redis::cmd("EXISTS");
         cmd.arg(key);
-        decode(self.memory_call(&Memory::Exists(key), &cmd).await?)
+        self.memory_call(&Memory::Exists(key), &cmd, decode).await
     }
 
     /// `PEXPIRE`; whether the key existed.
@@ -183,21 +183,21 @@ operations! {
         check_ttl(ttl)?;
         let mut cmd = redis::cmd("PEXPIRE");
         cmd.arg(key).arg(millis(ttl));
-        decode(self.memory_call(&Memory::Expire(key, ttl), &cmd).await?)
+        self.memory_call(&Memory::Expire(key, ttl), &cmd, decode).await
     }
 
     /// `PTTL`.
     fn ttl(&self, key: [&[u8]]) -> [Result<Ttl, Error>] {
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(key);
-        decode::<i64>(self.memory_call(&Memory::Ttl(key, false), &cmd).await?).map(ttl_of)
+        self.memory_call(&Memory::Ttl(key, false), &cmd, decode::<i64>).await.map(ttl_of)
     }
 
     /// `INCRBY`; the new value. Never applied twice: see [`Error::Ambiguous`].
     fn incr_by(&self, key: [&[u8]], delta: [i64]) -> [Result<i64, Error>] {
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(delta);
-        decode(self.memory_call(&Memory::IncrBy(key, delta), &cmd).await?)
+        self.memory_call(&Memory::IncrBy(key, delta), &cmd, decode).await
     }
 
     /// `MGET`.
@@ -205,7 +205,7 @@ operations! {
         non_empty("keys", "MGET", keys)?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
-        decode(self.memory_call(&Memory::MGet(slices(keys)), &cmd).await?)
+        self.memory_call(&Memory::MGet(slices(keys)), &cmd, decode).await
     }
 
     /// `MSET`.
@@ -215,14 +215,14 @@ operations! {
         for (k, v) in pairs {
             cmd.arg(k).arg(v);
         }
-        decode(self.memory_call(&Memory::MSet(slice_pairs(pairs)), &cmd).await?)
+        self.memory_call(&Memory::MSet(slice_pairs(pairs)), &cmd, decode).await
     }
 
     /// `HGET`.
     fn hget(&self, key: [&[u8]], field: [&[u8]]) -> [Result<Option<Vec<u8>>, Error>] {
         let mut cmd = redis::cmd("HGET");
         cmd.arg(key).arg(field);
-        decode(self.memory_call(&Memory::HGet(key, field), &cmd).await?)
+        self.memory_call(&Memory::HGet(key, field), &cmd, decode).await
     }
 
     /// `HSET`; the number of new fields.
@@ -233,7 +233,7 @@ operations! {
         for (f, v) in fields {
             cmd.arg(f).arg(v);
         }
-        decode(self.memory_call(&Memory::HSet(key, slice_pairs(fields)), &cmd).await?)
+        self.memory_call(&Memory::HSet(key, slice_pairs(fields)), &cmd, decode).await
     }
 
     /// `HDEL`; the number removed.
@@ -241,14 +241,14 @@ operations! {
         non_empty("fields", "HDEL", fields)?;
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(key).arg(fields);
-        decode(self.memory_call(&Memory::HDel(key, slices(fields)), &cmd).await?)
+        self.memory_call(&Memory::HDel(key, slices(fields)), &cmd, decode).await
     }
 
     /// `HGETALL`.
     fn hgetall(&self, key: [&[u8]]) -> [Result<Fields, Error>] {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(key);
-        decode(self.memory_call(&Memory::HGetAll(key), &cmd).await?)
+        self.memory_call(&Memory::HGetAll(key), &cmd, decode).await
     }
 
     /// Any command through the whole stack: retried by its class (reads and harmless writes;
@@ -303,7 +303,7 @@ impl RedisManager {
                     by: by_memory(s, key),
                 })
             }),
-            |s, v: &Served<Option<Vec<u8>>>| s.observe(key, v.value.clone(), None),
+            |s, v| Memory::Get(key).observe(s, v),
         )
         .await
     }
@@ -329,7 +329,7 @@ impl RedisManager {
                     by,
                 })
             }),
-            |s, v: &Served<i64>| s.observe(key, Some(v.value.to_string().into_bytes()), None),
+            |s, v| Memory::IncrBy(key, delta).observe(s, v),
         )
         .await
     }

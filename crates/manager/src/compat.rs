@@ -347,6 +347,12 @@ impl<'a> Memory<'a> {
                 s.write(&write)?
             }
         };
+        if !self.fits(&answer) {
+            return Err(FallbackError::BadAnswer {
+                operation,
+                answer: format!("{answer:?}").chars().take(80).collect(),
+            });
+        }
         Ok(match answer {
             Answer::Ok => Value::Okay,
             Answer::Bool(b) => Value::Int(i64::from(b)),
@@ -379,6 +385,21 @@ impl<'a> Memory<'a> {
         })
     }
 
+    /// Whether a store's answer is the kind this command expects (a custom store may err).
+    fn fits(&self, answer: &Answer) -> bool {
+        match (self, answer) {
+            (Memory::Get(_) | Memory::HGet(..), Answer::Value(_))
+            | (Memory::Exists(_) | Memory::Expire(..), Answer::Bool(_))
+            | (Memory::Ttl(..), Answer::Ttl(_))
+            | (Memory::HGetAll(_), Answer::Fields(_))
+            | (Memory::Set(..) | Memory::MSet(_), Answer::Ok)
+            | (Memory::Del(_) | Memory::HSet(..) | Memory::HDel(..), Answer::Count(_))
+            | (Memory::IncrBy(..), Answer::Int(_)) => true,
+            (Memory::MGet(keys), Answer::Values(values)) => keys.len() == values.len(),
+            _ => false,
+        }
+    }
+
     /// Keeps shadow copies of what Redis answered (with `fallback.shadow`).
     pub(crate) fn observe(&self, s: &dyn FallbackStore, reply: &Value) {
         match (self, reply) {
@@ -394,11 +415,10 @@ impl<'a> Memory<'a> {
                 s.observe(k, Some(n.to_string().into_bytes()), None);
             }
             (Memory::MGet(ks), Value::Array(vs)) => {
+                // A nil from MGET may be a key of another type (a hash): only values are kept.
                 for (k, v) in ks.iter().zip(vs) {
-                    match v {
-                        Value::BulkString(b) => s.observe(k, Some(b.clone()), None),
-                        Value::Nil => s.observe(k, None, None),
-                        _ => {}
+                    if let Value::BulkString(b) = v {
+                        s.observe(k, Some(b.clone()), None);
                     }
                 }
             }
@@ -413,16 +433,28 @@ impl<'a> Memory<'a> {
 }
 
 impl RedisManager {
-    /// Runs a command the fallback store can answer through the whole stack.
-    pub(crate) async fn memory_call(&self, memory: &Memory<'_>, cmd: &Cmd) -> Result<Value, Error> {
+    /// Runs a command the fallback store can answer through the whole stack; Redis's answer
+    /// and memory's are decoded alike (and a reply that does not decode is recorded as the
+    /// failure it is).
+    pub(crate) async fn memory_call<T>(
+        &self,
+        memory: &Memory<'_>,
+        cmd: &Cmd,
+        decode: impl Fn(Value) -> Result<T, Error> + Sync,
+    ) -> Result<T, Error> {
         let (op, kind) = memory.op();
         let strict = self.strict();
         self.call(
             op,
             kind,
             Request::Cmd(cmd),
-            Ok,
-            Some(&|s| memory.answer(s, strict)),
+            &decode,
+            Some(&|s| {
+                memory
+                    .answer(s, strict)
+                    .map_err(Error::from)
+                    .and_then(&decode)
+            }),
             |s, v| memory.observe(s, v),
         )
         .await
@@ -435,14 +467,29 @@ impl RedisManager {
     /// See [`crate::Error`]; [`Error::Validation`] for a command that needs an exclusive
     /// connection (transactions, `SELECT`, subscriptions, blocking commands).
     pub async fn command(&self, cmd: &Cmd) -> Result<Value, Error> {
-        let mut args: Vec<&[u8]> = Vec::with_capacity(cmd.args_iter().len());
+        // Most commands have a few arguments: they are looked at on the stack, no allocation.
+        const INLINE: usize = 8;
+        let mut inline: [&[u8]; INLINE] = [&[]; INLINE];
+        let mut spilled: Vec<&[u8]> = Vec::new();
+        let mut n = 0;
         let mut simple = true;
         for a in cmd.args_iter() {
             match a {
-                Arg::Simple(b) => args.push(b),
+                Arg::Simple(b) => {
+                    if n < INLINE {
+                        inline[n] = b;
+                    } else {
+                        if spilled.is_empty() {
+                            spilled.extend_from_slice(&inline);
+                        }
+                        spilled.push(b);
+                    }
+                    n += 1;
+                }
                 _ => simple = false,
             }
         }
+        let args: &[&[u8]] = if n <= INLINE { &inline[..n] } else { &spilled };
         let Some(first) = args.first() else {
             return Err(Error::Validation("empty command".into()));
         };
@@ -450,10 +497,10 @@ impl RedisManager {
         let name = name.as_slice();
         refuse_exclusive(cmd)?;
         if simple && let Some(plan) = Memory::plan(name, &args[1..]) {
-            return self.memory_call(&plan?, cmd).await;
+            return self.memory_call(&plan?, cmd, Ok).await;
         }
         let kind = if simple {
-            kind_of(name, &args)
+            kind_of(name, args)
         } else {
             Kind::NonIdempotentWrite
         };
@@ -675,5 +722,22 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// Found by review: a nil in an MGET reply was kept as "known missing", though MGET says
+    /// nil for a key of another type (a hash); during an outage EXISTS then answered 0 and
+    /// HGETALL `{}` as if memory knew.
+    #[test]
+    fn a_nil_from_mget_is_not_kept_as_known_missing() {
+        use resilient_redis_fallback::{FallbackStore, MemoryStore};
+        let mut config = resilient_redis_config::FallbackConfig::default();
+        config.shadow = true;
+        let store = MemoryStore::new(&config).unwrap();
+        Memory::MGet(vec![b"hash", b"string"]).observe(
+            &store,
+            &Value::Array(vec![Value::Nil, Value::BulkString(b"v".to_vec())]),
+        );
+        assert!(!store.knows(b"hash"));
+        assert!(store.knows(b"string"));
     }
 }

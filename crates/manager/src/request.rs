@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::{Cmd, Value};
 use resilient_redis_breaker::{CircuitBreaker, PermitGuard};
 use resilient_redis_config::ErrorKind;
-use resilient_redis_fallback::{FallbackError, FallbackStore};
+use resilient_redis_fallback::FallbackStore;
 use resilient_redis_metrics::{MetricsCollector, Outcome};
 use resilient_redis_pool::{ConnectionPool, PoolError};
 use tokio::time::Instant;
@@ -47,7 +47,8 @@ impl Request<'_> {
 }
 
 /// How the fallback store answers an operation.
-pub(crate) type Serve<'a, T> = dyn Fn(&dyn FallbackStore) -> Result<T, FallbackError> + Sync + 'a;
+/// How the fallback store answers an operation (decoded as Redis's answer would be).
+pub(crate) type Serve<'a, T> = dyn Fn(&dyn FallbackStore) -> Result<T, Error> + Sync + 'a;
 
 /// How a failed command may be handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +79,7 @@ impl RedisManager {
         cmd: Request<'_>,
         decode: impl FnOnce(Value) -> Result<T, Error>,
         fallback: Option<&Serve<'_, T>>,
-        observe: impl FnOnce(&dyn FallbackStore, &T),
+        observe: impl FnOnce(&dyn FallbackStore, &Value),
     ) -> Result<T, Error> {
         let span = resilient_redis_metrics::operation_span(op);
         let started = Instant::now();
@@ -115,7 +116,7 @@ impl RedisManager {
         cmd: Request<'_>,
         decode: impl FnOnce(Value) -> Result<T, Error>,
         fallback: Option<&Serve<'_, T>>,
-        observe: impl FnOnce(&dyn FallbackStore, &T),
+        observe: impl FnOnce(&dyn FallbackStore, &Value),
         started: Instant,
     ) -> (Result<T, Error>, Outcome) {
         let inner = &*self.inner;
@@ -223,10 +224,10 @@ impl RedisManager {
         let (failure, sent) = match attempted {
             Ok(value) => {
                 permit.success(started.elapsed());
-                let decoded = decode(value);
-                if let (Ok(v), true) = (&decoded, inner.shadow) {
-                    observe(inner.store.as_ref(), v);
+                if inner.shadow {
+                    observe(inner.store.as_ref(), &value);
                 }
+                let decoded = decode(value);
                 let outcome = match &decoded {
                     Ok(_) => Outcome::Success,
                     Err(e) => Outcome::Error(e.kind()),
@@ -303,7 +304,7 @@ impl RedisManager {
         } else if !inner.is_fallback_mode() {
             return None;
         }
-        let result = serve(inner.store.as_ref()).map_err(Error::from);
+        let result = serve(inner.store.as_ref());
         let outcome = match &result {
             Ok(_) => Outcome::Fallback,
             Err(e) => Outcome::Error(e.kind()),

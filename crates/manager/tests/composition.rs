@@ -567,3 +567,50 @@ async fn a_close_cut_short_does_not_let_the_next_one_answer_ok_too_early() {
     assert_eq!(store.pending_writes(), 0, "the second close replayed it");
     assert_eq!(target.model.snapshot(0).len(), 1);
 }
+
+/// Found by review: any answer a custom store gave was turned into a reply, so a store that
+/// answered `Ok` to a GET made the typed `get` return `Some(b"OK")`.
+#[tokio::test]
+async fn a_store_answer_of_the_wrong_kind_is_an_error_not_a_value() {
+    let mut p = parts();
+    p.pending = 1;
+    p.store.expect_knows().return_const(true);
+    p.store.expect_read().returning(|_| Ok(Answer::Ok));
+    p.metrics
+        .expect_record_operation()
+        .withf(|op, _, o| op == "get" && *o == Outcome::Error(ErrorKind::Fallback))
+        .times(1)
+        .return_const(());
+    let m = manager(p).await;
+    let err = m.get(b"k").await.unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
+/// Found by review: a reply that did not decode into the operation's type was recorded as a
+/// success (decoding happened after the metrics); it is recorded as the validation error the
+/// caller gets.
+#[tokio::test]
+async fn a_reply_that_does_not_decode_is_recorded_as_a_failure() {
+    use redis_test::{MockCmd, MockRedisConnection};
+    let mut p = parts();
+    p.breaker
+        .expect_try_acquire()
+        .returning(|| Ok(Permit::new(1)));
+    p.breaker.expect_on_success().return_const(());
+    let mut pttl = redis::cmd("PTTL");
+    pttl.arg("k");
+    let conn = MockRedisConnection::new(vec![MockCmd::new(pttl, Ok("not a number"))]);
+    p.pool.expect_shared().returning(move || {
+        Ok(resilient_redis_pool::SharedConnection::from_connection(
+            conn.clone(),
+        ))
+    });
+    p.metrics
+        .expect_record_operation()
+        .withf(|op, _, o| op == "ttl" && *o == Outcome::Error(ErrorKind::Validation))
+        .times(1)
+        .return_const(());
+    let m = manager(p).await;
+    let err = m.ttl(b"k").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation, "{err}");
+}

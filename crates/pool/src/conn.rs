@@ -119,9 +119,14 @@ impl SharedConnection {
     /// # Errors
     /// [`PoolError::Command`] classified by kind (a timeout is `Timeout`).
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
-        let value = self
-            .req_packed_command(cmd)
-            .await
+        // The pool's own connections are awaited in place: no boxed future on the hot path.
+        let reply = match &mut self.0 {
+            SharedKind::Lane { mux, lane } => {
+                guarded(mux.send_packed_command(cmd), &lane.broken, Some(&lane.wake)).await
+            }
+            SharedKind::Custom(conn) => conn.req_packed_command(cmd).await,
+        };
+        let value = reply
             .and_then(Value::extract_error)
             .map_err(to_pool_error)?;
         redis::from_redis_value(value).map_err(|e| PoolError::Command {
@@ -223,8 +228,11 @@ impl PooledConnection {
     }
 
     /// A handle on an exclusive connection of a pool written outside this crate: any redis-rs
-    /// `ConnectionLike`. Dropping the handle drops the connection; session tracking
-    /// ([`PooledConnection::carries_session_state`]) works as for the pool's own.
+    /// `ConnectionLike`. Dropping the handle drops `conn`: what happens to the connection then
+    /// (closed, or given back to the other pool) is `conn`'s own `Drop`. Before dropping it,
+    /// check [`PooledConnection::carries_session_state`] (an open transaction, watches, a
+    /// database, subscriptions); the pool's own connections are closed in that case, and after
+    /// a request whose reply was never read, but nothing here can close yours.
     #[must_use]
     pub fn from_connection<C: ConnectionLike + Send + Sync + 'static>(conn: C) -> Self {
         Self::with(Exclusive::Custom(Box::new(conn)))

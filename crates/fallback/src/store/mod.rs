@@ -14,7 +14,6 @@ use validate::{invalid, validate};
 use values::{apply_local, dead_bytes, entry_bytes};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -118,9 +117,6 @@ struct State {
 pub struct MemoryStore {
     state: Mutex<State>,
     shadow: Option<moka::sync::Cache<Vec<u8>, Arc<Shadow>>>,
-    /// Writes arrived since the last [`FallbackStore::settle`]: values already replayed stay
-    /// readable, since the manager may still be answering from memory.
-    serving: AtomicBool,
     replaying: tokio_free::Flag,
     clock: Arc<dyn Clock>,
     config: FallbackConfig,

@@ -75,7 +75,6 @@ impl MemoryStore {
         let store = Self {
             state: Mutex::new(state),
             shadow,
-            serving: AtomicBool::new(false),
             replaying: tokio_free::Flag::default(),
             clock,
             config: config.clone(),

@@ -134,10 +134,10 @@ impl MemoryStore {
             result.map_err(|e| journal_error(file.path(), e))?;
         }
         keep_dead(state, buried);
+        // Values this seal settled stay readable until `settle` (fallback mode ended): the
+        // manager may still be answering from memory (writes queued behind the seal, a new
+        // outage). They are no longer pinned, so they give way under memory pressure.
         finish_seal(state);
-        if !self.serving.load(Ordering::Acquire) {
-            self.release_settled(state);
-        }
         if drained {
             state.header = header;
             state.next_seq = 1;

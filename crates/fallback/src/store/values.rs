@@ -353,7 +353,6 @@ impl FallbackStore for MemoryStore {
     }
 
     fn write(&self, cmd: &WriteCmd<'_>) -> Result<Answer, FallbackError> {
-        self.serving.store(true, Ordering::Release);
         match *cmd {
             WriteCmd::Set { key, value, ttl } => {
                 let expire_at = ttl.map(|t| self.deadline(t)).transpose()?;
@@ -470,7 +469,6 @@ impl FallbackStore for MemoryStore {
     }
 
     fn settle(&self) {
-        self.serving.store(false, Ordering::Release);
         // Reads go to Redis again: the values already replayed are no longer needed.
         self.release_settled(&mut self.lock());
     }
