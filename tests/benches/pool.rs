@@ -8,6 +8,8 @@
 //! `POOL_BENCH_SHARED` overrides `pool.shared_connections` (default 1).
 //! `POOL_BENCH_OP=set` measures SET of the same 64 B value instead of GET.
 //! `POOL_BENCH_TASKS=64,256` picks the concurrency levels (default 1,16,64,256).
+//! `POOL_BENCH_ONLY=manager` keeps the contenders whose name contains it (and the raw baseline),
+//! for profiling one path.
 //! Contenders: the raw connection, our pool's shared connection, the manager's typed `get`/`set`,
 //! the manager through redis-rs (`redis_connection()`, `AsyncCommands`-style `query_async`),
 //! deadpool-redis and bb8-redis.
@@ -23,8 +25,12 @@ use resilient_redis_tests::RedisServer;
 const KEY: &str = "bench:key";
 const VALUE: &[u8] = &[b'x'; 64];
 
+/// Read once: reading the environment on every operation showed up in profiles (1 %).
 fn is_set() -> bool {
-    std::env::var("POOL_BENCH_OP").is_ok_and(|op| op.eq_ignore_ascii_case("set"))
+    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        std::env::var("POOL_BENCH_OP").is_ok_and(|op| op.eq_ignore_ascii_case("set"))
+    })
 }
 const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];
 const POOL_SIZE: u32 = 16;
@@ -235,14 +241,21 @@ fn main() {
             .build()
             .await
             .expect("manager");
-        let contenders = [
+        let only = std::env::var("POOL_BENCH_ONLY").ok();
+        let contenders: Vec<Contender> = [
             Contender::Raw(raw),
             Contender::Ours(ours),
             Contender::Managed(manager.redis_connection()),
             Contender::Manager(manager),
             Contender::Deadpool(deadpool),
             Contender::Bb8(bb8),
-        ];
+        ]
+        .into_iter()
+        .filter(|c| {
+            matches!(c, Contender::Raw(_))
+                || only.as_deref().is_none_or(|o| c.name().contains(o))
+        })
+        .collect();
         println!(
             "{} 64 B against a local redis-server; pools of {POOL_SIZE}; median of {ROUNDS} \
              interleaved rounds of {:.1} s per cell",

@@ -70,6 +70,13 @@ pub(crate) enum Kind {
     Opaque,
 }
 
+/// When a call started and, once it succeeded, how long it took (the breaker and the metrics
+/// share that one clock read).
+pub(crate) struct Timing {
+    started: Instant,
+    took: Option<std::time::Duration>,
+}
+
 impl RedisManager {
     /// Runs one operation through the whole request path; records its metrics once.
     pub(crate) async fn call<T>(
@@ -82,14 +89,19 @@ impl RedisManager {
         observe: impl FnOnce(&dyn FallbackStore, &Value),
     ) -> Result<T, Error> {
         let span = resilient_redis_metrics::operation_span(op);
-        let started = Instant::now();
+        let mut timing = Timing {
+            started: Instant::now(),
+            took: None,
+        };
         let (result, outcome) = self
-            .attempt(kind, cmd, decode, fallback, observe, started)
+            .attempt(kind, cmd, decode, fallback, observe, &mut timing)
             .instrument(span.clone())
             .await;
-        self.inner
-            .metrics
-            .record_operation(op, started.elapsed(), outcome);
+        self.inner.metrics.record_operation(
+            op,
+            timing.took.unwrap_or_else(|| timing.started.elapsed()),
+            outcome,
+        );
         if let Err(e) = &result {
             span.record("error.type", e.kind().as_str());
         }
@@ -117,8 +129,9 @@ impl RedisManager {
         decode: impl FnOnce(Value) -> Result<T, Error>,
         fallback: Option<&Serve<'_, T>>,
         observe: impl FnOnce(&dyn FallbackStore, &Value),
-        started: Instant,
+        timing: &mut Timing,
     ) -> (Result<T, Error>, Outcome) {
+        let started = timing.started;
         let inner = &*self.inner;
         let opts = self.options;
         let failed = |e: Error| {
@@ -223,7 +236,9 @@ impl RedisManager {
         };
         let (failure, sent) = match attempted {
             Ok(value) => {
-                permit.success(started.elapsed());
+                let elapsed = started.elapsed();
+                timing.took = Some(elapsed);
+                permit.success(elapsed);
                 if inner.shadow {
                     observe(inner.store.as_ref(), &value);
                 }
