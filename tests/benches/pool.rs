@@ -252,8 +252,7 @@ fn main() {
         ]
         .into_iter()
         .filter(|c| {
-            matches!(c, Contender::Raw(_))
-                || only.as_deref().is_none_or(|o| c.name().contains(o))
+            matches!(c, Contender::Raw(_)) || only.as_deref().is_none_or(|o| c.name().contains(o))
         })
         .collect();
         println!(

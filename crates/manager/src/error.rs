@@ -53,8 +53,8 @@ pub enum Error {
     /// A reply could not be converted to the requested type, or an argument is unusable.
     #[error("invalid value: {0}")]
     Validation(String),
-    /// The configuration breaks a rule: every problem, each with its field, is in the source.
-    #[error("invalid configuration")]
+    /// The configuration breaks a rule: every problem, each with its field (also the source).
+    #[error("invalid configuration: {0}")]
     Config(#[from] resilient_redis_config::ConfigError),
     /// A part could not be built.
     #[error("cannot build the manager: {0}")]

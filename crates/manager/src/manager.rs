@@ -19,6 +19,9 @@ use crate::Error;
 use crate::report::{HealthReport, Verdict};
 use crate::request::{CallOptions, overtake_error, unavailable};
 
+/// How long `close` waits between replay attempts while Redis is unreachable.
+const CLOSE_RETRY: Duration = Duration::from_millis(50);
+
 pub(crate) struct Inner {
     pub(crate) config: RedisConfig,
     pub(crate) pool: Arc<dyn ConnectionPool>,
@@ -238,9 +241,10 @@ impl RedisManager {
         }
     }
 
-    /// Stops health checks and the recovery loop, replays pending writes if Redis answers (or
-    /// persists them to the journal file), and closes the pool. Waits up to `deadline` for
-    /// checked-out connections.
+    /// Stops health checks and the recovery loop, replays pending writes (retrying while Redis
+    /// or the pool's connections come back, until `deadline`; what is left is persisted to the
+    /// journal file for the next process), and closes the pool, waiting for checked-out
+    /// connections until the same deadline.
     ///
     /// # Errors
     /// [`Error::Fallback`] when writes are still pending and cannot be persisted: they are lost
@@ -267,8 +271,12 @@ impl RedisManager {
         inner.health.stop().await;
         // Wait for answers from memory in flight; later ones see `closed` and refuse.
         drop(inner.gate.write().unwrap_or_else(PoisonError::into_inner));
-        if inner.journal.pending_writes() > 0 {
-            match tokio::time::timeout(deadline, inner.journal.replay(Arc::clone(&inner.target)))
+        // Replay until the journal is drained or the deadline passes: Redis may be back while
+        // the pool is still reconnecting (found by the chaos campaign: a close right after an
+        // outage gave up at once and left every journaled write for a next process).
+        let until = Instant::now() + deadline;
+        while inner.journal.pending_writes() > 0 {
+            match tokio::time::timeout_at(until, inner.journal.replay(Arc::clone(&inner.target)))
                 .await
             {
                 Ok(Ok(report)) => {
@@ -279,12 +287,25 @@ impl RedisManager {
                         "replayed pending writes on close"
                     );
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot replay pending writes on close"),
-                Err(_) => tracing::warn!("replay on close timed out"),
+                Ok(Err(e)) if Instant::now() + CLOSE_RETRY < until => {
+                    tracing::debug!(error = %e, "cannot replay on close yet; retrying");
+                    tokio::time::sleep(CLOSE_RETRY).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot replay pending writes on close");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!("replay on close timed out");
+                    break;
+                }
             }
         }
         let persisted = inner.journal.close();
-        inner.pool.close(deadline).await;
+        inner
+            .pool
+            .close(until.saturating_duration_since(Instant::now()))
+            .await;
         persisted.map_err(Error::from)
     }
 }

@@ -614,3 +614,63 @@ async fn a_reply_that_does_not_decode_is_recorded_as_a_failure() {
     let err = m.ttl(b"k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Validation, "{err}");
 }
+
+/// A replay target that refuses the first `n` batches as if Redis were still unreachable.
+struct DownFor {
+    model: resilient_redis_fallback::ModelTarget,
+    refusals: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl resilient_redis_fallback::SyncTarget for DownFor {
+    async fn apply(
+        &self,
+        batch: &resilient_redis_fallback::Batch<'_>,
+    ) -> Result<resilient_redis_fallback::BatchOutcome, resilient_redis_fallback::SyncError> {
+        let left = self.refusals.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.refusals
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err(resilient_redis_fallback::SyncError::new(
+                ErrorKind::Connection,
+                "no shared connection is up",
+            ));
+        }
+        self.model.apply(batch).await
+    }
+}
+
+/// Found by the chaos campaign: `close` right after an outage tried the replay once, found the
+/// pool still reconnecting, and left every journaled write for a next process (which may never
+/// come). It retries until its deadline.
+#[tokio::test(start_paused = true)]
+async fn close_keeps_replaying_until_redis_is_back_or_the_deadline() {
+    use resilient_redis_fallback::Journal;
+    let mut config = RedisConfig::default();
+    config.max_retries = 0;
+    let target = Arc::new(DownFor {
+        model: resilient_redis_fallback::ModelTarget::new(),
+        refusals: std::sync::atomic::AtomicU32::new(5),
+    });
+    let mut pool = MockConnectionPool::new();
+    pool.expect_shared().returning(|| Err(refused()));
+    pool.expect_close().return_const(());
+    let mut health = MockHealthMonitor::new();
+    health.expect_stop().return_const(());
+    let store = Arc::new(resilient_redis_fallback::MemoryStore::new(&config.fallback).unwrap());
+    let m = RedisManager::builder(config)
+        .pool(Arc::new(pool))
+        .health(Arc::new(health))
+        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
+        .fallback(Arc::clone(&store))
+        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
+        .sync_target(target.clone())
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+    m.set(b"k", b"v", None).await.unwrap();
+    m.close(std::time::Duration::from_secs(5)).await.unwrap();
+    assert_eq!(store.pending_writes(), 0, "replayed once Redis answered");
+    assert_eq!(target.model.snapshot(0).len(), 1);
+}

@@ -1,0 +1,721 @@
+//! A seeded fault campaign with a history checker: several application processes (this binary
+//! re-executed), each a `RedisManager` with its own journal file, run a workload against one
+//! durable `redis-server` behind a fault proxy while a schedule drawn from the seed kills and
+//! restarts Redis, blackholes it, slows it past the socket timeout, resets every connection, and
+//! SIGKILLs application processes and restarts them on their journals. Every call is written to
+//! a history (JSON lines); after the run and a final drain the checker holds Redis and the
+//! histories against the promises:
+//!
+//! - every owner key (one writer) holds its last acknowledged write, or a later write whose
+//!   outcome the caller does not know (an acknowledged write is never lost);
+//! - every shared counter lies within [acknowledged increments, that + the unknown ones] (an
+//!   increment is never applied twice, nor lost once acknowledged);
+//! - no read returned a value that was never written to its key;
+//! - no call took longer than its bound; every application closed with nothing pending.
+//!
+//! `chaos run [--seed N] [--duration 20s] [--apps 2] [--dir DIR]`; a violation prints the seed,
+//! the schedule and the first offending history entries, and exits 1. `chaos app ...` is the
+//! application process (started by `run`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use resilient_redis_manager::{Error, RedisManager};
+use resilient_redis_tests::{Fault, FaultProxy, RedisServer};
+
+/// Owner keys per application task, tasks per application, shared counters.
+const KEYS_PER_TASK: usize = 3;
+const TASKS: usize = 3;
+const COUNTERS: usize = 3;
+/// The longest any call may take: the manager's whole-call deadline (socket timeout × attempts)
+/// plus room for a loaded 2-core machine.
+const CALL_BOUND: Duration = Duration::from_secs(3);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// FNV-1a: values are recorded by hash.
+fn hash(b: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in b {
+        h ^= u64::from(*x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        Some("app") => app(&args[1..]),
+        Some("run") => run(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: chaos run [--seed N] [--duration 20s] [--apps 2] [--dir DIR]\n       \
+                 chaos app (started by run)"
+            );
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The application process.
+
+/// One history line.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+struct Event {
+    /// `inv` before a write, `ok`, `err` (never applied), `unk` (outcome unknown) after a call.
+    t: String,
+    /// `{app}.{incarnation}.{n}`: the same for a call's `inv` and its outcome.
+    id: String,
+    op: String,
+    key: String,
+    /// The value written (hash; `null` for a delete) or read (`null`: missing).
+    v: Option<String>,
+    /// An increment's delta.
+    d: i64,
+    start: u64,
+    end: u64,
+    /// The error, for `err` and `unk`.
+    why: Option<String>,
+}
+
+struct History(Mutex<std::fs::File>);
+
+impl History {
+    fn write(&self, e: &Event) {
+        let mut line = serde_json::to_vec(e).unwrap_or_default();
+        line.push(b'\n');
+        let mut f = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One write(2) per line: a SIGKILL loses at most the line being written.
+        let _ = f.write_all(&line);
+    }
+}
+
+fn app_config(url: &str, journal: &Path) -> resilient_redis_config::RedisConfig {
+    let mut c = resilient_redis_config::RedisConfig::default();
+    c.url = resilient_redis_config::RedisUrl::new(url);
+    c.connect_timeout = Duration::from_secs(1);
+    c.socket_timeout = Duration::from_millis(300);
+    c.max_retries = 1;
+    c.retry_delay = Duration::from_millis(20);
+    c.pool.acquire_timeout = Duration::from_millis(300);
+    c.pool.validation_interval = Duration::from_millis(100);
+    c.health.check_interval = Duration::from_millis(100);
+    c.health.timeout = Duration::from_millis(100);
+    c.health.failure_threshold = 1;
+    c.health.success_threshold = 1;
+    c.fallback.sync_interval = Duration::from_millis(100);
+    c.fallback.journal_path = Some(journal.to_owned());
+    c
+}
+
+fn app(args: &[String]) -> i32 {
+    let (Some(id), Some(url), Some(dir), Some(until), Some(seed)) = (
+        arg(args, "--id").and_then(|s| s.parse::<usize>().ok()),
+        arg(args, "--url"),
+        arg(args, "--dir").map(PathBuf::from),
+        arg(args, "--until").and_then(|s| s.parse::<u64>().ok()),
+        arg(args, "--seed").and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        eprintln!("chaos app: missing arguments");
+        return 2;
+    };
+    let incarnation = arg(args, "--incarnation").unwrap_or("0").to_owned();
+    let history = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("history-{id}.jsonl")))
+    {
+        Ok(f) => Arc::new(History(Mutex::new(f))),
+        Err(e) => {
+            eprintln!("chaos app {id}: history: {e}");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chaos app {id}: runtime: {e}");
+            return 2;
+        }
+    };
+    rt.block_on(async move {
+        let config = app_config(url, &dir.join(format!("app-{id}.journal")));
+        let manager = match RedisManager::builder(config).build().await {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("chaos app {id}: build: {e}");
+                return 2;
+            }
+        };
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let m = manager.clone();
+                let h = Arc::clone(&history);
+                let tag = format!("{id}.{incarnation}.{t}");
+                let seed = seed ^ ((id as u64) << 32) ^ ((t as u64) << 16) ^ hash_u64(&incarnation);
+                tokio::spawn(workload(m, h, id, t, tag, seed, until))
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        match manager.close(Duration::from_secs(10)).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("chaos app {id}: close: {e}");
+                3
+            }
+        }
+    })
+}
+
+fn hash_u64(s: &str) -> u64 {
+    u64::from_str_radix(&hash(s.as_bytes()), 16).unwrap_or(0)
+}
+
+fn outcome(e: &Error) -> &'static str {
+    // Only an ambiguous error may have been applied; every other error was refused or never
+    // reached Redis (or memory).
+    if matches!(e, Error::Ambiguous { .. }) {
+        "unk"
+    } else {
+        "err"
+    }
+}
+
+async fn workload(
+    m: RedisManager,
+    h: Arc<History>,
+    app: usize,
+    task: usize,
+    tag: String,
+    seed: u64,
+    until: u64,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut n = 0u64;
+    while now_ms() < until {
+        n += 1;
+        let id = format!("{tag}.{n}");
+        let key = format!("own:{app}:{task}:{}", rng.usize(..KEYS_PER_TASK));
+        let roll = rng.u8(..100);
+        let start = now_ms();
+        let event =
+            |t: &str, op: &str, key: &str, v: Option<String>, d: i64, why: Option<String>| Event {
+                t: t.to_owned(),
+                id: id.clone(),
+                op: op.to_owned(),
+                key: key.to_owned(),
+                v,
+                d,
+                start,
+                end: now_ms(),
+                why,
+            };
+        if roll < 40 {
+            let len = match rng.u8(..20) {
+                0 => 0,
+                1 => 64 * 1024,
+                _ => rng.usize(1..512),
+            };
+            let value: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let v = Some(hash(&value));
+            h.write(&event("inv", "set", &key, v.clone(), 0, None));
+            let r = m.set(key.as_bytes(), &value, None).await;
+            h.write(&match r {
+                Ok(()) => event("ok", "set", &key, v, 0, None),
+                Err(e) => event(outcome(&e), "set", &key, v, 0, Some(e.to_string())),
+            });
+        } else if roll < 50 {
+            h.write(&event("inv", "del", &key, None, 0, None));
+            let r = m.del(&[key.clone().into_bytes()]).await;
+            h.write(&match r {
+                Ok(_) => event("ok", "del", &key, None, 0, None),
+                Err(e) => event(outcome(&e), "del", &key, None, 0, Some(e.to_string())),
+            });
+        } else if roll < 80 {
+            let r = m.get(key.as_bytes()).await;
+            h.write(&match r {
+                Ok(v) => event("ok", "get", &key, v.as_deref().map(hash), 0, None),
+                Err(e) => event("err", "get", &key, None, 0, Some(e.to_string())),
+            });
+        } else {
+            let key = format!("ctr:{}", rng.usize(..COUNTERS));
+            let d = rng.i64(1..100);
+            h.write(&event("inv", "incr", &key, None, d, None));
+            let r = m.incr_by(key.as_bytes(), d).await;
+            h.write(&match r {
+                Ok(_) => event("ok", "incr", &key, None, d, None),
+                Err(e) => event(outcome(&e), "incr", &key, None, d, Some(e.to_string())),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(1..5))).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller.
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    KillRedis(Duration),
+    Blackhole(Duration),
+    Latency(Duration),
+    ResetAll,
+    KillApp(usize, Duration),
+    Calm(Duration),
+}
+
+fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut steps = Vec::new();
+    let mut total = Duration::ZERO;
+    while total < length {
+        let d = Duration::from_millis(rng.u64(300..2500));
+        let step = match rng.u8(..6) {
+            0 => Step::KillRedis(d),
+            1 => Step::Blackhole(d),
+            2 => Step::Latency(d),
+            3 => Step::ResetAll,
+            4 => Step::KillApp(rng.usize(..apps), d),
+            _ => Step::Calm(d),
+        };
+        total += match step {
+            Step::ResetAll => Duration::from_millis(200),
+            Step::KillRedis(d)
+            | Step::Blackhole(d)
+            | Step::Latency(d)
+            | Step::KillApp(_, d)
+            | Step::Calm(d) => d,
+        };
+        steps.push(step);
+    }
+    steps
+}
+
+fn spawn_app(
+    exe: &Path,
+    id: usize,
+    incarnation: u32,
+    url: &str,
+    dir: &Path,
+    until: u64,
+    seed: u64,
+) -> Option<Child> {
+    Command::new(exe)
+        .args([
+            "app",
+            "--id",
+            &id.to_string(),
+            "--incarnation",
+            &incarnation.to_string(),
+        ])
+        .args([
+            "--url",
+            url,
+            "--until",
+            &until.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .env("RUST_LOG", "off")
+        .spawn()
+        .map_err(|e| eprintln!("chaos: cannot start app {id}: {e}"))
+        .ok()
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    s.strip_suffix("ms")
+        .and_then(|n| n.parse().ok().map(Duration::from_millis))
+        .or_else(|| {
+            s.strip_suffix('s')
+                .and_then(|n| n.parse().ok().map(Duration::from_secs))
+        })
+        .or_else(|| s.parse().ok().map(Duration::from_secs))
+}
+
+fn run(args: &[String]) -> i32 {
+    let seed = arg(args, "--seed")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(now_ms);
+    let duration = arg(args, "--duration")
+        .and_then(parse_duration)
+        .unwrap_or(Duration::from_secs(20));
+    let apps: usize = arg(args, "--apps")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+        .max(1);
+    let keep = tempfile::Builder::new().prefix("chaos-").tempdir();
+    let (dir, _guard) = match (arg(args, "--dir"), keep) {
+        (Some(d), _) => {
+            let d = PathBuf::from(d);
+            if let Err(e) = std::fs::create_dir_all(&d) {
+                eprintln!("chaos: {}: {e}", d.display());
+                return 2;
+            }
+            (d, None)
+        }
+        (None, Ok(t)) => (t.path().to_owned(), Some(t)),
+        (None, Err(e)) => {
+            eprintln!("chaos: temporary directory: {e}");
+            return 2;
+        }
+    };
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("chaos: cannot find my own executable");
+        return 2;
+    };
+    let mut steps = schedule(seed, duration, apps);
+    if let Some(only) = arg(args, "--only") {
+        // Keep one kind of fault (its name as printed, lower case): the rest become calm.
+        for step in &mut steps {
+            let name = format!("{step:?}").to_lowercase();
+            if !name.starts_with(only) {
+                *step = Step::Calm(match *step {
+                    Step::KillRedis(d)
+                    | Step::Blackhole(d)
+                    | Step::Latency(d)
+                    | Step::KillApp(_, d)
+                    | Step::Calm(d) => d,
+                    Step::ResetAll => Duration::from_millis(200),
+                });
+            }
+        }
+    }
+    println!(
+        "chaos: seed {seed}, {apps} apps, {duration:?}; rerun with `cargo xtask chaos --seed {seed} --duration {}s --apps {apps}`",
+        duration.as_secs()
+    );
+    println!("schedule: {steps:?}");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chaos: runtime: {e}");
+            return 2;
+        }
+    };
+    let mut server = match RedisServer::builder().durable().try_start() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            return 2;
+        }
+    };
+    let started = Instant::now();
+    let app_failures = rt.block_on(drive(&mut server, &exe, &dir, seed, apps, duration, &steps));
+    let redis_state = rt.block_on(read_redis(&server.url(), apps));
+    let report = check(&dir, apps, &redis_state);
+    println!(
+        "chaos: {} calls in {:.1} s ({} ok, {} refused, {} unknown outcome); worst call {} ms",
+        report.calls,
+        started.elapsed().as_secs_f64(),
+        report.ok,
+        report.refused,
+        report.unknown,
+        report.worst_ms
+    );
+    let mut violations = report.violations;
+    violations.extend(app_failures);
+    if violations.is_empty() {
+        println!("chaos: seed {seed}: every promise held");
+        0
+    } else {
+        println!("chaos: seed {seed}: {} violations", violations.len());
+        for v in violations.iter().take(20) {
+            println!("  - {v}");
+        }
+        println!("schedule: {steps:?}");
+        println!("histories kept in {}", dir.display());
+        if let Some(g) = _guard {
+            let _ = g.keep();
+        }
+        1
+    }
+}
+
+async fn drive(
+    server: &mut RedisServer,
+    exe: &Path,
+    dir: &Path,
+    seed: u64,
+    apps: usize,
+    duration: Duration,
+    steps: &[Step],
+) -> Vec<String> {
+    let proxy = FaultProxy::start(server.addr()).await;
+    // Calls stop a little after the faults, so the last outage is seen and recovered from.
+    let until = now_ms() + u64::try_from(duration.as_millis()).unwrap_or(u64::MAX) + 2000;
+    let url = proxy.url();
+    let mut incarnations = vec![0u32; apps];
+    let mut children: Vec<Option<Child>> = (0..apps)
+        .map(|i| spawn_app(exe, i, 0, &url, dir, until, seed))
+        .collect();
+    let began = Instant::now();
+    for step in steps {
+        // Faults end with the campaign: the last one is cut short rather than left running.
+        let Some(left) = duration.checked_sub(began.elapsed()) else {
+            break;
+        };
+        let step = match *step {
+            Step::KillRedis(d) => Step::KillRedis(d.min(left)),
+            Step::Blackhole(d) => Step::Blackhole(d.min(left)),
+            Step::Latency(d) => Step::Latency(d.min(left)),
+            Step::KillApp(i, d) => Step::KillApp(i, d.min(left)),
+            other => other,
+        };
+        match step {
+            Step::KillRedis(d) => {
+                server.kill();
+                tokio::time::sleep(d).await;
+                if let Err(e) = server.try_restart() {
+                    return vec![format!("the harness could not restart redis-server: {e}")];
+                }
+            }
+            Step::Blackhole(d) => {
+                proxy.set(Fault::Blackhole);
+                tokio::time::sleep(d).await;
+                proxy.set(Fault::Pass);
+            }
+            Step::Latency(d) => {
+                proxy.set(Fault::Latency(Duration::from_millis(400)));
+                tokio::time::sleep(d).await;
+                proxy.set(Fault::Pass);
+            }
+            Step::ResetAll => {
+                proxy.reset_all();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Step::KillApp(i, d) => {
+                if let Some(mut c) = children[i].take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                tokio::time::sleep(d).await;
+                incarnations[i] += 1;
+                children[i] = spawn_app(exe, i, incarnations[i], &url, dir, until, seed);
+            }
+            Step::Calm(d) => tokio::time::sleep(d).await,
+        }
+    }
+    proxy.set(Fault::Pass);
+    let mut failures = Vec::new();
+    for (i, c) in children.iter_mut().enumerate() {
+        let Some(c) = c else {
+            failures.push(format!("app {i} could not be started"));
+            continue;
+        };
+        match tokio::task::block_in_place(|| c.wait()) {
+            Ok(s) if s.success() => {}
+            Ok(s) => failures.push(format!(
+                "app {i} exited with {s} (3: writes still pending at close)"
+            )),
+            Err(e) => failures.push(format!("app {i}: {e}")),
+        }
+    }
+    // The final drain: each journal is opened once more and replayed, as a restarted process
+    // would (a close cut short by a fault leaves its writes there, not lost).
+    for (i, incarnation) in incarnations.iter().enumerate() {
+        let Some(mut c) = spawn_app(exe, i, incarnation + 1, &url, dir, 0, seed) else {
+            failures.push(format!("app {i}: the final drain could not start"));
+            continue;
+        };
+        match tokio::task::block_in_place(|| c.wait()) {
+            Ok(s) if s.success() => {}
+            Ok(s) => failures.push(format!("app {i}: the final drain exited with {s}")),
+            Err(e) => failures.push(format!("app {i}: the final drain: {e}")),
+        }
+    }
+    failures
+}
+
+/// Every key's value in Redis at the end (hashes of values; counters as numbers).
+async fn read_redis(url: &str, apps: usize) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let Ok(client) = redis::Client::open(url) else {
+        return out;
+    };
+    let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+        return out;
+    };
+    let mut keys: Vec<String> = (0..COUNTERS).map(|c| format!("ctr:{c}")).collect();
+    for a in 0..apps {
+        for t in 0..TASKS {
+            for k in 0..KEYS_PER_TASK {
+                keys.push(format!("own:{a}:{t}:{k}"));
+            }
+        }
+    }
+    for k in keys {
+        let v: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&k)
+            .query_async(&mut con)
+            .await
+            .unwrap_or(None);
+        out.insert(k, v);
+    }
+    out
+}
+
+#[derive(Default)]
+struct Report {
+    calls: u64,
+    ok: u64,
+    refused: u64,
+    unknown: u64,
+    worst_ms: u64,
+    violations: Vec<String>,
+}
+
+fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> Report {
+    let mut r = Report::default();
+    // Per key, in invocation order: (id, value hash or None for delete).
+    let mut writes: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, String> = BTreeMap::new();
+    let mut reads: Vec<Event> = Vec::new();
+    let mut incrs: Vec<Event> = Vec::new();
+    for a in 0..apps {
+        let Ok(f) = std::fs::File::open(dir.join(format!("history-{a}.jsonl"))) else {
+            r.violations.push(format!("app {a} left no history"));
+            continue;
+        };
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            // A line cut by a SIGKILL does not parse: its call has no outcome (unknown).
+            let Ok(e) = serde_json::from_str::<Event>(&line) else {
+                continue;
+            };
+            match e.t.as_str() {
+                "inv" => match e.op.as_str() {
+                    "set" | "del" => writes
+                        .entry(e.key.clone())
+                        .or_default()
+                        .push((e.id.clone(), e.v.clone())),
+                    _ => incrs.push(e),
+                },
+                t => {
+                    r.calls += 1;
+                    match t {
+                        "ok" => r.ok += 1,
+                        "unk" => r.unknown += 1,
+                        _ => r.refused += 1,
+                    }
+                    r.worst_ms = r.worst_ms.max(e.end.saturating_sub(e.start));
+                    if e.end.saturating_sub(e.start)
+                        > u64::try_from(CALL_BOUND.as_millis()).unwrap_or(u64::MAX)
+                    {
+                        r.violations.push(format!(
+                            "call {} ({} {}) took {} ms, over {CALL_BOUND:?}",
+                            e.id,
+                            e.op,
+                            e.key,
+                            e.end - e.start
+                        ));
+                    }
+                    if e.op == "get" && e.t == "ok" {
+                        reads.push(e.clone());
+                    }
+                    outcomes.insert(e.id.clone(), e.t.clone());
+                }
+            }
+        }
+    }
+    // Owner keys: the last acknowledged write, or any later one not known to have failed.
+    for (key, ws) in &writes {
+        let last_ok = ws
+            .iter()
+            .rposition(|(id, _)| outcomes.get(id).is_some_and(|t| t == "ok"));
+        let mut acceptable: BTreeSet<Option<String>> = BTreeSet::new();
+        match last_ok {
+            Some(i) => {
+                acceptable.insert(ws[i].1.clone());
+            }
+            None => {
+                acceptable.insert(None);
+            }
+        }
+        // Later writes refused outright never applied; the rest (unknown outcome, or no
+        // outcome because the process was killed) may have.
+        for (id, v) in &ws[last_ok.map_or(0, |i| i + 1)..] {
+            if outcomes.get(id).is_none_or(|t| t != "err") {
+                acceptable.insert(v.clone());
+            }
+        }
+        let actual = redis.get(key).cloned().flatten().map(|b| hash(&b));
+        if !acceptable.contains(&actual) {
+            r.violations.push(format!(
+                "{key}: Redis holds {actual:?}, but the last acknowledged write (or a later one of unknown outcome) was one of {acceptable:?}"
+            ));
+        }
+    }
+    // Reads: only values written to the key (or missing).
+    for e in &reads {
+        if let Some(v) = &e.v {
+            let written = writes
+                .get(&e.key)
+                .is_some_and(|ws| ws.iter().any(|(_, w)| w.as_ref() == Some(v)));
+            if !written {
+                r.violations.push(format!(
+                    "read {} of {} returned {v}, never written to it",
+                    e.id, e.key
+                ));
+            }
+        }
+    }
+    // Counters: within [acknowledged, acknowledged + unknown].
+    let mut sums: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for e in &incrs {
+        let s = sums.entry(e.key.clone()).or_default();
+        match outcomes.get(&e.id).map(String::as_str) {
+            Some("ok") => s.0 += e.d,
+            Some("err") => {}
+            _ => s.1 += e.d,
+        }
+    }
+    for (key, (acked, unknown)) in sums {
+        let actual: i64 = redis
+            .get(&key)
+            .cloned()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if actual < acked || actual > acked + unknown {
+            r.violations.push(format!(
+                "{key}: Redis holds {actual}, outside [{acked}, {}] (acknowledged increments, plus those of unknown outcome)",
+                acked + unknown
+            ));
+        }
+    }
+    r
+}
