@@ -13,9 +13,13 @@
 //! - no read returned a value that was never written to its key;
 //! - no call took longer than its bound; every application closed with nothing pending.
 //!
-//! `chaos run [--seed N] [--duration 20s] [--apps 2] [--dir DIR]`; a violation prints the seed,
-//! the schedule and the first offending history entries, and exits 1. `chaos app ...` is the
-//! application process (started by `run`).
+//! `chaos run [--seed N] [--duration 20s] [--apps 2] [--dir DIR] [--only FAULT] [--sabotage]`;
+//! a violation prints the seed, the schedule and the first offending history entries, and the
+//! exit code is 1. `--only blackhole` keeps one kind of fault; `--sabotage` corrupts what the checker reads
+//! (one owner key, one counter) to show that it catches it. `chaos app ...` is the application
+//! process (started by `run`). Besides the faults above: `maxmemory` with `noeviction` (OOM
+//! replies), `maxclients 1`, `requirepass` set and removed, one call in ten abandoned by its
+//! caller, and one application whose fallback store is small enough to fill.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
@@ -129,6 +133,14 @@ fn app_config(url: &str, journal: &Path) -> resilient_redis_config::RedisConfig 
     c
 }
 
+/// App 1 runs with a fallback store of 256 KiB, so long outages fill it: writes past the bound
+/// must be refused, never dropped.
+fn app_bound(id: usize, c: &mut resilient_redis_config::RedisConfig) {
+    if id == 1 {
+        c.fallback.max_memory_size = 256 * 1024;
+    }
+}
+
 fn app(args: &[String]) -> i32 {
     let (Some(id), Some(url), Some(dir), Some(until), Some(seed)) = (
         arg(args, "--id").and_then(|s| s.parse::<usize>().ok()),
@@ -164,7 +176,8 @@ fn app(args: &[String]) -> i32 {
         }
     };
     rt.block_on(async move {
-        let config = app_config(url, &dir.join(format!("app-{id}.journal")));
+        let mut config = app_config(url, &dir.join(format!("app-{id}.journal")));
+        app_bound(id, &mut config);
         let manager = match RedisManager::builder(config).build().await {
             Ok(m) => m,
             Err(e) => {
@@ -208,6 +221,20 @@ fn outcome(e: &Error) -> &'static str {
     }
 }
 
+/// One call in ten is abandoned by its caller after 0-20 ms (a timeout around it): `None`.
+async fn cancel<T>(
+    rng: &mut fastrand::Rng,
+    call: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    if rng.u8(..10) == 0 {
+        tokio::time::timeout(Duration::from_millis(rng.u64(..20)), call)
+            .await
+            .ok()
+    } else {
+        Some(call.await)
+    }
+}
+
 async fn workload(
     m: RedisManager,
     h: Arc<History>,
@@ -246,17 +273,33 @@ async fn workload(
             let value: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
             let v = Some(hash(&value));
             h.write(&event("inv", "set", &key, v.clone(), 0, None));
-            let r = m.set(key.as_bytes(), &value, None).await;
+            let r = cancel(&mut rng, m.set(key.as_bytes(), &value, None)).await;
             h.write(&match r {
-                Ok(()) => event("ok", "set", &key, v, 0, None),
-                Err(e) => event(outcome(&e), "set", &key, v, 0, Some(e.to_string())),
+                Some(Ok(())) => event("ok", "set", &key, v, 0, None),
+                Some(Err(e)) => event(outcome(&e), "set", &key, v, 0, Some(e.to_string())),
+                None => event(
+                    "unk",
+                    "set",
+                    &key,
+                    v,
+                    0,
+                    Some("cancelled by its caller".into()),
+                ),
             });
         } else if roll < 50 {
             h.write(&event("inv", "del", &key, None, 0, None));
-            let r = m.del(&[key.clone().into_bytes()]).await;
+            let r = cancel(&mut rng, m.del(&[key.clone().into_bytes()])).await;
             h.write(&match r {
-                Ok(_) => event("ok", "del", &key, None, 0, None),
-                Err(e) => event(outcome(&e), "del", &key, None, 0, Some(e.to_string())),
+                Some(Ok(_)) => event("ok", "del", &key, None, 0, None),
+                Some(Err(e)) => event(outcome(&e), "del", &key, None, 0, Some(e.to_string())),
+                None => event(
+                    "unk",
+                    "del",
+                    &key,
+                    None,
+                    0,
+                    Some("cancelled by its caller".into()),
+                ),
             });
         } else if roll < 80 {
             let r = m.get(key.as_bytes()).await;
@@ -268,10 +311,18 @@ async fn workload(
             let key = format!("ctr:{}", rng.usize(..COUNTERS));
             let d = rng.i64(1..100);
             h.write(&event("inv", "incr", &key, None, d, None));
-            let r = m.incr_by(key.as_bytes(), d).await;
+            let r = cancel(&mut rng, m.incr_by(key.as_bytes(), d)).await;
             h.write(&match r {
-                Ok(_) => event("ok", "incr", &key, None, d, None),
-                Err(e) => event(outcome(&e), "incr", &key, None, d, Some(e.to_string())),
+                Some(Ok(_)) => event("ok", "incr", &key, None, d, None),
+                Some(Err(e)) => event(outcome(&e), "incr", &key, None, d, Some(e.to_string())),
+                None => event(
+                    "unk",
+                    "incr",
+                    &key,
+                    None,
+                    d,
+                    Some("cancelled by its caller".into()),
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(1..5))).await;
@@ -288,7 +339,44 @@ enum Step {
     Latency(Duration),
     ResetAll,
     KillApp(usize, Duration),
+    /// `maxmemory` far below the dataset with `noeviction`: writes answered `OOM`.
+    Oom(Duration),
+    /// `maxclients 1`: new connections are refused (existing ones keep working).
+    MaxClients(Duration),
+    /// `requirepass` set: new connections fail to authenticate (existing ones stay in).
+    Password(Duration),
     Calm(Duration),
+}
+
+impl Step {
+    fn length(&self) -> Duration {
+        match *self {
+            Step::ResetAll => Duration::from_millis(200),
+            Step::KillRedis(d)
+            | Step::Blackhole(d)
+            | Step::Latency(d)
+            | Step::KillApp(_, d)
+            | Step::Oom(d)
+            | Step::MaxClients(d)
+            | Step::Password(d)
+            | Step::Calm(d) => d,
+        }
+    }
+
+    fn cut(self, left: Duration) -> Step {
+        let d = self.length().min(left);
+        match self {
+            Step::KillRedis(_) => Step::KillRedis(d),
+            Step::Blackhole(_) => Step::Blackhole(d),
+            Step::Latency(_) => Step::Latency(d),
+            Step::KillApp(i, _) => Step::KillApp(i, d),
+            Step::Oom(_) => Step::Oom(d),
+            Step::MaxClients(_) => Step::MaxClients(d),
+            Step::Password(_) => Step::Password(d),
+            Step::Calm(_) => Step::Calm(d),
+            Step::ResetAll => Step::ResetAll,
+        }
+    }
 }
 
 fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
@@ -297,22 +385,18 @@ fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
     let mut total = Duration::ZERO;
     while total < length {
         let d = Duration::from_millis(rng.u64(300..2500));
-        let step = match rng.u8(..6) {
+        let step = match rng.u8(..9) {
             0 => Step::KillRedis(d),
             1 => Step::Blackhole(d),
             2 => Step::Latency(d),
             3 => Step::ResetAll,
             4 => Step::KillApp(rng.usize(..apps), d),
+            5 => Step::Oom(d),
+            6 => Step::MaxClients(d),
+            7 => Step::Password(d),
             _ => Step::Calm(d),
         };
-        total += match step {
-            Step::ResetAll => Duration::from_millis(200),
-            Step::KillRedis(d)
-            | Step::Blackhole(d)
-            | Step::Latency(d)
-            | Step::KillApp(_, d)
-            | Step::Calm(d) => d,
-        };
+        total += step.length();
         steps.push(step);
     }
     steps
@@ -399,14 +483,7 @@ fn run(args: &[String]) -> i32 {
         for step in &mut steps {
             let name = format!("{step:?}").to_lowercase();
             if !name.starts_with(only) {
-                *step = Step::Calm(match *step {
-                    Step::KillRedis(d)
-                    | Step::Blackhole(d)
-                    | Step::Latency(d)
-                    | Step::KillApp(_, d)
-                    | Step::Calm(d) => d,
-                    Step::ResetAll => Duration::from_millis(200),
-                });
+                *step = Step::Calm(step.length());
             }
         }
     }
@@ -435,7 +512,18 @@ fn run(args: &[String]) -> i32 {
     };
     let started = Instant::now();
     let app_failures = rt.block_on(drive(&mut server, &exe, &dir, seed, apps, duration, &steps));
-    let redis_state = rt.block_on(read_redis(&server.url(), apps));
+    let mut redis_state = rt.block_on(read_redis(&server.url(), apps));
+    if args.iter().any(|a| a == "--sabotage") {
+        // The checker's own test: lose one acknowledged write and count one increment twice;
+        // the run must then report violations.
+        if let Some(v) = redis_state.get_mut("own:0:0:0") {
+            *v = Some(b"a value nobody wrote".to_vec());
+        }
+        if let Some(Some(v)) = redis_state.get_mut("ctr:0") {
+            let n: i64 = String::from_utf8_lossy(v).parse().unwrap_or(0);
+            *v = (n + 1_000_000).to_string().into_bytes();
+        }
+    }
     let report = check(&dir, apps, &redis_state);
     println!(
         "chaos: {} calls in {:.1} s ({} ok, {} refused, {} unknown outcome); worst call {} ms",
@@ -475,6 +563,11 @@ async fn drive(
     steps: &[Step],
 ) -> Vec<String> {
     let proxy = FaultProxy::start(server.addr()).await;
+    let mut admin = Admin {
+        url: server.url(),
+        con: None,
+    };
+    admin.connect().await;
     // Calls stop a little after the faults, so the last outage is seen and recovered from.
     let until = now_ms() + u64::try_from(duration.as_millis()).unwrap_or(u64::MAX) + 2000;
     let url = proxy.url();
@@ -488,13 +581,7 @@ async fn drive(
         let Some(left) = duration.checked_sub(began.elapsed()) else {
             break;
         };
-        let step = match *step {
-            Step::KillRedis(d) => Step::KillRedis(d.min(left)),
-            Step::Blackhole(d) => Step::Blackhole(d.min(left)),
-            Step::Latency(d) => Step::Latency(d.min(left)),
-            Step::KillApp(i, d) => Step::KillApp(i, d.min(left)),
-            other => other,
-        };
+        let step = step.cut(left);
         match step {
             Step::KillRedis(d) => {
                 server.kill();
@@ -502,6 +589,7 @@ async fn drive(
                 if let Err(e) = server.try_restart() {
                     return vec![format!("the harness could not restart redis-server: {e}")];
                 }
+                admin.connect().await;
             }
             Step::Blackhole(d) => {
                 proxy.set(Fault::Blackhole);
@@ -525,6 +613,30 @@ async fn drive(
                 tokio::time::sleep(d).await;
                 incarnations[i] += 1;
                 children[i] = spawn_app(exe, i, incarnations[i], &url, dir, until, seed);
+            }
+            Step::Oom(d) => {
+                admin
+                    .run(&[
+                        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+                        &["CONFIG", "SET", "maxmemory", "1"],
+                    ])
+                    .await;
+                tokio::time::sleep(d).await;
+                admin.run(&[&["CONFIG", "SET", "maxmemory", "0"]]).await;
+            }
+            Step::MaxClients(d) => {
+                admin.run(&[&["CONFIG", "SET", "maxclients", "1"]]).await;
+                tokio::time::sleep(d).await;
+                admin
+                    .run(&[&["CONFIG", "SET", "maxclients", "10000"]])
+                    .await;
+            }
+            Step::Password(d) => {
+                admin
+                    .run(&[&["CONFIG", "SET", "requirepass", "chaos-changed-it"]])
+                    .await;
+                tokio::time::sleep(d).await;
+                admin.run(&[&["CONFIG", "SET", "requirepass", ""]]).await;
             }
             Step::Calm(d) => tokio::time::sleep(d).await,
         }
@@ -558,6 +670,41 @@ async fn drive(
         }
     }
     failures
+}
+
+/// A connection of the harness's own, straight to the server (not through the proxy), opened
+/// before any fault: with `maxclients` reached or a password set, a new connection would be
+/// refused, but this one stays in. Reopened after Redis restarts.
+struct Admin {
+    url: String,
+    con: Option<redis::aio::MultiplexedConnection>,
+}
+
+impl Admin {
+    async fn connect(&mut self) {
+        self.con = match redis::Client::open(self.url.as_str()) {
+            Ok(c) => c.get_multiplexed_async_connection().await.ok(),
+            Err(_) => None,
+        };
+        if self.con.is_none() {
+            eprintln!("chaos: the admin connection to redis-server failed");
+        }
+    }
+
+    async fn run(&mut self, commands: &[&[&str]]) {
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        for c in commands {
+            let mut cmd = redis::cmd(c[0]);
+            for a in &c[1..] {
+                cmd.arg(*a);
+            }
+            if let Err(e) = cmd.query_async::<redis::Value>(con).await {
+                eprintln!("chaos: admin {c:?}: {e}");
+            }
+        }
+    }
 }
 
 /// Every key's value in Redis at the end (hashes of values; counters as numbers).
