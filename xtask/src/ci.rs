@@ -81,6 +81,7 @@ pub(crate) fn run(_args: &[String]) -> bool {
             && status(cargo().args(["deny", "--locked", "check", "licenses", "bans", "sources"]))
     });
     step("tidy", &mut crate::tidy::run);
+    step("chaos", &mut crate::chaos::campaign);
 
     eprintln!("\ncargo xtask ci summary");
     for s in &steps {

@@ -1,6 +1,7 @@
 //! Development tasks for resilient-redis. `cargo xtask <task>`; see `cargo xtask help`.
 
 mod bench;
+mod chaos;
 mod ci;
 mod demo;
 mod tidy;
@@ -12,9 +13,10 @@ const HELP: &str = "\
 cargo xtask <task>
 
 Tasks:
-  ci      every check CI runs: fmt, clippy, tests, doctests, docs, cargo-deny, tidy
+  ci      every check CI runs: fmt, clippy, tests, doctests, docs, cargo-deny, tidy, chaos
   demo    the main job: a workload through an outage and recovery (see README)
   bench   the benchmarks, compared with raw redis-rs and peer crates in the same run
+  chaos   a seeded fault campaign with a history checker ([--seed N] [--duration 20s] [--apps 2])
   tidy    the architecture invariants (cargo tree) and stub checks only
   help    this text
 ";
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         "ci" => ci::run(&rest),
         "demo" => demo::run(&rest),
         "bench" => bench::run(&rest),
+        "chaos" => chaos::run(&rest),
         "tidy" => tidy::run(),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
