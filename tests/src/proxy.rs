@@ -17,9 +17,10 @@ pub enum Fault {
     /// Forward everything untouched.
     #[default]
     Pass,
-    /// Accept connections and read what arrives, but forward nothing and answer nothing, in
-    /// either direction: a hung server or a dead network path. New connections are held open
-    /// without reaching the server.
+    /// Forward nothing and answer nothing, in either direction: a hung server or a dead network
+    /// path. Bytes in flight are held, not dropped, and delivered in order once the fault ends
+    /// (as TCP would after a partition heals). New connections are held open without reaching
+    /// the server.
     Blackhole,
     /// Forward every chunk after this delay.
     Latency(Duration),
@@ -159,14 +160,14 @@ async fn serve(mut client: TcpStream, shared: &Shared, mut shutdown: watch::Rece
     let mut resets = shared.resets.subscribe();
     let mut fault = shared.fault.subscribe();
 
-    // While blackholed, a new connection is held and reaches nothing.
+    // While blackholed, a new connection is held and reaches nothing; what the client sends
+    // waits in the socket, as it would in a network that heals (nothing is dropped: a dropped
+    // request would shift every later reply onto the wrong request, which no network does).
     while *fault.borrow_and_update() == Fault::Blackhole {
-        let mut sink = [0u8; 4096];
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = resets.changed() => { reset(&client); return; }
             changed = fault.changed() => if changed.is_err() { return },
-            read = client.read(&mut sink) => if matches!(read, Ok(0) | Err(_)) { return },
         }
     }
     let Ok(mut upstream) = TcpStream::connect(shared.upstream).await else {
@@ -193,8 +194,10 @@ async fn serve(mut client: TcpStream, shared: &Shared, mut shutdown: watch::Rece
     }
 }
 
-/// Copies one direction, applying the fault in force to each chunk.
-async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, fault: watch::Receiver<Fault>) {
+/// Copies one direction, applying the fault in force to each chunk. A blackhole holds the
+/// chunk (and, by not reading, everything behind it) until it ends: bytes are late, never lost
+/// or reordered, as over TCP.
+async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, mut fault: watch::Receiver<Fault>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
@@ -204,11 +207,20 @@ async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, fault: watch::Recei
             }
             Ok(n) => n,
         };
-        let current = *fault.borrow();
-        match current {
-            Fault::Blackhole => continue,
-            Fault::Latency(delay) => tokio::time::sleep(delay).await,
-            Fault::Pass | Fault::Refuse => {}
+        loop {
+            let current = *fault.borrow_and_update();
+            match current {
+                Fault::Blackhole => {
+                    if fault.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Fault::Latency(delay) => {
+                    tokio::time::sleep(delay).await;
+                    break;
+                }
+                Fault::Pass | Fault::Refuse => break,
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

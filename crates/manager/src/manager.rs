@@ -242,9 +242,9 @@ impl RedisManager {
     }
 
     /// Stops health checks and the recovery loop, replays pending writes (retrying while Redis
-    /// or the pool's connections come back, until `deadline`; what is left is persisted to the
-    /// journal file for the next process), and closes the pool, waiting for checked-out
-    /// connections until the same deadline.
+    /// or the pool's connections come back, for up to `deadline`; what is left is persisted to
+    /// the journal file for the next process), and closes the pool, waiting up to `deadline`
+    /// again for checked-out connections.
     ///
     /// # Errors
     /// [`Error::Fallback`] when writes are still pending and cannot be persisted: they are lost
@@ -274,38 +274,49 @@ impl RedisManager {
         // Replay until the journal is drained or the deadline passes: Redis may be back while
         // the pool is still reconnecting (found by the chaos campaign: a close right after an
         // outage gave up at once and left every journaled write for a next process).
-        let until = Instant::now() + deadline;
+        let started = Instant::now();
+        let left = || deadline.saturating_sub(started.elapsed());
         while inner.journal.pending_writes() > 0 {
-            match tokio::time::timeout_at(until, inner.journal.replay(Arc::clone(&inner.target)))
-                .await
-            {
-                Ok(Ok(report)) => {
-                    inner.count_dead_letters(&report);
-                    inner.metrics.record_fallback(inner.fallback_gauge());
-                    tracing::info!(
-                        applied = report.entries_applied,
-                        "replayed pending writes on close"
-                    );
-                }
-                Ok(Err(e)) if Instant::now() + CLOSE_RETRY < until => {
-                    tracing::debug!(error = %e, "cannot replay on close yet; retrying");
-                    tokio::time::sleep(CLOSE_RETRY).await;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot replay pending writes on close");
+            let wait =
+                match tokio::time::timeout(left(), inner.journal.replay(Arc::clone(&inner.target)))
+                    .await
+                {
+                    Ok(Ok(report)) => {
+                        inner.count_dead_letters(&report);
+                        inner.metrics.record_fallback(inner.fallback_gauge());
+                        if report.entries_applied > 0 {
+                            tracing::info!(
+                                applied = report.entries_applied,
+                                "replayed pending writes on close"
+                            );
+                        }
+                        // Nothing moved: another replay holds the journal (a second close, the
+                        // recovery loop being stopped). Wait for it rather than spin.
+                        report.batches_applied == 0 && report.batches_skipped == 0
+                    }
+                    Ok(Err(e)) if e.kind().is_transient() => {
+                        tracing::debug!(error = %e, "cannot replay on close yet; retrying");
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot replay pending writes on close");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!("replay on close timed out");
+                        break;
+                    }
+                };
+            if wait {
+                if left() <= CLOSE_RETRY {
+                    tracing::warn!("writes still pending when the close deadline passed");
                     break;
                 }
-                Err(_) => {
-                    tracing::warn!("replay on close timed out");
-                    break;
-                }
+                tokio::time::sleep(CLOSE_RETRY).await;
             }
         }
         let persisted = inner.journal.close();
-        inner
-            .pool
-            .close(until.saturating_duration_since(Instant::now()))
-            .await;
+        inner.pool.close(deadline).await;
         persisted.map_err(Error::from)
     }
 }

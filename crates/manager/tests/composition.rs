@@ -674,3 +674,44 @@ async fn close_keeps_replaying_until_redis_is_back_or_the_deadline() {
     assert_eq!(store.pending_writes(), 0, "replayed once Redis answered");
     assert_eq!(target.model.snapshot(0).len(), 1);
 }
+
+/// Found by review: two closes at once (or a close racing the recovery loop's replay) spun: the
+/// second's replay returned at once with writes pending, and its loop never yielded, so on a
+/// current-thread runtime the first close was never polled again.
+#[tokio::test]
+async fn two_closes_at_once_both_finish() {
+    let mut config = RedisConfig::default();
+    config.max_retries = 0;
+    let target = Arc::new(SlowFirst {
+        model: resilient_redis_fallback::ModelTarget::new(),
+        calls: std::sync::atomic::AtomicU32::new(0),
+    });
+    let mut pool = MockConnectionPool::new();
+    pool.expect_shared().returning(|| Err(refused()));
+    pool.expect_close().return_const(());
+    let mut health = MockHealthMonitor::new();
+    health.expect_stop().return_const(());
+    let store = Arc::new(resilient_redis_fallback::MemoryStore::new(&config.fallback).unwrap());
+    let m = RedisManager::builder(config)
+        .pool(Arc::new(pool))
+        .health(Arc::new(health))
+        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
+        .fallback(Arc::clone(&store))
+        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
+        .sync_target(target.clone())
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+    m.set(b"k", b"v", None).await.unwrap();
+    let deadline = std::time::Duration::from_secs(5);
+    let both = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(m.close(deadline), m.close(deadline))
+    })
+    .await
+    .expect("both closes finish");
+    both.0.unwrap();
+    both.1.unwrap();
+    use resilient_redis_fallback::Journal;
+    assert_eq!(store.pending_writes(), 0);
+}

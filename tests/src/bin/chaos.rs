@@ -158,7 +158,11 @@ fn app(args: &[String]) -> i32 {
         .append(true)
         .open(dir.join(format!("history-{id}.jsonl")))
     {
-        Ok(f) => Arc::new(History(Mutex::new(f))),
+        Ok(mut f) => {
+            // A line cut by the previous incarnation's SIGKILL must not swallow our first one.
+            let _ = f.write_all(b"\n");
+            Arc::new(History(Mutex::new(f)))
+        }
         Err(e) => {
             eprintln!("chaos app {id}: history: {e}");
             return 2;
@@ -211,14 +215,12 @@ fn hash_u64(s: &str) -> u64 {
     u64::from_str_radix(&hash(s.as_bytes()), 16).unwrap_or(0)
 }
 
-fn outcome(e: &Error) -> &'static str {
-    // Only an ambiguous error may have been applied; every other error was refused or never
-    // reached Redis (or memory).
-    if matches!(e, Error::Ambiguous { .. }) {
-        "unk"
-    } else {
-        "err"
-    }
+/// A write that failed may still have been applied: an ambiguous one by definition, and an
+/// idempotent one that was sent and then failed (its caller may repeat it safely, but cannot
+/// know). Only errors raised before anything was sent are "not applied"; from outside they
+/// cannot be told apart, so every failed write counts as of unknown outcome.
+fn outcome(_e: &Error) -> &'static str {
+    "unk"
 }
 
 /// One call in ten is abandoned by its caller after 0-20 ms (a timeout around it): `None`.
@@ -396,6 +398,8 @@ fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
             7 => Step::Password(d),
             _ => Step::Calm(d),
         };
+        // The plan ends with the campaign: the last fault is cut, not left running.
+        let step = step.cut(length.saturating_sub(total));
         total += step.length();
         steps.push(step);
     }
@@ -465,6 +469,13 @@ fn run(args: &[String]) -> i32 {
                 eprintln!("chaos: {}: {e}", d.display());
                 return 2;
             }
+            if std::fs::read_dir(&d).map_or(true, |mut e| e.next().is_some()) {
+                eprintln!(
+                    "chaos: {} is not empty (histories and journals of another run?)",
+                    d.display()
+                );
+                return 2;
+            }
             (d, None)
         }
         (None, Ok(t)) => (t.path().to_owned(), Some(t)),
@@ -512,17 +523,18 @@ fn run(args: &[String]) -> i32 {
     };
     let started = Instant::now();
     let app_failures = rt.block_on(drive(&mut server, &exe, &dir, seed, apps, duration, &steps));
-    let mut redis_state = rt.block_on(read_redis(&server.url(), apps));
-    if args.iter().any(|a| a == "--sabotage") {
-        // The checker's own test: lose one acknowledged write and count one increment twice;
-        // the run must then report violations.
-        if let Some(v) = redis_state.get_mut("own:0:0:0") {
-            *v = Some(b"a value nobody wrote".to_vec());
+    let mut redis_state = match rt.block_on(read_redis(&server.url(), apps)) {
+        Ok(state) => state,
+        Err(e) => {
+            println!("chaos: seed {seed}: cannot read Redis at the end: {e}");
+            return 1;
         }
-        if let Some(Some(v)) = redis_state.get_mut("ctr:0") {
-            let n: i64 = String::from_utf8_lossy(v).parse().unwrap_or(0);
-            *v = (n + 1_000_000).to_string().into_bytes();
-        }
+    };
+    let sabotage = args.iter().any(|a| a == "--sabotage");
+    if sabotage {
+        // The checker's own test: a value nobody wrote, and a counter far above every increment.
+        redis_state.insert("own:0:0:0".into(), Some(b"a value nobody wrote".to_vec()));
+        redis_state.insert("ctr:0".into(), Some(b"999999999999".to_vec()));
     }
     let report = check(&dir, apps, &redis_state);
     println!(
@@ -536,6 +548,16 @@ fn run(args: &[String]) -> i32 {
     );
     let mut violations = report.violations;
     violations.extend(app_failures);
+    if sabotage {
+        let caught = |key: &str| violations.iter().any(|v| v.starts_with(&format!("{key}:")));
+        return if caught("own:0:0:0") && caught("ctr:0") {
+            println!("chaos: the checker caught the sabotaged key and counter");
+            0
+        } else {
+            println!("chaos: the checker MISSED the sabotage: {violations:?}");
+            1
+        };
+    }
     if violations.is_empty() {
         println!("chaos: seed {seed}: every promise held");
         0
@@ -566,6 +588,7 @@ async fn drive(
     let mut admin = Admin {
         url: server.url(),
         con: None,
+        failed: false,
     };
     admin.connect().await;
     // Calls stop a little after the faults, so the last outage is seen and recovered from.
@@ -587,6 +610,10 @@ async fn drive(
                 server.kill();
                 tokio::time::sleep(d).await;
                 if let Err(e) = server.try_restart() {
+                    for c in children.iter_mut().flatten() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
                     return vec![format!("the harness could not restart redis-server: {e}")];
                 }
                 admin.connect().await;
@@ -625,10 +652,11 @@ async fn drive(
                 admin.run(&[&["CONFIG", "SET", "maxmemory", "0"]]).await;
             }
             Step::MaxClients(d) => {
+                let before = admin.get("maxclients").await;
                 admin.run(&[&["CONFIG", "SET", "maxclients", "1"]]).await;
                 tokio::time::sleep(d).await;
                 admin
-                    .run(&[&["CONFIG", "SET", "maxclients", "10000"]])
+                    .run(&[&["CONFIG", "SET", "maxclients", &before]])
                     .await;
             }
             Step::Password(d) => {
@@ -643,6 +671,9 @@ async fn drive(
     }
     proxy.set(Fault::Pass);
     let mut failures = Vec::new();
+    if admin.failed {
+        failures.push("the harness lost its admin connection: some faults were not applied".into());
+    }
     for (i, c) in children.iter_mut().enumerate() {
         let Some(c) = c else {
             failures.push(format!("app {i} could not be started"));
@@ -678,6 +709,8 @@ async fn drive(
 struct Admin {
     url: String,
     con: Option<redis::aio::MultiplexedConnection>,
+    /// A connect failed: the server-side faults after it were not applied.
+    failed: bool,
 }
 
 impl Admin {
@@ -688,7 +721,23 @@ impl Admin {
         };
         if self.con.is_none() {
             eprintln!("chaos: the admin connection to redis-server failed");
+            self.failed = true;
         }
+    }
+
+    /// A configuration value (`CONFIG GET`), as the server has it now.
+    async fn get(&mut self, name: &str) -> String {
+        let Some(con) = self.con.as_mut() else {
+            return String::new();
+        };
+        let pair: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(con)
+            .await;
+        pair.ok()
+            .and_then(|p| p.get(1).cloned())
+            .unwrap_or_default()
     }
 
     async fn run(&mut self, commands: &[&[&str]]) {
@@ -708,14 +757,14 @@ impl Admin {
 }
 
 /// Every key's value in Redis at the end (hashes of values; counters as numbers).
-async fn read_redis(url: &str, apps: usize) -> BTreeMap<String, Option<Vec<u8>>> {
+async fn read_redis(
+    url: &str,
+    apps: usize,
+) -> Result<BTreeMap<String, Option<Vec<u8>>>, redis::RedisError> {
     let mut out = BTreeMap::new();
-    let Ok(client) = redis::Client::open(url) else {
-        return out;
-    };
-    let Ok(mut con) = client.get_multiplexed_async_connection().await else {
-        return out;
-    };
+    let mut con = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
     let mut keys: Vec<String> = (0..COUNTERS).map(|c| format!("ctr:{c}")).collect();
     for a in 0..apps {
         for t in 0..TASKS {
@@ -725,14 +774,10 @@ async fn read_redis(url: &str, apps: usize) -> BTreeMap<String, Option<Vec<u8>>>
         }
     }
     for k in keys {
-        let v: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&k)
-            .query_async(&mut con)
-            .await
-            .unwrap_or(None);
+        let v: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query_async(&mut con).await?;
         out.insert(k, v);
     }
-    out
+    Ok(out)
 }
 
 #[derive(Default)]
@@ -811,10 +856,12 @@ fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> 
                 acceptable.insert(None);
             }
         }
-        // Later writes refused outright never applied; the rest (unknown outcome, or no
-        // outcome because the process was killed) may have.
-        for (id, v) in &ws[last_ok.map_or(0, |i| i + 1)..] {
-            if outcomes.get(id).is_none_or(|t| t != "err") {
+        // A write of unknown outcome (failed, abandoned by its caller, or cut by a SIGKILL)
+        // may take effect at any time after it was invoked, even after a later acknowledged
+        // write (its bytes late on an old connection): it is acceptable wherever it sits.
+        // Acknowledged writes are the ones that must not be overtaken by each other.
+        for (id, v) in ws {
+            if outcomes.get(id).is_none_or(|t| t != "ok") {
                 acceptable.insert(v.clone());
             }
         }
