@@ -228,3 +228,51 @@ async fn an_acl_user_from_the_config_is_used_and_a_wrong_one_refused() {
     let pool = RedisPool::new(&config).await.unwrap();
     assert_eq!(pool.shared().unwrap_err().kind(), ErrorKind::Auth);
 }
+
+/// Found by review of the chaos campaign: a SET that timed out was still in flight (late in a
+/// slow network); the caller moved on, wrote a newer value on a fresh connection, and the late
+/// SET then landed over it. The pool now kills a timed-out connection server-side before its
+/// replacement serves, so the late bytes find no one to run them.
+#[tokio::test]
+async fn a_write_that_timed_out_cannot_land_after_a_newer_one() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let pool = RedisPool::new(&common::config(&proxy.url())).await.unwrap();
+    let set = |v: &str| {
+        let mut c = redis::cmd("SET");
+        c.arg("k").arg(v);
+        c
+    };
+    // Every chunk waits 1.2 s in the proxy: the old SET outlives its 300 ms socket timeout.
+    proxy.set(Fault::Latency(Duration::from_millis(1200)));
+    let mut conn = pool.shared().unwrap();
+    let late = conn.query::<()>(&set("old")).await.unwrap_err();
+    assert_eq!(late.kind(), ErrorKind::Timeout, "{late}");
+    proxy.set(Fault::Pass);
+    // A fresh shared connection, and a newer write on it.
+    let newer = timeout(HANG, async {
+        loop {
+            if let Ok(mut c) = pool.shared()
+                && c.query::<()>(&set("new")).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        newer.is_ok(),
+        "a new connection serves once the latency is gone"
+    );
+    // Past the moment the old SET's bytes leave the proxy.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let direct = redis::Client::open(server.url()).unwrap();
+    let mut direct = direct.get_multiplexed_async_connection().await.unwrap();
+    let value: String = redis::cmd("GET")
+        .arg("k")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(value, "new", "the timed-out SET landed after the newer one");
+}

@@ -50,6 +50,8 @@ pub(crate) struct Lane {
     pub(crate) wake: Arc<Notify>,
     /// The mobc connection this lane borrowed; closed (not returned) when the lane goes.
     pub(crate) held: std::sync::Mutex<Option<mobc::Connection<RedisManager>>>,
+    /// Who it is to the server (for fencing, should a request on it time out).
+    pub(crate) identity: Option<crate::fence::Identity>,
 }
 
 impl Drop for Lane {
@@ -291,6 +293,11 @@ impl Drop for PooledConnection {
         };
         if let Some(mut conn) = conn.take() {
             conn.last_used = tokio::time::Instant::now();
+            if conn.broken.load(Ordering::Acquire) || self.in_flight {
+                // A request on it may still reach Redis late: kill it server-side before a new
+                // shared connection serves.
+                on_drop.fence.add(conn.identity.as_ref());
+            }
             if conn.broken.load(Ordering::Acquire) || self.session.is_dirty() || self.in_flight {
                 // Closed now, not when mobc gets round to it.
                 drop(conn.into_inner());

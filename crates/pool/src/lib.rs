@@ -4,6 +4,7 @@
 
 mod conn;
 mod error;
+mod fence;
 mod manager;
 mod pool;
 mod session;

@@ -36,6 +36,8 @@ pub(crate) struct RawConn {
     pub(crate) last_used: Instant,
     /// The reply deadline of its commands (a blocking command gets its block time on top).
     pub(crate) socket_timeout: Duration,
+    /// Who it is to the server, so that it can be fenced if a request on it times out.
+    pub(crate) identity: Option<crate::fence::Identity>,
     counters: Arc<Counters>,
 }
 
@@ -234,7 +236,8 @@ impl mobc::Manager for RedisManager {
         let mut attempt = 1;
         loop {
             match self.connect_once().await {
-                Ok(mux) => {
+                Ok(mut mux) => {
+                    let identity = crate::fence::identify(&mut mux, self.socket_timeout).await;
                     self.counters.created.fetch_add(1, Ordering::Relaxed);
                     self.last_error.clear();
                     let now = Instant::now();
@@ -244,6 +247,7 @@ impl mobc::Manager for RedisManager {
                         created: now,
                         last_used: now,
                         socket_timeout: self.socket_timeout,
+                        identity,
                         counters: Arc::clone(&self.counters),
                     });
                 }

@@ -46,6 +46,8 @@ impl std::fmt::Debug for RedisPool {
 /// What connections need to reach back to.
 pub(crate) struct Shared {
     counters: Arc<Counters>,
+    /// Connections to kill server-side before a new shared connection serves.
+    pub(crate) fence: crate::fence::Fence,
     returned: Notify,
     manager_url: String,
 }
@@ -136,6 +138,7 @@ impl RedisPool {
             .build(manager);
         let shared = Arc::new(Shared {
             counters,
+            fence: crate::fence::Fence::default(),
             returned: Notify::new(),
             manager_url: config.url.redacted(),
         });
@@ -280,7 +283,17 @@ impl Inner {
 
     async fn open_lane(&self) -> Result<Lane, PoolError> {
         let conn = self.mobc.get().await.map_err(|e| self.map_mobc(e))?;
+        if !self.shared.fence.is_empty() {
+            // Nothing may run on the new connection before the old ones whose requests may
+            // still land are gone.
+            let mut mux = conn.mux.clone();
+            if let Err(e) = self.shared.fence.run(&mut mux, self.socket_timeout).await {
+                conn.broken.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
         Ok(Lane {
+            identity: conn.identity.clone(),
             mux: conn.mux.clone(),
             broken: Arc::clone(&conn.broken),
             created: conn.created,
@@ -348,7 +361,11 @@ impl Inner {
                 .as_ref()
                 .is_some_and(|l| l.broken.load(Ordering::Acquire))
             {
-                // A broken lane serves nobody: drop it at once so it is closed.
+                // A broken lane serves nobody: drop it at once so it is closed, and kill it
+                // server-side before its replacement serves (a request on it may land late).
+                if let Some(old) = &current {
+                    self.shared.fence.add(old.identity.as_ref());
+                }
                 slot.store(None);
             }
             match self.open_lane().await {
@@ -357,6 +374,20 @@ impl Inner {
                     slot.store(Some(Arc::new(lane)));
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot reopen a shared connection yet"),
+            }
+        }
+        // Exclusive connections given back mid-request wait here too: fence them through a
+        // shared connection that is up.
+        if !self.shared.fence.is_empty()
+            && let Some(lane) = self
+                .lanes
+                .iter()
+                .filter_map(|slot| slot.load_full())
+                .find(|l| !l.broken.load(Ordering::Acquire))
+        {
+            let mut mux = lane.mux.clone();
+            if let Err(e) = self.shared.fence.run(&mut mux, self.socket_timeout).await {
+                tracing::debug!(error = %e, "cannot fence yet");
             }
         }
     }
