@@ -28,7 +28,7 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use resilient_redis_manager::{Error, RedisManager};
+use resilient_redis_manager::{Error, RedisManager, ServedBy};
 use resilient_redis_tests::{Fault, FaultProxy, RedisServer};
 
 /// Owner keys per application task, tasks per application, shared counters.
@@ -98,6 +98,9 @@ struct Event {
     end: u64,
     /// The error, for `err` and `unk`.
     why: Option<String>,
+    /// Who answered a read: `redis` or `memory`.
+    #[serde(default)]
+    src: Option<String>,
 }
 
 struct History(Mutex<std::fs::File>);
@@ -265,6 +268,7 @@ async fn workload(
                 start,
                 end: now_ms(),
                 why,
+                src: None,
             };
         if roll < 40 {
             let len = match rng.u8(..20) {
@@ -304,9 +308,20 @@ async fn workload(
                 ),
             });
         } else if roll < 80 {
-            let r = m.get(key.as_bytes()).await;
+            let r = m.get_with_source(key.as_bytes()).await;
             h.write(&match r {
-                Ok(v) => event("ok", "get", &key, v.as_deref().map(hash), 0, None),
+                Ok(s) => {
+                    // Who answered: a read from Redis must respect the order of acknowledged
+                    // writes; one from memory may be stale by design.
+                    let src = if s.by == ServedBy::Redis {
+                        "redis"
+                    } else {
+                        "memory"
+                    };
+                    let mut e = event("ok", "get", &key, s.value.as_deref().map(hash), 0, None);
+                    e.src = Some(src.to_owned());
+                    e
+                }
                 Err(e) => event("err", "get", &key, None, 0, Some(e.to_string())),
             });
         } else {
@@ -796,6 +811,7 @@ fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> 
     let mut writes: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, String> = BTreeMap::new();
     let mut reads: Vec<Event> = Vec::new();
+    let mut ordered: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     let mut incrs: Vec<Event> = Vec::new();
     for a in 0..apps {
         let Ok(f) = std::fs::File::open(dir.join(format!("history-{a}.jsonl"))) else {
@@ -807,6 +823,9 @@ fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> 
             let Ok(e) = serde_json::from_str::<Event>(&line) else {
                 continue;
             };
+            if e.key.starts_with("own:") {
+                ordered.entry(e.key.clone()).or_default().push(e.clone());
+            }
             match e.t.as_str() {
                 "inv" => match e.op.as_str() {
                     "set" | "del" => writes
@@ -870,6 +889,40 @@ fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> 
             r.violations.push(format!(
                 "{key}: Redis holds {actual:?}, but the last acknowledged write (or a later one of unknown outcome) was one of {acceptable:?}"
             ));
+        }
+    }
+    // Reads served by Redis, in each key's own order (one task writes and reads it, one call at
+    // a time): the value of the last acknowledged write before the read, or of a write after
+    // it whose outcome is unknown (it may land any time after its invocation). A stale value
+    // here is an acknowledged write overtaken: a replay out of order, a late write landing.
+    for (key, events) in &ordered {
+        let mut last_ok: Option<Option<String>> = None;
+        let mut unknown: Vec<Option<String>> = Vec::new();
+        let mut invoked: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        for e in events {
+            match (e.t.as_str(), e.op.as_str()) {
+                ("inv", _) => {
+                    invoked.insert(&e.id, e.v.clone());
+                    unknown.push(e.v.clone());
+                }
+                ("ok", "set" | "del") => {
+                    last_ok = Some(invoked.get(e.id.as_str()).cloned().flatten());
+                    unknown.clear();
+                }
+                ("ok", "get") if e.src.as_deref() == Some("redis") => {
+                    let fits = last_ok.as_ref().is_none_or(|v| *v == e.v) || unknown.contains(&e.v);
+                    if !fits {
+                        r.violations.push(format!(
+                            "{key}: read {} served by Redis returned {:?}, but the last acknowledged write before it was {:?} (later writes of unknown outcome: {})",
+                            e.id,
+                            e.v,
+                            last_ok.clone().flatten(),
+                            unknown.len()
+                        ));
+                    }
+                }
+                _ => {}
+            }
         }
     }
     // Reads: only values written to the key (or missing).
