@@ -13,7 +13,8 @@
 //! - no read returned a value that was never written to its key;
 //! - no call took longer than its bound; every application closed with nothing pending.
 //!
-//! `chaos run [--seed N] [--duration 20s] [--apps 2] [--dir DIR] [--only FAULT] [--sabotage]`;
+//! `chaos run [--seed N] [--duration 20s] [--apps 2] [--dir DIR] [--only FAULT] [--sabotage]
+//! [--report FILE]` (the table of calls by fault class, as Markdown, to FILE as well);
 //! a violation prints the seed, the schedule and the first offending history entries, and the
 //! exit code is 1. `--only blackhole` keeps one kind of fault; `--sabotage` corrupts what the checker reads
 //! (one owner key, one counter) to show that it catches it. `chaos app ...` is the application
@@ -21,7 +22,7 @@
 //! replies), `maxclients 1`, `requirepass` set and removed, one call in ten abandoned by its
 //! caller, and one application whose fallback store is small enough to fill.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -92,7 +93,7 @@ struct Event {
     key: String,
     /// The value written (hash; `null` for a delete) or read (`null`: missing).
     v: Option<String>,
-    /// An increment's delta.
+    /// An increment's delta; a SET's time to live in ms (0: none).
     d: i64,
     start: u64,
     end: u64,
@@ -278,17 +279,25 @@ async fn workload(
             };
             let value: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
             let v = Some(hash(&value));
-            h.write(&event("inv", "set", &key, v.clone(), 0, None));
-            let r = cancel(&mut rng, m.set(key.as_bytes(), &value, None)).await;
+            // One SET in four expires, 50 ms to 3 s later (the deadline must hold across a
+            // replay: neither lost early nor kept late).
+            let ttl = if rng.u8(..4) == 0 {
+                rng.i64(50..3000)
+            } else {
+                0
+            };
+            let px = (ttl > 0).then(|| Duration::from_millis(ttl.unsigned_abs()));
+            h.write(&event("inv", "set", &key, v.clone(), ttl, None));
+            let r = cancel(&mut rng, m.set(key.as_bytes(), &value, px)).await;
             h.write(&match r {
-                Some(Ok(())) => event("ok", "set", &key, v, 0, None),
-                Some(Err(e)) => event(outcome(&e), "set", &key, v, 0, Some(e.to_string())),
+                Some(Ok(())) => event("ok", "set", &key, v, ttl, None),
+                Some(Err(e)) => event(outcome(&e), "set", &key, v, ttl, Some(e.to_string())),
                 None => event(
                     "unk",
                     "set",
                     &key,
                     v,
-                    0,
+                    ttl,
                     Some("cancelled by its caller".into()),
                 ),
             });
@@ -365,7 +374,29 @@ enum Step {
     Calm(Duration),
 }
 
+/// When a step of the schedule ran, wall clock (Unix ms).
+struct Window {
+    name: &'static str,
+    start: u64,
+    end: u64,
+}
+
 impl Step {
+    /// The fault class, for the report.
+    fn name(&self) -> &'static str {
+        match self {
+            Step::KillRedis(_) => "Redis SIGKILLed and restarted",
+            Step::Blackhole(_) => "blackhole",
+            Step::Latency(_) => "latency 400 ms (past the socket timeout)",
+            Step::ResetAll => "every connection reset",
+            Step::KillApp(..) => "an application SIGKILLed and restarted",
+            Step::Oom(_) => "maxmemory + noeviction (OOM)",
+            Step::MaxClients(_) => "maxclients 1",
+            Step::Password(_) => "requirepass set",
+            Step::Calm(_) => "calm",
+        }
+    }
+
     fn length(&self) -> Duration {
         match *self {
             Step::ResetAll => Duration::from_millis(200),
@@ -537,7 +568,9 @@ fn run(args: &[String]) -> i32 {
         }
     };
     let started = Instant::now();
-    let app_failures = rt.block_on(drive(&mut server, &exe, &dir, seed, apps, duration, &steps));
+    let (app_failures, windows) =
+        rt.block_on(drive(&mut server, &exe, &dir, seed, apps, duration, &steps));
+    let checked_at = now_ms();
     let mut redis_state = match rt.block_on(read_redis(&server.url(), apps)) {
         Ok(state) => state,
         Err(e) => {
@@ -551,7 +584,14 @@ fn run(args: &[String]) -> i32 {
         redis_state.insert("own:0:0:0".into(), Some(b"a value nobody wrote".to_vec()));
         redis_state.insert("ctr:0".into(), Some(b"999999999999".to_vec()));
     }
-    let report = check(&dir, apps, &redis_state);
+    let report = check(&dir, apps, &redis_state, checked_at);
+    let table = fault_table(&dir, apps, &windows);
+    println!("{table}");
+    if let Some(path) = arg(args, "--report")
+        && let Err(e) = std::fs::write(path, &table)
+    {
+        eprintln!("chaos: {path}: {e}");
+    }
     println!(
         "chaos: {} calls in {:.1} s ({} ok, {} refused, {} unknown outcome); worst call {} ms",
         report.calls,
@@ -598,7 +638,8 @@ async fn drive(
     apps: usize,
     duration: Duration,
     steps: &[Step],
-) -> Vec<String> {
+) -> (Vec<String>, Vec<Window>) {
+    let mut windows = Vec::new();
     let proxy = FaultProxy::start(server.addr()).await;
     let mut admin = Admin {
         url: server.url(),
@@ -620,6 +661,8 @@ async fn drive(
             break;
         };
         let step = step.cut(left);
+        let start = now_ms();
+        let name = step.name();
         match step {
             Step::KillRedis(d) => {
                 server.kill();
@@ -629,7 +672,10 @@ async fn drive(
                         let _ = c.kill();
                         let _ = c.wait();
                     }
-                    return vec![format!("the harness could not restart redis-server: {e}")];
+                    return (
+                        vec![format!("the harness could not restart redis-server: {e}")],
+                        windows,
+                    );
                 }
                 admin.connect().await;
             }
@@ -683,6 +729,11 @@ async fn drive(
             }
             Step::Calm(d) => tokio::time::sleep(d).await,
         }
+        windows.push(Window {
+            name,
+            start,
+            end: now_ms(),
+        });
     }
     proxy.set(Fault::Pass);
     let mut failures = Vec::new();
@@ -715,7 +766,7 @@ async fn drive(
             Err(e) => failures.push(format!("app {i}: the final drain: {e}")),
         }
     }
-    failures
+    (failures, windows)
 }
 
 /// A connection of the harness's own, straight to the server (not through the proxy), opened
@@ -795,6 +846,58 @@ async fn read_redis(
     Ok(out)
 }
 
+/// Calls by the fault in force when they started: outcomes, who answered reads, worst latency.
+fn fault_table(dir: &Path, apps: usize, windows: &[Window]) -> String {
+    #[derive(Default)]
+    struct Row {
+        calls: u64,
+        ok: u64,
+        unknown: u64,
+        refused: u64,
+        from_memory: u64,
+        worst: u64,
+    }
+    let mut rows: BTreeMap<&str, Row> = BTreeMap::new();
+    for a in 0..apps {
+        let Ok(f) = std::fs::File::open(dir.join(format!("history-{a}.jsonl"))) else {
+            continue;
+        };
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            let Ok(e) = serde_json::from_str::<Event>(&line) else {
+                continue;
+            };
+            if e.t == "inv" {
+                continue;
+            }
+            let class = windows
+                .iter()
+                .find(|w| w.start <= e.start && e.start < w.end)
+                .map_or("calm", |w| w.name);
+            let row = rows.entry(class).or_default();
+            row.calls += 1;
+            match e.t.as_str() {
+                "ok" => row.ok += 1,
+                "unk" => row.unknown += 1,
+                _ => row.refused += 1,
+            }
+            if e.src.as_deref() == Some("memory") {
+                row.from_memory += 1;
+            }
+            row.worst = row.worst.max(e.end.saturating_sub(e.start));
+        }
+    }
+    let mut out = String::from(
+        "| fault in force when the call started | calls | ok | unknown outcome | refused | reads from memory | worst call |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (name, r) in rows {
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} ms |\n",
+            r.calls, r.ok, r.unknown, r.refused, r.from_memory, r.worst
+        ));
+    }
+    out
+}
+
 #[derive(Default)]
 struct Report {
     calls: u64,
@@ -805,10 +908,44 @@ struct Report {
     violations: Vec<String>,
 }
 
-fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> Report {
+/// How far the checker's clock and the deadline a manager computed may be apart.
+const DEADLINE_SLACK_MS: u64 = 250;
+
+/// A value a key may hold: what a write wrote, and when it may (or must) have expired.
+#[derive(Clone, Debug)]
+struct Candidate {
+    v: Option<String>,
+    start: u64,
+    /// When the write was acknowledged (`u64::MAX`: never, so never "must be gone").
+    end: u64,
+    ttl: u64,
+}
+
+impl Candidate {
+    /// It may have expired by `at` (its deadline is at least start + ttl).
+    fn may_be_gone(&self, at: u64) -> bool {
+        self.ttl > 0 && at + DEADLINE_SLACK_MS >= self.start + self.ttl
+    }
+    /// It must have expired by `at` (its deadline is at most end + ttl).
+    fn must_be_gone(&self, at: u64) -> bool {
+        self.ttl > 0 && at > self.end.saturating_add(self.ttl + DEADLINE_SLACK_MS)
+    }
+    /// Whether a read (or the final state) at `at` may say `v`.
+    fn allows(&self, v: &Option<String>, at: u64) -> bool {
+        (self.v == *v && !self.must_be_gone(at)) || (v.is_none() && self.may_be_gone(at))
+    }
+}
+
+fn check(
+    dir: &Path,
+    apps: usize,
+    redis: &BTreeMap<String, Option<Vec<u8>>>,
+    checked_at: u64,
+) -> Report {
     let mut r = Report::default();
-    // Per key, in invocation order: (id, value hash or None for delete).
-    let mut writes: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
+    // Per key, in invocation order: (id, what it wrote).
+    let mut writes: BTreeMap<String, Vec<(String, Candidate)>> = BTreeMap::new();
+    let mut ends: BTreeMap<String, u64> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, String> = BTreeMap::new();
     let mut reads: Vec<Event> = Vec::new();
     let mut ordered: BTreeMap<String, Vec<Event>> = BTreeMap::new();
@@ -828,10 +965,15 @@ fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> 
             }
             match e.t.as_str() {
                 "inv" => match e.op.as_str() {
-                    "set" | "del" => writes
-                        .entry(e.key.clone())
-                        .or_default()
-                        .push((e.id.clone(), e.v.clone())),
+                    "set" | "del" => writes.entry(e.key.clone()).or_default().push((
+                        e.id.clone(),
+                        Candidate {
+                            v: e.v.clone(),
+                            start: e.start,
+                            end: u64::MAX,
+                            ttl: e.d.unsigned_abs(),
+                        },
+                    )),
                     _ => incrs.push(e),
                 },
                 t => {
@@ -857,66 +999,84 @@ fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> 
                         reads.push(e.clone());
                     }
                     outcomes.insert(e.id.clone(), e.t.clone());
+                    if e.t == "ok" {
+                        ends.insert(e.id.clone(), e.end);
+                    }
                 }
             }
         }
     }
-    // Owner keys: the last acknowledged write, or any later one not known to have failed.
+    // An acknowledged write's deadline is at most its acknowledgement plus its TTL.
+    for ws in writes.values_mut() {
+        for (id, c) in ws.iter_mut() {
+            if let Some(end) = ends.get(id) {
+                c.end = *end;
+            }
+        }
+    }
+    // Owner keys: the last acknowledged write, or any write of unknown outcome; a value whose
+    // deadline has passed must be gone, one whose deadline may have passed may be.
     for (key, ws) in &writes {
         let last_ok = ws
             .iter()
             .rposition(|(id, _)| outcomes.get(id).is_some_and(|t| t == "ok"));
-        let mut acceptable: BTreeSet<Option<String>> = BTreeSet::new();
-        match last_ok {
-            Some(i) => {
-                acceptable.insert(ws[i].1.clone());
-            }
-            None => {
-                acceptable.insert(None);
-            }
+        let mut candidates: Vec<&Candidate> = Vec::new();
+        if let Some(i) = last_ok {
+            candidates.push(&ws[i].1);
         }
         // A write of unknown outcome (failed, abandoned by its caller, or cut by a SIGKILL)
         // may take effect at any time after it was invoked, even after a later acknowledged
         // write (its bytes late on an old connection): it is acceptable wherever it sits.
         // Acknowledged writes are the ones that must not be overtaken by each other.
-        for (id, v) in ws {
-            if outcomes.get(id).is_none_or(|t| t != "ok") {
-                acceptable.insert(v.clone());
-            }
-        }
+        candidates.extend(
+            ws.iter()
+                .filter(|(id, _)| outcomes.get(id).is_none_or(|t| t != "ok"))
+                .map(|(_, c)| c),
+        );
         let actual = redis.get(key).cloned().flatten().map(|b| hash(&b));
-        if !acceptable.contains(&actual) {
+        let fits = (last_ok.is_none() && actual.is_none())
+            || candidates.iter().any(|c| c.allows(&actual, checked_at));
+        if !fits {
             r.violations.push(format!(
-                "{key}: Redis holds {actual:?}, but the last acknowledged write (or a later one of unknown outcome) was one of {acceptable:?}"
+                "{key}: Redis holds {actual:?}, but the last acknowledged write (or one of unknown outcome, or an expiry) allows only {:?}",
+                candidates.iter().map(|c| (&c.v, c.ttl)).collect::<Vec<_>>()
             ));
         }
     }
     // Reads served by Redis, in each key's own order (one task writes and reads it, one call at
     // a time): the value of the last acknowledged write before the read, or of a write after
-    // it whose outcome is unknown (it may land any time after its invocation). A stale value
-    // here is an acknowledged write overtaken: a replay out of order, a late write landing.
+    // it whose outcome is unknown (it may land any time after its invocation), or nothing once
+    // a deadline may have passed. A stale value here is an acknowledged write overtaken (a
+    // replay out of order, a late write landing); a value past its deadline, a deadline lost.
     for (key, events) in &ordered {
-        let mut last_ok: Option<Option<String>> = None;
-        let mut unknown: Vec<Option<String>> = Vec::new();
-        let mut invoked: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        let Some(ws) = writes.get(key) else { continue };
+        let by_id: BTreeMap<&str, &Candidate> = ws.iter().map(|(id, c)| (id.as_str(), c)).collect();
+        let mut last_ok: Option<&Candidate> = None;
+        let mut unknown: Vec<&Candidate> = Vec::new();
         for e in events {
             match (e.t.as_str(), e.op.as_str()) {
-                ("inv", _) => {
-                    invoked.insert(&e.id, e.v.clone());
-                    unknown.push(e.v.clone());
+                ("inv", "set" | "del") => {
+                    if let Some(c) = by_id.get(e.id.as_str()) {
+                        unknown.push(c);
+                    }
                 }
                 ("ok", "set" | "del") => {
-                    last_ok = Some(invoked.get(e.id.as_str()).cloned().flatten());
+                    last_ok = by_id.get(e.id.as_str()).copied();
                     unknown.clear();
                 }
                 ("ok", "get") if e.src.as_deref() == Some("redis") => {
-                    let fits = last_ok.as_ref().is_none_or(|v| *v == e.v) || unknown.contains(&e.v);
+                    let fits = last_ok
+                        .is_none_or(|c| c.allows(&e.v, e.start) || c.allows(&e.v, e.end))
+                        || unknown
+                            .iter()
+                            .any(|c| c.allows(&e.v, e.start) || c.allows(&e.v, e.end));
                     if !fits {
                         r.violations.push(format!(
-                            "{key}: read {} served by Redis returned {:?}, but the last acknowledged write before it was {:?} (later writes of unknown outcome: {})",
+                            "{key}: read {} served by Redis returned {:?}, but the last acknowledged write before it was {:?} (ttl {} ms; later writes of unknown outcome: {})",
                             e.id,
                             e.v,
-                            last_ok.clone().flatten(),
+                            last_ok.map(|c| &c.v),
+                            last_ok.map_or(0, |c| c.ttl),
                             unknown.len()
                         ));
                     }
@@ -930,7 +1090,7 @@ fn check(dir: &Path, apps: usize, redis: &BTreeMap<String, Option<Vec<u8>>>) -> 
         if let Some(v) = &e.v {
             let written = writes
                 .get(&e.key)
-                .is_some_and(|ws| ws.iter().any(|(_, w)| w.as_ref() == Some(v)));
+                .is_some_and(|ws| ws.iter().any(|(_, w)| w.v.as_ref() == Some(v)));
             if !written {
                 r.violations.push(format!(
                     "read {} of {} returned {v}, never written to it",
