@@ -39,21 +39,34 @@ impl Identity {
     }
 }
 
-/// The connection's identity, or `None` when the server will not say (an ACL user without
-/// `CLIENT INFO`, Redis before 6.2): such a connection cannot be fenced.
+/// The connection's identity: `Ok(None)` when the server will not say (an ACL user without
+/// `CLIENT INFO`, Redis before 6.2), so such a connection cannot be fenced; an error when the
+/// connection did not answer in time or broke (it must not serve: it could not be fenced
+/// later, though the server would have said who it is).
 pub(crate) async fn identify(
     mux: &mut MultiplexedConnection,
     deadline: Duration,
-) -> Option<Identity> {
+) -> Result<Option<Identity>, PoolError> {
     let mut cmd = redis::cmd("CLIENT");
     cmd.arg("INFO");
     match tokio::time::timeout(deadline, cmd.query_async::<String>(mux)).await {
-        Ok(Ok(info)) => Identity::parse(&info),
+        Ok(Ok(info)) => Ok(Identity::parse(&info)),
+        Ok(Err(e)) if matches!(classify(&e), ErrorKind::Connection | ErrorKind::Timeout) => {
+            Err(PoolError::Connect {
+                kind: classify(&e),
+                url: String::new(),
+                message: format!("CLIENT INFO on a new connection: {e}"),
+            })
+        }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "CLIENT INFO refused: timed-out connections cannot be fenced");
-            None
+            Ok(None)
         }
-        Err(_) => None,
+        Err(_) => Err(PoolError::Connect {
+            kind: ErrorKind::Timeout,
+            url: String::new(),
+            message: format!("CLIENT INFO on a new connection took over {deadline:?}"),
+        }),
     }
 }
 

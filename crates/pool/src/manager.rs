@@ -235,9 +235,22 @@ impl mobc::Manager for RedisManager {
         let mut delay = self.retry_interval;
         let mut attempt = 1;
         loop {
-            match self.connect_once().await {
-                Ok(mut mux) => {
-                    let identity = crate::fence::identify(&mut mux, self.socket_timeout).await;
+            let connected = match self.connect_once().await {
+                Ok(mut mux) => crate::fence::identify(&mut mux, self.socket_timeout)
+                    .await
+                    .map(|identity| (mux, identity))
+                    .map_err(|e| match e {
+                        PoolError::Connect { kind, message, .. } => PoolError::Connect {
+                            kind,
+                            url: self.url.clone(),
+                            message,
+                        },
+                        other => other,
+                    }),
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok((mux, identity)) => {
                     self.counters.created.fetch_add(1, Ordering::Relaxed);
                     self.last_error.clear();
                     let now = Instant::now();
