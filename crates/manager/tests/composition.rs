@@ -507,6 +507,32 @@ async fn call_options_turn_off_the_fallback_and_retries_for_one_handle() {
     assert!(one_try.execute(&redis::cmd("PING")).await.is_err());
 }
 
+/// A manager over a real fallback store whose Redis refuses every connection, replaying into
+/// `target`, with no background tasks: the tests drive `close` themselves.
+async fn closable_manager(
+    config: RedisConfig,
+    target: Arc<dyn resilient_redis_fallback::SyncTarget>,
+) -> (RedisManager, Arc<resilient_redis_fallback::MemoryStore>) {
+    let mut pool = MockConnectionPool::new();
+    pool.expect_shared().returning(|| Err(refused()));
+    pool.expect_close().return_const(());
+    let mut health = MockHealthMonitor::new();
+    health.expect_stop().return_const(());
+    let store = Arc::new(resilient_redis_fallback::MemoryStore::new(&config.fallback).unwrap());
+    let m = RedisManager::builder(config)
+        .pool(Arc::new(pool))
+        .health(Arc::new(health))
+        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
+        .fallback(Arc::clone(&store))
+        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
+        .sync_target(target)
+        .background_tasks(false)
+        .build()
+        .await
+        .unwrap();
+    (m, store)
+}
+
 /// A replay target whose first batch takes a second (the first close gives up on it).
 struct SlowFirst {
     model: resilient_redis_fallback::ModelTarget,
@@ -538,23 +564,7 @@ async fn a_close_cut_short_does_not_let_the_next_one_answer_ok_too_early() {
         model: resilient_redis_fallback::ModelTarget::new(),
         calls: std::sync::atomic::AtomicU32::new(0),
     });
-    let mut pool = MockConnectionPool::new();
-    pool.expect_shared().returning(|| Err(refused()));
-    pool.expect_close().return_const(());
-    let mut health = MockHealthMonitor::new();
-    health.expect_stop().return_const(());
-    let store = Arc::new(resilient_redis_fallback::MemoryStore::new(&config.fallback).unwrap());
-    let m = RedisManager::builder(config)
-        .pool(Arc::new(pool))
-        .health(Arc::new(health))
-        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
-        .fallback(Arc::clone(&store))
-        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
-        .sync_target(target.clone())
-        .background_tasks(false)
-        .build()
-        .await
-        .unwrap();
+    let (m, store) = closable_manager(config, target.clone()).await;
     m.set(b"k", b"v", None).await.unwrap();
     assert_eq!(store.pending_writes(), 1);
     let cut = tokio::time::timeout(
@@ -652,23 +662,7 @@ async fn close_keeps_replaying_until_redis_is_back_or_the_deadline() {
         model: resilient_redis_fallback::ModelTarget::new(),
         refusals: std::sync::atomic::AtomicU32::new(5),
     });
-    let mut pool = MockConnectionPool::new();
-    pool.expect_shared().returning(|| Err(refused()));
-    pool.expect_close().return_const(());
-    let mut health = MockHealthMonitor::new();
-    health.expect_stop().return_const(());
-    let store = Arc::new(resilient_redis_fallback::MemoryStore::new(&config.fallback).unwrap());
-    let m = RedisManager::builder(config)
-        .pool(Arc::new(pool))
-        .health(Arc::new(health))
-        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
-        .fallback(Arc::clone(&store))
-        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
-        .sync_target(target.clone())
-        .background_tasks(false)
-        .build()
-        .await
-        .unwrap();
+    let (m, store) = closable_manager(config, target.clone()).await;
     m.set(b"k", b"v", None).await.unwrap();
     m.close(std::time::Duration::from_secs(5)).await.unwrap();
     assert_eq!(store.pending_writes(), 0, "replayed once Redis answered");
@@ -686,23 +680,7 @@ async fn two_closes_at_once_both_finish() {
         model: resilient_redis_fallback::ModelTarget::new(),
         calls: std::sync::atomic::AtomicU32::new(0),
     });
-    let mut pool = MockConnectionPool::new();
-    pool.expect_shared().returning(|| Err(refused()));
-    pool.expect_close().return_const(());
-    let mut health = MockHealthMonitor::new();
-    health.expect_stop().return_const(());
-    let store = Arc::new(resilient_redis_fallback::MemoryStore::new(&config.fallback).unwrap());
-    let m = RedisManager::builder(config)
-        .pool(Arc::new(pool))
-        .health(Arc::new(health))
-        .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
-        .fallback(Arc::clone(&store))
-        .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
-        .sync_target(target.clone())
-        .background_tasks(false)
-        .build()
-        .await
-        .unwrap();
+    let (m, store) = closable_manager(config, target.clone()).await;
     m.set(b"k", b"v", None).await.unwrap();
     let deadline = std::time::Duration::from_secs(5);
     let both = tokio::time::timeout(std::time::Duration::from_secs(10), async {
