@@ -15,6 +15,15 @@ fn decode<T: FromRedisValue>(v: Value) -> Result<T, Error> {
     redis::from_redis_value(v).map_err(|e| Error::Validation(e.to_string()))
 }
 
+/// A command with room for `args` more arguments of `bytes` bytes in all: built in one
+/// allocation per buffer, not grown argument by argument (it is built on every call).
+fn command(name: &str, args: usize, bytes: usize) -> Cmd {
+    // 20: room for an integer argument's digits.
+    let mut cmd = Cmd::with_capacity(args + 1, name.len() + bytes + 20);
+    cmd.arg(name);
+    cmd
+}
+
 fn ttl_of(ms: i64) -> Ttl {
     match ms {
         -2 => Ttl::Missing,
@@ -147,7 +156,7 @@ macro_rules! operations {
 operations! {
     /// `GET`.
     fn get(&self, key: [&[u8]]) -> [Result<Option<Vec<u8>>, Error>] {
-        let mut cmd = redis::cmd("GET");
+        let mut cmd = command("GET", 1, key.len());
         cmd.arg(key);
         self.memory_call(&Memory::Get(key), &cmd, decode).await
     }
@@ -155,7 +164,7 @@ operations! {
     /// `SET`, with `PX` when `ttl` is given.
     fn set(&self, key: [&[u8]], value: [&[u8]], ttl: [Option<Duration>]) -> [Result<(), Error>] {
         ttl.map_or(Ok(()), check_ttl)?;
-        let mut cmd = redis::cmd("SET");
+        let mut cmd = command("SET", 4, key.len() + value.len() + 2);
         cmd.arg(key).arg(value);
         if let Some(t) = ttl {
             cmd.arg("PX").arg(millis(t));
@@ -173,7 +182,7 @@ operations! {
 
     /// `EXISTS` of one key.
     fn exists(&self, key: [&[u8]]) -> [Result<bool, Error>] {
-        let mut cmd = redis::cmd("EXISTS");
+        let mut cmd = command("EXISTS", 1, key.len());
         cmd.arg(key);
         self.memory_call(&Memory::Exists(key), &cmd, decode).await
     }
@@ -181,21 +190,21 @@ operations! {
     /// `PEXPIRE`; whether the key existed.
     fn expire(&self, key: [&[u8]], ttl: [Duration]) -> [Result<bool, Error>] {
         check_ttl(ttl)?;
-        let mut cmd = redis::cmd("PEXPIRE");
+        let mut cmd = command("PEXPIRE", 2, key.len());
         cmd.arg(key).arg(millis(ttl));
         self.memory_call(&Memory::Expire(key, ttl), &cmd, decode).await
     }
 
     /// `PTTL`.
     fn ttl(&self, key: [&[u8]]) -> [Result<Ttl, Error>] {
-        let mut cmd = redis::cmd("PTTL");
+        let mut cmd = command("PTTL", 1, key.len());
         cmd.arg(key);
         self.memory_call(&Memory::Ttl(key, false), &cmd, decode::<i64>).await.map(ttl_of)
     }
 
     /// `INCRBY`; the new value. Never applied twice: see [`Error::Ambiguous`].
     fn incr_by(&self, key: [&[u8]], delta: [i64]) -> [Result<i64, Error>] {
-        let mut cmd = redis::cmd("INCRBY");
+        let mut cmd = command("INCRBY", 2, key.len());
         cmd.arg(key).arg(delta);
         self.memory_call(&Memory::IncrBy(key, delta), &cmd, decode).await
     }
@@ -220,7 +229,7 @@ operations! {
 
     /// `HGET`.
     fn hget(&self, key: [&[u8]], field: [&[u8]]) -> [Result<Option<Vec<u8>>, Error>] {
-        let mut cmd = redis::cmd("HGET");
+        let mut cmd = command("HGET", 2, key.len() + field.len());
         cmd.arg(key).arg(field);
         self.memory_call(&Memory::HGet(key, field), &cmd, decode).await
     }
@@ -290,7 +299,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn get_with_source(&self, key: &[u8]) -> Result<Served<Option<Vec<u8>>>, Error> {
-        let mut cmd = redis::cmd("GET");
+        let mut cmd = command("GET", 1, key.len());
         cmd.arg(key);
         self.call(
             "get",
@@ -315,7 +324,7 @@ impl RedisManager {
     /// # Errors
     /// See [`crate::Error`].
     pub async fn incr_by_with_source(&self, key: &[u8], delta: i64) -> Result<Served<i64>, Error> {
-        let mut cmd = redis::cmd("INCRBY");
+        let mut cmd = command("INCRBY", 2, key.len());
         cmd.arg(key).arg(delta);
         self.call(
             "incrby",

@@ -493,9 +493,11 @@ impl RedisManager {
         let Some(first) = args.first() else {
             return Err(Error::Validation("empty command".into()));
         };
-        let name = resilient_redis_pool::CommandName::of(first);
-        let name = name.as_slice();
-        refuse_exclusive(cmd)?;
+        let word = resilient_redis_pool::CommandName::of(first);
+        if let Some(why) = word.shared_refusal(cmd) {
+            return Err(Error::Validation(why));
+        }
+        let name = word.as_slice();
         if simple && let Some(plan) = Memory::plan(name, &args[1..]) {
             return self.memory_call(&plan?, cmd, Ok).await;
         }

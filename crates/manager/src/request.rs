@@ -26,26 +26,6 @@ pub(crate) enum Request<'r> {
     Pipeline(&'r redis::Pipeline, usize, usize),
 }
 
-impl Request<'_> {
-    async fn send(
-        self,
-        conn: &mut resilient_redis_pool::SharedConnection,
-    ) -> Result<Value, PoolError> {
-        use redis::aio::ConnectionLike;
-        match self {
-            Request::Cmd(cmd) => conn.query::<Value>(cmd).await,
-            Request::Pipeline(p, offset, count) => conn
-                .req_packed_commands(p, offset, count)
-                .await
-                .map(Value::Array)
-                .map_err(|e| PoolError::Command {
-                    kind: resilient_redis_pool::classify(&e),
-                    source: e,
-                }),
-        }
-    }
-}
-
 /// How the fallback store answers an operation.
 /// How the fallback store answers an operation (decoded as Redis's answer would be).
 pub(crate) type Serve<'a, T> = dyn Fn(&dyn FallbackStore) -> Result<T, Error> + Sync + 'a;
@@ -70,11 +50,11 @@ pub(crate) enum Kind {
     Opaque,
 }
 
-/// When a call started and, once it succeeded, how long it took (the breaker and the metrics
+/// When a call started and, once it succeeded, when it ended (the breaker and the metrics
 /// share that one clock read).
 pub(crate) struct Timing {
     started: Instant,
-    took: Option<std::time::Duration>,
+    ended: Option<Instant>,
 }
 
 impl RedisManager {
@@ -91,16 +71,18 @@ impl RedisManager {
         let span = resilient_redis_metrics::operation_span(op);
         let mut timing = Timing {
             started: Instant::now(),
-            took: None,
+            ended: None,
         };
         let (result, outcome) = self
             .attempt(kind, cmd, decode, fallback, observe, &mut timing)
             .instrument(span.clone())
             .await;
-        self.inner.metrics.record_operation(
+        let ended = timing.ended.unwrap_or_else(Instant::now);
+        self.inner.metrics.record_operation_at(
             op,
-            timing.took.unwrap_or_else(|| timing.started.elapsed()),
+            ended.saturating_duration_since(timing.started),
             outcome,
+            ended.into_std(),
         );
         if let Err(e) = &result {
             span.record("error.type", e.kind().as_str());
@@ -179,7 +161,21 @@ impl RedisManager {
             loop {
                 let (err, sent) = match inner.pool.shared() {
                     Err(e) => (e, false),
-                    Ok(mut conn) => match cmd.send(&mut conn).await {
+                    // Awaited here, not through a helper `async fn`: each async layer is one
+                    // more copy of the request's state on every call.
+                    Ok(mut conn) => match match cmd {
+                        Request::Cmd(cmd) => conn.query::<Value>(cmd).await,
+                        Request::Pipeline(p, offset, count) => {
+                            use redis::aio::ConnectionLike;
+                            conn.req_packed_commands(p, offset, count)
+                                .await
+                                .map(Value::Array)
+                                .map_err(|e| PoolError::Command {
+                                    kind: resilient_redis_pool::classify(&e),
+                                    source: e,
+                                })
+                        }
+                    } {
                         Ok(value) => return Ok(value),
                         Err(e) => {
                             let sent = e.outcome_unknown();
@@ -236,9 +232,9 @@ impl RedisManager {
         };
         let (failure, sent) = match attempted {
             Ok(value) => {
-                let elapsed = started.elapsed();
-                timing.took = Some(elapsed);
-                permit.success(elapsed);
+                let ended = Instant::now();
+                timing.ended = Some(ended);
+                permit.success(ended.saturating_duration_since(started));
                 if inner.shadow {
                     observe(inner.store.as_ref(), &value);
                 }

@@ -76,8 +76,8 @@ async fn an_open_breaker_sends_reads_to_the_fallback_without_touching_the_pool()
         .times(1)
         .returning(|_| Ok(Answer::Value(Some(b"cached".to_vec()))));
     p.metrics
-        .expect_record_operation()
-        .withf(|op, _, o| op == "get" && *o == Outcome::Fallback)
+        .expect_record_operation_at()
+        .withf(|op, _, o, _| op == "get" && *o == Outcome::Fallback)
         .times(1)
         .return_const(());
     let m = manager(p).await;
@@ -94,8 +94,8 @@ async fn an_open_breaker_fails_fast_for_what_the_fallback_cannot_serve() {
     });
     p.pool.expect_shared().never();
     p.metrics
-        .expect_record_operation()
-        .withf(|op, _, o| op == "ping" && *o == Outcome::Error(ErrorKind::CircuitBreaker))
+        .expect_record_operation_at()
+        .withf(|op, _, o, _| op == "ping" && *o == Outcome::Error(ErrorKind::CircuitBreaker))
         .times(1)
         .return_const(());
     let m = manager(p).await;
@@ -136,8 +136,8 @@ async fn a_write_that_never_left_counts_against_the_breaker_and_is_journaled() {
         .times(1)
         .returning(|_| Ok(Answer::Ok));
     p.metrics
-        .expect_record_operation()
-        .withf(|_, _, o| *o == Outcome::Fallback)
+        .expect_record_operation_at()
+        .withf(|_, _, o, _| *o == Outcome::Fallback)
         .times(1)
         .return_const(());
     let m = manager(p).await;
@@ -163,7 +163,7 @@ async fn an_increment_that_never_left_is_journaled_not_ambiguous() {
         })
         .times(1)
         .returning(|_| Ok(Answer::Int(2)));
-    p.metrics.expect_record_operation().return_const(());
+    p.metrics.expect_record_operation_at().return_const(());
     let m = manager(p).await;
     assert_eq!(m.incr_by(b"n", 2).await.unwrap(), 2);
 }
@@ -180,8 +180,8 @@ async fn in_fallback_mode_supported_operations_never_reach_the_breaker() {
         .times(1)
         .returning(|_| Ok(Answer::Bool(true)));
     p.metrics
-        .expect_record_operation()
-        .withf(|_, _, o| *o == Outcome::Fallback)
+        .expect_record_operation_at()
+        .withf(|_, _, o, _| *o == Outcome::Fallback)
         .return_const(());
     let m = manager(p).await;
     assert!(m.exists(b"k").await.unwrap());
@@ -199,8 +199,8 @@ async fn a_full_fallback_store_refuses_with_its_error() {
         })
     });
     p.metrics
-        .expect_record_operation()
-        .withf(|_, _, o| *o == Outcome::Error(ErrorKind::Fallback))
+        .expect_record_operation_at()
+        .withf(|_, _, o, _| *o == Outcome::Error(ErrorKind::Fallback))
         .return_const(());
     let m = manager(p).await;
     let err = m.set(b"k", b"v", None).await.unwrap_err();
@@ -242,8 +242,8 @@ async fn commands_the_fallback_cannot_serve_never_overtake_journaled_writes() {
     p.breaker.expect_try_acquire().never();
     p.pending = 3;
     p.metrics
-        .expect_record_operation()
-        .withf(|_, _, o| *o == Outcome::Error(ErrorKind::Fallback))
+        .expect_record_operation_at()
+        .withf(|_, _, o, _| *o == Outcome::Error(ErrorKind::Fallback))
         .times(2)
         .return_const(());
     let m = manager_with(p, RedisConfig::default()).await;
@@ -327,7 +327,7 @@ async fn a_call_dropped_while_it_waits_gives_its_permit_back() {
     p.breaker.expect_on_error().never();
     p.breaker.expect_on_success().never();
     p.pool.expect_shared().returning(|| Err(refused()));
-    p.metrics.expect_record_operation().return_const(());
+    p.metrics.expect_record_operation_at().return_const(());
     let mut config = RedisConfig::default();
     config.max_retries = 3;
     config.retry_delay = std::time::Duration::from_millis(100);
@@ -500,7 +500,7 @@ async fn call_options_turn_off_the_fallback_and_retries_for_one_handle() {
         .returning(|| Ok(Permit::new(1)));
     p.breaker.expect_on_error().times(1).return_const(());
     p.metrics
-        .expect_record_operation()
+        .expect_record_operation_at()
         .times(1)
         .return_const(());
     let one_try = manager(p).await.with_options(CallOptions::new().no_retry());
@@ -587,8 +587,8 @@ async fn a_store_answer_of_the_wrong_kind_is_an_error_not_a_value() {
     p.store.expect_knows().return_const(true);
     p.store.expect_read().returning(|_| Ok(Answer::Ok));
     p.metrics
-        .expect_record_operation()
-        .withf(|op, _, o| op == "get" && *o == Outcome::Error(ErrorKind::Fallback))
+        .expect_record_operation_at()
+        .withf(|op, _, o, _| op == "get" && *o == Outcome::Error(ErrorKind::Fallback))
         .times(1)
         .return_const(());
     let m = manager(p).await;
@@ -616,8 +616,8 @@ async fn a_reply_that_does_not_decode_is_recorded_as_a_failure() {
         ))
     });
     p.metrics
-        .expect_record_operation()
-        .withf(|op, _, o| op == "ttl" && *o == Outcome::Error(ErrorKind::Validation))
+        .expect_record_operation_at()
+        .withf(|op, _, o, _| op == "ttl" && *o == Outcome::Error(ErrorKind::Validation))
         .times(1)
         .return_const(());
     let m = manager(p).await;

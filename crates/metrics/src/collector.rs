@@ -119,6 +119,9 @@ pub struct Collector {
     slots: Box<[Slot]>,
     slot_nanos: u64,
     now: Now,
+    /// The start of `now`'s count when it is the real clock: an instant the caller read is
+    /// then turned into a period without reading the clock again.
+    base: Option<Instant>,
     started: Instant,
     slow_nanos: u64,
     config: MetricsConfig,
@@ -145,7 +148,9 @@ impl Collector {
     #[must_use]
     pub fn new(config: &MetricsConfig) -> Self {
         let base = Instant::now();
-        Self::with_clock(config, Arc::new(move || nanos(base.elapsed())))
+        let mut c = Self::with_clock(config, Arc::new(move || nanos(base.elapsed())));
+        c.base = Some(base);
+        c
     }
 
     /// A collector that also records into OpenTelemetry instruments made on `meter`.
@@ -163,6 +168,7 @@ impl Collector {
             slots: (0..SLOTS).map(|_| Slot::new()).collect(),
             slot_nanos: (nanos(config.retention_period) / SLOTS as u64).max(1),
             now,
+            base: None,
             started: Instant::now(),
             slow_nanos: nanos(config.reporting_threshold),
             config: config.clone(),
@@ -175,6 +181,24 @@ impl Collector {
 
     fn period(&self) -> u64 {
         (self.now)() / self.slot_nanos
+    }
+
+    /// Records one operation into `period`'s slot (and OpenTelemetry).
+    fn record(&self, period: u64, operation: &'static str, duration: Duration, outcome: Outcome) {
+        let n = nanos(duration);
+        let slot = &self.slot(period).stripes[stripe_index()];
+        slot.latency.record(n);
+        match outcome {
+            Outcome::Success => slot.ok.fetch_add(1, Ordering::Relaxed),
+            Outcome::Fallback => slot.fallback.fetch_add(1, Ordering::Relaxed),
+            Outcome::Error(kind) => slot.errors[kind_index(kind)].fetch_add(1, Ordering::Relaxed),
+        };
+        if n >= self.slow_nanos {
+            slot.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(otel) = &self.otel {
+            otel.operation(operation, duration, outcome);
+        }
     }
 
     #[inline]
@@ -232,20 +256,21 @@ fn unix_ms() -> u64 {
 impl MetricsCollector for Collector {
     #[inline]
     fn record_operation(&self, operation: &'static str, duration: Duration, outcome: Outcome) {
-        let n = nanos(duration);
-        let slot = &self.slot(self.period()).stripes[stripe_index()];
-        slot.latency.record(n);
-        match outcome {
-            Outcome::Success => slot.ok.fetch_add(1, Ordering::Relaxed),
-            Outcome::Fallback => slot.fallback.fetch_add(1, Ordering::Relaxed),
-            Outcome::Error(kind) => slot.errors[kind_index(kind)].fetch_add(1, Ordering::Relaxed),
+        self.record(self.period(), operation, duration, outcome);
+    }
+
+    fn record_operation_at(
+        &self,
+        operation: &'static str,
+        duration: Duration,
+        outcome: Outcome,
+        ended: Instant,
+    ) {
+        let period = match self.base {
+            Some(base) => nanos(ended.saturating_duration_since(base)) / self.slot_nanos,
+            None => self.period(),
         };
-        if n >= self.slow_nanos {
-            slot.slow.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(otel) = &self.otel {
-            otel.operation(operation, duration, outcome);
-        }
+        self.record(period, operation, duration, outcome);
     }
 
     fn record_pool(&self, pool: PoolStatus, wait: Option<Duration>) {

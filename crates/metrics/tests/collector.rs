@@ -119,6 +119,23 @@ fn the_window_forgets_samples_older_than_the_retention_period() {
     assert_eq!(c.snapshot().total_operations, 0);
 }
 
+/// The manager passes the instant it read when a call ended, so the collector files the
+/// operation by that instant and need not read the clock again: an instant far past the
+/// collector's own now is not in the current window.
+#[test]
+fn an_operation_is_filed_by_the_instant_it_ended() {
+    let config = MetricsConfig::default();
+    let c = Collector::new(&config);
+    let now = std::time::Instant::now();
+    c.record_operation_at("get", Duration::from_millis(1), Outcome::Success, now);
+    let later = now + config.retention_period * 2 + config.retention_period / 2;
+    c.record_operation_at("get", Duration::from_millis(1), Outcome::Success, later);
+    assert_eq!(c.snapshot().total_operations, 1);
+    // Without an instant, the collector reads its clock: the operation is in the window.
+    c.record_operation("get", Duration::from_millis(1), Outcome::Success);
+    assert_eq!(c.snapshot().total_operations, 2);
+}
+
 #[test]
 fn errors_are_counted_by_kind_and_rates_follow() {
     let (c, _) = manual();

@@ -1,6 +1,5 @@
 //! Connection handles: shared (multiplexed) and exclusive (pooled).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,16 +13,19 @@ use crate::error::classify;
 use crate::manager::RedisManager;
 use crate::session::{self, Session};
 
-/// Runs one request and classifies its failure: a timeout or I/O failure marks the connection
-/// broken. The deadline itself is redis-rs's response timeout, set to `socket_timeout` on every
-/// connection: on a plain multiplexed connection (which never reconnects on its own) it bounds
-/// the whole request, queueing included, and costs no second timer.
-async fn guarded<T>(
-    request: impl Future<Output = Result<T, RedisError>>,
+/// Classifies a request's failure: a timeout or I/O failure marks the connection broken. The
+/// deadline itself is redis-rs's response timeout, set to `socket_timeout` on every connection:
+/// on a plain multiplexed connection (which never reconnects on its own) it bounds the whole
+/// request, queueing included, and costs no second timer.
+///
+/// A function over the result, not a wrapper future: an `async fn` taking the request future
+/// as an argument would hold it twice in its state (the argument and the awaited copy), which
+/// doubled the size of every request future the hot path moves around.
+fn guard<T>(
+    result: Result<T, RedisError>,
     broken: &AtomicBool,
     wake: Option<&Notify>,
 ) -> Result<T, RedisError> {
-    let result = request.await;
     if let Err(e) = &result
         && matches!(classify(e), ErrorKind::Connection | ErrorKind::Timeout)
     {
@@ -123,9 +125,11 @@ impl SharedConnection {
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
         // The pool's own connections are awaited in place: no boxed future on the hot path.
         let reply = match &mut self.0 {
-            SharedKind::Lane { mux, lane } => {
-                guarded(mux.send_packed_command(cmd), &lane.broken, Some(&lane.wake)).await
-            }
+            SharedKind::Lane { mux, lane } => guard(
+                mux.send_packed_command(cmd).await,
+                &lane.broken,
+                Some(&lane.wake),
+            ),
             SharedKind::Custom(conn) => conn.req_packed_command(cmd).await,
         };
         let value = reply
@@ -147,11 +151,13 @@ impl std::fmt::Debug for SharedConnection {
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
-            SharedKind::Lane { mux, lane } => Box::pin(guarded(
-                mux.send_packed_command(cmd),
-                &lane.broken,
-                Some(&lane.wake),
-            )),
+            SharedKind::Lane { mux, lane } => Box::pin(async move {
+                guard(
+                    mux.send_packed_command(cmd).await,
+                    &lane.broken,
+                    Some(&lane.wake),
+                )
+            }),
             SharedKind::Custom(conn) => conn.req_packed_command(cmd),
         }
     }
@@ -163,11 +169,13 @@ impl ConnectionLike for SharedConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
-            SharedKind::Lane { mux, lane } => Box::pin(guarded(
-                mux.send_packed_commands(pipeline, offset, count),
-                &lane.broken,
-                Some(&lane.wake),
-            )),
+            SharedKind::Lane { mux, lane } => Box::pin(async move {
+                guard(
+                    mux.send_packed_commands(pipeline, offset, count).await,
+                    &lane.broken,
+                    Some(&lane.wake),
+                )
+            }),
             SharedKind::Custom(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -353,7 +361,7 @@ impl ConnectionLike for PooledConnection {
             let reply = match target {
                 Target::Raw(raw) => {
                     let mut mux = deadline_for(raw, cmd);
-                    guarded(mux.send_packed_command(cmd), &raw.broken, None).await
+                    guard(mux.send_packed_command(cmd).await, &raw.broken, None)
                 }
                 Target::Custom(c) => c.req_packed_command(cmd).await,
             };
@@ -386,14 +394,11 @@ impl ConnectionLike for PooledConnection {
         Box::pin(async move {
             *in_flight = true;
             let reply = match target {
-                Target::Raw(raw) => {
-                    guarded(
-                        raw.mux.send_packed_commands(pipeline, offset, count),
-                        &raw.broken,
-                        None,
-                    )
-                    .await
-                }
+                Target::Raw(raw) => guard(
+                    raw.mux.send_packed_commands(pipeline, offset, count).await,
+                    &raw.broken,
+                    None,
+                ),
                 Target::Custom(c) => c.req_packed_commands(pipeline, offset, count).await,
             };
             *in_flight = false;

@@ -73,7 +73,13 @@ fn word(arg: Option<Arg<&[u8]>>) -> Word {
 pub(crate) fn effect(cmd: &Cmd) -> Effect {
     let mut args = cmd.args_iter();
     let name = word(args.next());
-    match name.as_slice() {
+    effect_of(name.as_slice(), || word(args.next()))
+}
+
+/// The effect of the command named `name` (upper case); `second` reads its next word, only for
+/// the commands whose effect depends on it.
+fn effect_of(name: &[u8], second: impl FnOnce() -> Word) -> Effect {
+    match name {
         b"MULTI" => Effect::Multi,
         b"WATCH" => Effect::Watch,
         b"EXEC" | b"DISCARD" => Effect::EndTransaction,
@@ -81,7 +87,7 @@ pub(crate) fn effect(cmd: &Cmd) -> Effect {
         b"RESET" => Effect::Reset,
         b"SELECT" | b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MONITOR" | b"HELLO"
         | b"AUTH" | b"READONLY" | b"READWRITE" | b"SWAPDB" => Effect::Sticky,
-        b"CLIENT" => match word(args.next()).as_slice() {
+        b"CLIENT" => match second().as_slice() {
             b"TRACKING" | b"REPLY" | b"CACHING" | b"NO-EVICT" | b"NO-TOUCH" | b"SETNAME"
             | b"SETINFO" | b"PAUSE" => Effect::Sticky,
             _ => Effect::None,
@@ -94,35 +100,31 @@ pub(crate) fn effect(cmd: &Cmd) -> Effect {
 /// changes the connection's session, changes how replies are delivered, or blocks it.
 #[must_use]
 pub fn shared_refusal(cmd: &Cmd) -> Option<String> {
-    let mut args = cmd.args_iter();
-    let name = word(args.next());
-    let blocking = matches!(
-        name.as_slice(),
-        b"BLPOP"
-            | b"BRPOP"
-            | b"BLMOVE"
-            | b"BRPOPLPUSH"
-            | b"BLMPOP"
-            | b"BZPOPMIN"
-            | b"BZPOPMAX"
-            | b"BZMPOP"
-            | b"WAIT"
-            | b"WAITAOF"
-            | b"SYNC"
-            | b"PSYNC"
-    ) || xread_block(cmd).is_some();
-    let session = effect(cmd) != Effect::None
-        || matches!(
-            name.as_slice(),
-            b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" | b"QUIT"
-        );
-    (blocking || session).then(|| {
-        format!(
-            "{} holds, changes or blocks a connection: run it on an exclusive connection \
+    word(cmd.args_iter().next()).shared_refusal(cmd)
+}
+
+impl Word {
+    /// [`shared_refusal`] for `cmd` whose name (upper case) is `self`, already read by the
+    /// caller: on every request of the redis-rs path, the rest of the command is read only
+    /// for the few names where it matters.
+    #[must_use]
+    pub fn shared_refusal(&self, cmd: &Cmd) -> Option<String> {
+        let name = self;
+        let refused = match name.as_slice() {
+            b"BLPOP" | b"BRPOP" | b"BLMOVE" | b"BRPOPLPUSH" | b"BLMPOP" | b"BZPOPMIN"
+            | b"BZPOPMAX" | b"BZMPOP" | b"WAIT" | b"WAITAOF" | b"SYNC" | b"PSYNC"
+            | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE" | b"SUNSUBSCRIBE" | b"QUIT" => true,
+            b"XREAD" | b"XREADGROUP" => xread_block(cmd).is_some(),
+            other => effect_of(other, || word(cmd.args_iter().nth(1))) != Effect::None,
+        };
+        refused.then(|| {
+            format!(
+                "{} holds, changes or blocks a connection: run it on an exclusive connection \
              (RedisManager::connection() / ConnectionPool::get()), not on the shared one",
-            String::from_utf8_lossy(name.as_slice())
-        )
-    })
+                String::from_utf8_lossy(name.as_slice())
+            )
+        })
+    }
 }
 
 /// How long a blocking command may block (`BLPOP ... 5` blocks up to 5 s, `0` forever), so
