@@ -1,4 +1,6 @@
-//! A TCP proxy that injects network faults between a client and a real server.
+//! A TCP proxy that injects network faults between a client and a real server: blackholes
+//! (both ways or one way), latency, refused and reset connections, replies cut mid-way or
+//! sliced into small pieces.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -26,6 +28,40 @@ pub enum Fault {
     Latency(Duration),
     /// Reset every new connection as soon as it is accepted (existing ones keep working).
     Refuse,
+    /// A one-way partition: requests reach the server (and run there), replies are held, in
+    /// order, until the fault ends. The worst case for a client: its writes apply while it
+    /// sees only timeouts.
+    HoldReplies,
+    /// The other way: requests are held until the fault ends; replies already on their way
+    /// still arrive.
+    HoldRequests,
+    /// Each reply is cut: the first half of the bytes the server sent is delivered, then the
+    /// connection is reset in both directions (a reply lost mid-way, as toxiproxy's
+    /// `limit_data` does).
+    CutReplies,
+    /// Replies are delivered in pieces of `bytes` bytes, `delay` apart (toxiproxy's `slicer`):
+    /// a client must reassemble replies split anywhere.
+    Slice {
+        /// Bytes per piece (at least 1).
+        bytes: usize,
+        /// Pause between pieces.
+        delay: Duration,
+    },
+}
+
+/// Which way a pump copies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    ToServer,
+    ToClient,
+}
+
+/// How a pump ended.
+enum Ended {
+    /// Its source closed.
+    Closed,
+    /// The fault asked for both sides to be reset.
+    Reset,
 }
 
 struct Shared {
@@ -34,6 +70,7 @@ struct Shared {
     resets: watch::Sender<u64>,
     accepted: AtomicU64,
     active: AtomicUsize,
+    reply_writes: AtomicU64,
 }
 
 /// A fault-injecting proxy on a free loopback port in front of `upstream`.
@@ -73,6 +110,7 @@ impl FaultProxy {
             resets: watch::Sender::new(0),
             accepted: AtomicU64::new(0),
             active: AtomicUsize::new(0),
+            reply_writes: AtomicU64::new(0),
         });
         let (shutdown, shutdown_rx) = watch::channel(());
         tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown_rx));
@@ -115,6 +153,12 @@ impl FaultProxy {
     #[must_use]
     pub fn active_connections(&self) -> usize {
         self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Writes made to clients since start (a sliced reply takes one per piece).
+    #[must_use]
+    pub fn reply_writes(&self) -> u64 {
+        self.shared.reply_writes.load(Ordering::SeqCst)
     }
 
     /// Connections accepted since start.
@@ -184,8 +228,12 @@ async fn serve(mut client: TcpStream, shared: &Shared, mut shutdown: watch::Rece
         tokio::select! {
             _ = shutdown.changed() => true,
             _ = resets.changed() => true,
-            _ = pump(cr, uw, shared.fault.subscribe()) => false,
-            _ = pump(ur, cw, shared.fault.subscribe()) => false,
+            ended = pump(cr, uw, shared, Direction::ToServer) => {
+                matches!(ended, Ended::Reset)
+            }
+            ended = pump(ur, cw, shared, Direction::ToClient) => {
+                matches!(ended, Ended::Reset)
+            }
         }
     };
     if reset_both {
@@ -194,36 +242,64 @@ async fn serve(mut client: TcpStream, shared: &Shared, mut shutdown: watch::Rece
     }
 }
 
-/// Copies one direction, applying the fault in force to each chunk. A blackhole holds the
-/// chunk (and, by not reading, everything behind it) until it ends: bytes are late, never lost
-/// or reordered, as over TCP.
-async fn pump(mut from: ReadHalf<'_>, mut to: WriteHalf<'_>, mut fault: watch::Receiver<Fault>) {
+/// Copies one direction, applying the fault in force to each chunk. A hold (blackhole, or a
+/// one-way hold in this direction) keeps the chunk (and, by not reading, everything behind it)
+/// until it ends: bytes are late, never lost or reordered, as over TCP. Only `CutReplies` loses
+/// bytes, and it resets the connection when it does.
+async fn pump(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    shared: &Shared,
+    direction: Direction,
+) -> Ended {
+    let mut fault = shared.fault.subscribe();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 let _ = to.shutdown().await;
-                return;
+                return Ended::Closed;
             }
             Ok(n) => n,
         };
+        let replies = direction == Direction::ToClient;
+        let mut piece = n;
+        let mut pause = Duration::ZERO;
         loop {
             let current = *fault.borrow_and_update();
             match current {
-                Fault::Blackhole => {
-                    if fault.changed().await.is_err() {
-                        return;
-                    }
-                }
+                Fault::Blackhole => {}
+                Fault::HoldReplies if replies => {}
+                Fault::HoldRequests if !replies => {}
                 Fault::Latency(delay) => {
                     tokio::time::sleep(delay).await;
                     break;
                 }
-                Fault::Pass | Fault::Refuse => break,
+                Fault::CutReplies if replies => {
+                    let _ = to.write_all(&buf[..n / 2]).await;
+                    return Ended::Reset;
+                }
+                Fault::Slice { bytes, delay } if replies => {
+                    piece = bytes.max(1);
+                    pause = delay;
+                    break;
+                }
+                _ => break,
+            }
+            if fault.changed().await.is_err() {
+                return Ended::Closed;
             }
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+        for (i, chunk) in buf[..n].chunks(piece).enumerate() {
+            if i > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            if to.write_all(chunk).await.is_err() {
+                return Ended::Closed;
+            }
+            if replies {
+                shared.reply_writes.fetch_add(1, Ordering::SeqCst);
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The fault proxy against a real server: pass, blackhole, latency, refuse, reset.
+//! The fault proxy against a real server: pass, blackhole, latency, refuse, reset, one-way
+//! holds, cut and sliced replies.
 
 use std::time::Duration;
 
@@ -129,4 +130,127 @@ async fn a_dead_server_behind_the_proxy_resets_the_client() {
     server.restart();
     let mut conn = connect(&proxy.url()).await.unwrap();
     assert_eq!(ping(&mut conn).await.unwrap(), "PONG");
+}
+
+/// A one-way partition: the write runs on the server while its caller sees nothing; the held
+/// reply arrives, in order, once the partition heals.
+#[tokio::test]
+async fn hold_replies_lets_requests_run_and_holds_their_replies() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut through = connect(&proxy.url()).await.unwrap();
+    let mut direct = connect(&server.url()).await.unwrap();
+    assert_eq!(ping(&mut through).await.unwrap(), "PONG");
+
+    proxy.set(Fault::HoldReplies);
+    let mut pending = through.clone();
+    let write = tokio::spawn(async move {
+        pending
+            .set::<_, _, ()>("one-way", "applied")
+            .await
+            .map_err(|e| e.to_string())
+    });
+    // The server has it, though no reply came back.
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = direct.get::<_, Option<String>>("one-way").await.unwrap();
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen.as_deref(), Some("applied"));
+    assert!(!write.is_finished(), "the reply must be held");
+
+    proxy.set(Fault::Pass);
+    assert_eq!(write.await.unwrap(), Ok(()));
+    assert_eq!(ping(&mut through).await.unwrap(), "PONG");
+}
+
+/// The other way: the request waits in the proxy and never reaches the server until the fault
+/// ends.
+#[tokio::test]
+async fn hold_requests_keeps_requests_from_the_server_until_it_ends() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut through = connect(&proxy.url()).await.unwrap();
+    let mut direct = connect(&server.url()).await.unwrap();
+    assert_eq!(ping(&mut through).await.unwrap(), "PONG");
+
+    proxy.set(Fault::HoldRequests);
+    let mut pending = through.clone();
+    let write = tokio::spawn(async move {
+        pending
+            .set::<_, _, ()>("held", "late")
+            .await
+            .map_err(|e| e.to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        direct.get::<_, Option<String>>("held").await.unwrap(),
+        None,
+        "a held request must not reach the server"
+    );
+    proxy.set(Fault::Pass);
+    assert_eq!(write.await.unwrap(), Ok(()));
+    assert_eq!(
+        direct.get::<_, Option<String>>("held").await.unwrap(),
+        Some("late".to_owned())
+    );
+}
+
+/// A reply cut mid-way is never taken for a whole one: the client sees its connection fail.
+#[tokio::test]
+async fn cut_replies_deliver_half_a_reply_then_reset() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut direct = connect(&server.url()).await.unwrap();
+    let () = direct.set("big", "x".repeat(4096)).await.unwrap();
+    let mut through = connect(&proxy.url()).await.unwrap();
+    assert_eq!(ping(&mut through).await.unwrap(), "PONG");
+
+    proxy.set(Fault::CutReplies);
+    let cut = timeout(
+        Duration::from_secs(2),
+        through.get::<_, Option<String>>("big"),
+    )
+    .await
+    .expect("a cut reply fails fast");
+    assert!(cut.is_err(), "half a reply must not parse: {cut:?}");
+
+    proxy.set(Fault::Pass);
+    let mut fresh = connect(&proxy.url()).await.unwrap();
+    assert_eq!(
+        fresh
+            .get::<_, Option<String>>("big")
+            .await
+            .unwrap()
+            .map(|v| v.len()),
+        Some(4096)
+    );
+}
+
+/// Replies split into 3-byte pieces are reassembled intact.
+#[tokio::test]
+async fn sliced_replies_arrive_intact() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut through = connect(&proxy.url()).await.unwrap();
+    let value: String = (0..1000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let () = through.set("sliced", &value).await.unwrap();
+    proxy.set(Fault::Slice {
+        bytes: 3,
+        delay: Duration::from_micros(100),
+    });
+    let before = proxy.reply_writes();
+    assert_eq!(
+        through.get::<_, String>("sliced").await.unwrap(),
+        value,
+        "a reply reassembled from pieces"
+    );
+    // `$1000\r\n` + 1000 bytes + `\r\n`, three bytes a piece.
+    assert!(proxy.reply_writes() - before >= 335, "the reply was sliced");
+    assert_eq!(ping(&mut through).await.unwrap(), "PONG");
 }

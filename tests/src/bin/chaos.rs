@@ -19,8 +19,10 @@
 //! exit code is 1. `--only blackhole` keeps one kind of fault; `--sabotage` corrupts what the checker reads
 //! (one owner key, one counter) to show that it catches it. `chaos app ...` is the application
 //! process (started by `run`). Besides the faults above: `maxmemory` with `noeviction` (OOM
-//! replies), `maxclients 1`, `requirepass` set and removed, one call in ten abandoned by its
-//! caller, and one application whose fallback store is small enough to fill.
+//! replies), `maxclients 1`, `requirepass` set and removed, one-way partitions (replies held
+//! while requests run, or requests held), replies cut mid-way with the connection reset, replies
+//! sliced into pieces of a few bytes, one call in ten abandoned by its caller, and one
+//! application whose fallback store is small enough to fill.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -371,6 +373,14 @@ enum Step {
     MaxClients(Duration),
     /// `requirepass` set: new connections fail to authenticate (existing ones stay in).
     Password(Duration),
+    /// A one-way partition: requests reach Redis and run, replies are held.
+    HoldReplies(Duration),
+    /// The other way: requests are held, replies flow.
+    HoldRequests(Duration),
+    /// Every reply cut half-way and its connection reset.
+    CutReplies(Duration),
+    /// Replies sliced into pieces of a few bytes.
+    Slice(Duration),
     Calm(Duration),
 }
 
@@ -393,8 +403,31 @@ impl Step {
             Step::Oom(_) => "maxmemory + noeviction (OOM)",
             Step::MaxClients(_) => "maxclients 1",
             Step::Password(_) => "requirepass set",
+            Step::HoldReplies(_) => "one-way partition (replies held)",
+            Step::HoldRequests(_) => "one-way partition (requests held)",
+            Step::CutReplies(_) => "replies cut mid-way, connection reset",
+            Step::Slice(_) => "replies sliced into 1-7 byte pieces",
             Step::Calm(_) => "calm",
         }
+    }
+
+    /// The fault named `name` (as printed in the schedule, lower case) lasting `d`.
+    fn named(name: &str, d: Duration, app: usize) -> Option<Step> {
+        Some(match name {
+            "killredis" => Step::KillRedis(d),
+            "blackhole" => Step::Blackhole(d),
+            "latency" => Step::Latency(d),
+            "resetall" => Step::ResetAll,
+            "killapp" => Step::KillApp(app, d),
+            "oom" => Step::Oom(d),
+            "maxclients" => Step::MaxClients(d),
+            "password" => Step::Password(d),
+            "holdreplies" => Step::HoldReplies(d),
+            "holdrequests" => Step::HoldRequests(d),
+            "cutreplies" => Step::CutReplies(d),
+            "slice" => Step::Slice(d),
+            _ => return None,
+        })
     }
 
     fn length(&self) -> Duration {
@@ -407,6 +440,10 @@ impl Step {
             | Step::Oom(d)
             | Step::MaxClients(d)
             | Step::Password(d)
+            | Step::HoldReplies(d)
+            | Step::HoldRequests(d)
+            | Step::CutReplies(d)
+            | Step::Slice(d)
             | Step::Calm(d) => d,
         }
     }
@@ -421,6 +458,10 @@ impl Step {
             Step::Oom(_) => Step::Oom(d),
             Step::MaxClients(_) => Step::MaxClients(d),
             Step::Password(_) => Step::Password(d),
+            Step::HoldReplies(_) => Step::HoldReplies(d),
+            Step::HoldRequests(_) => Step::HoldRequests(d),
+            Step::CutReplies(_) => Step::CutReplies(d),
+            Step::Slice(_) => Step::Slice(d),
             Step::Calm(_) => Step::Calm(d),
             Step::ResetAll => Step::ResetAll,
         }
@@ -433,7 +474,7 @@ fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
     let mut total = Duration::ZERO;
     while total < length {
         let d = Duration::from_millis(rng.u64(300..2500));
-        let step = match rng.u8(..9) {
+        let step = match rng.u8(..13) {
             0 => Step::KillRedis(d),
             1 => Step::Blackhole(d),
             2 => Step::Latency(d),
@@ -442,6 +483,10 @@ fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
             5 => Step::Oom(d),
             6 => Step::MaxClients(d),
             7 => Step::Password(d),
+            8 => Step::HoldReplies(d),
+            9 => Step::HoldRequests(d),
+            10 => Step::CutReplies(d),
+            11 => Step::Slice(d),
             _ => Step::Calm(d),
         };
         // The plan ends with the campaign: the last fault is cut, not left running.
@@ -536,12 +581,23 @@ fn run(args: &[String]) -> i32 {
     };
     let mut steps = schedule(seed, duration, apps);
     if let Some(only) = arg(args, "--only") {
-        // Keep one kind of fault (its name as printed, lower case): the rest become calm.
+        // One kind of fault (its name as printed in the schedule, lower case) in place of
+        // every fault the seed drew, with the same timings.
+        let mut apps_rng = fastrand::Rng::with_seed(seed);
         for step in &mut steps {
-            let name = format!("{step:?}").to_lowercase();
-            if !name.starts_with(only) {
-                *step = Step::Calm(step.length());
+            if matches!(step, Step::Calm(_)) {
+                continue;
             }
+            let d = step.length();
+            let Some(one) = Step::named(only, d, apps_rng.usize(..apps)) else {
+                eprintln!(
+                    "chaos: no fault named {only:?} (killredis, blackhole, latency, resetall, \
+                     killapp, oom, maxclients, password, holdreplies, holdrequests, cutreplies, \
+                     slice)"
+                );
+                return 2;
+            };
+            *step = one;
         }
     }
     println!(
@@ -732,6 +788,33 @@ async fn drive(
                     .await;
                 tokio::time::sleep(d).await;
                 admin.run(&[&["CONFIG", "SET", "requirepass", ""]]).await;
+            }
+            // Faults of the proxy, one at a time: held bytes are delivered when the next step
+            // begins, so none of them sits in the proxy while an app is killed (a dead
+            // process's request delivered late cannot be fenced).
+            Step::HoldReplies(d) => {
+                proxy.set(Fault::HoldReplies);
+                tokio::time::sleep(d).await;
+                proxy.set(Fault::Pass);
+            }
+            Step::HoldRequests(d) => {
+                proxy.set(Fault::HoldRequests);
+                tokio::time::sleep(d).await;
+                proxy.set(Fault::Pass);
+            }
+            Step::CutReplies(d) => {
+                proxy.set(Fault::CutReplies);
+                tokio::time::sleep(d).await;
+                proxy.set(Fault::Pass);
+            }
+            Step::Slice(d) => {
+                let bytes = 1 + usize::try_from(seed.wrapping_add(start) % 7).unwrap_or(0);
+                proxy.set(Fault::Slice {
+                    bytes,
+                    delay: Duration::from_micros(200),
+                });
+                tokio::time::sleep(d).await;
+                proxy.set(Fault::Pass);
             }
             Step::Calm(d) => tokio::time::sleep(d).await,
         }
