@@ -11,13 +11,17 @@
 //! - every shared counter lies within [acknowledged increments, that + the unknown ones] (an
 //!   increment is never applied twice, nor lost once acknowledged);
 //! - no read returned a value that was never written to its key;
-//! - no call took longer than its bound; every application closed with nothing pending.
+//! - no call took longer than its bound; every application closed with nothing pending;
+//! - each application audits itself: its fallback store never held more than its bound (sampled
+//!   every 5 ms), its breaker was not left open once the faults ended, and after `close` no task
+//!   it started is alive and no file descriptor is left open.
 //!
 //! `chaos run [--seed N] [--duration 20s] [--apps 2] [--dir DIR] [--only FAULT] [--sabotage]
 //! [--report FILE]` (the table of calls by fault class, as Markdown, to FILE as well);
 //! a violation prints the seed, the schedule and the first offending history entries, and the
 //! exit code is 1. `--only blackhole` keeps one kind of fault; `--sabotage` corrupts what the checker reads
-//! (one owner key, one counter) to show that it catches it. `chaos app ...` is the application
+//! (one owner key, one counter) and leaks a task in one application, to show that the checker
+//! and the application's own audit catch them. `chaos app ...` is the application
 //! process (started by `run`). Besides the faults above: `maxmemory` with `noeviction` (OOM
 //! replies), `maxclients 1`, `requirepass` set and removed, one-way partitions (replies held
 //! while requests run, or requests held), replies cut mid-way with the connection reset, replies
@@ -188,12 +192,47 @@ fn app(args: &[String]) -> i32 {
     rt.block_on(async move {
         let mut config = app_config(url, &dir.join(format!("app-{id}.journal")));
         app_bound(id, &mut config);
-        let manager = match RedisManager::builder(config).build().await {
+        let fds_before = open_fds();
+        // The store is built here, as the manager would build it, to watch its memory.
+        let store = match resilient_redis_fallback::MemoryStore::builder(&config.fallback)
+            .server(resilient_redis_manager::server_identity(
+                config.url.expose(),
+            ))
+            .build()
+        {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("chaos app {id}: store: {e}");
+                return 2;
+            }
+        };
+        let manager = match RedisManager::builder(config)
+            .fallback(Arc::clone(&store))
+            .build()
+            .await
+        {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("chaos app {id}: build: {e}");
                 return 2;
             }
+        };
+        // The store's bound holds at every instant, not only at the end.
+        let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let over_bound = {
+            let store = Arc::clone(&store);
+            let watching = Arc::clone(&watching);
+            tokio::spawn(async move {
+                let mut worst = None;
+                while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                    let m = store.memory();
+                    if m.pinned + m.shadow > m.limit {
+                        worst = Some(m);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                worst
+            })
         };
         let tasks: Vec<_> = (0..TASKS)
             .map(|t| {
@@ -207,14 +246,69 @@ fn app(args: &[String]) -> i32 {
         for t in tasks {
             let _ = t.await;
         }
-        match manager.close(Duration::from_secs(10)).await {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("chaos app {id}: close: {e}");
-                3
+        if args.iter().any(|a| a == "--leak") {
+            // The audit's own test (`run --sabotage`): a task nobody ends.
+            tokio::spawn(std::future::pending::<()>());
+        }
+        let mut code = 0;
+        // The faults ended two seconds before the calls did: a breaker still refusing calls
+        // now is wedged (a drain, the final one, has no deadline to run against).
+        if until > 0 {
+            let state = manager.breaker().state();
+            if !matches!(
+                state,
+                resilient_redis_breaker::BreakerState::Closed
+                    | resilient_redis_breaker::BreakerState::HalfOpen
+            ) {
+                eprintln!("chaos app {id}: the breaker is {state:?} after the faults ended");
+                code = 4;
             }
         }
+        watching.store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(Some(m)) = over_bound.await {
+            eprintln!(
+                "chaos app {id}: the fallback store held {} bytes past its bound of {}",
+                m.pinned + m.shadow,
+                m.limit
+            );
+            code = 4;
+        }
+        if let Err(e) = manager.close(Duration::from_secs(10)).await {
+            eprintln!("chaos app {id}: close: {e}");
+            return 3;
+        }
+        drop(manager);
+        drop(store);
+        // Nothing the manager started outlives it: no task, no socket, no file.
+        let mut tasks_left = usize::MAX;
+        let mut fds_after = usize::MAX;
+        for _ in 0..50 {
+            tasks_left = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            fds_after = open_fds();
+            if tasks_left == 0 && fds_after <= fds_before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if tasks_left > 0 {
+            eprintln!("chaos app {id}: {tasks_left} tasks still alive after close");
+            code = 4;
+        }
+        if fds_after > fds_before {
+            eprintln!(
+                "chaos app {id}: {fds_after} file descriptors open after close, {fds_before} before"
+            );
+            code = 4;
+        }
+        code
     })
+}
+
+/// File descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
 }
 
 fn hash_u64(s: &str) -> u64 {
@@ -497,15 +591,25 @@ fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
     steps
 }
 
+/// What every application process of one campaign shares.
+struct Apps<'a> {
+    exe: &'a Path,
+    dir: &'a Path,
+    seed: u64,
+    /// How many.
+    count: usize,
+}
+
+/// Starts application `id`'s `incarnation`, calling until `until` (Unix ms; 0: drain only).
 fn spawn_app(
-    exe: &Path,
+    apps: &Apps<'_>,
     id: usize,
     incarnation: u32,
     url: &str,
-    dir: &Path,
     until: u64,
-    seed: u64,
+    leak: bool,
 ) -> Option<Child> {
+    let Apps { exe, dir, seed, .. } = *apps;
     Command::new(exe)
         .args([
             "app",
@@ -524,6 +628,7 @@ fn spawn_app(
         ])
         .arg("--dir")
         .arg(dir)
+        .args(leak.then_some("--leak"))
         .env("RUST_LOG", "off")
         .spawn()
         .map_err(|e| eprintln!("chaos: cannot start app {id}: {e}"))
@@ -624,8 +729,15 @@ fn run(args: &[String]) -> i32 {
         }
     };
     let started = Instant::now();
+    let sabotage = args.iter().any(|a| a == "--sabotage");
+    let campaign = Apps {
+        exe: &exe,
+        dir: &dir,
+        seed,
+        count: apps,
+    };
     let (app_failures, windows) =
-        rt.block_on(drive(&mut server, &exe, &dir, seed, apps, duration, &steps));
+        rt.block_on(drive(&mut server, &campaign, duration, &steps, sabotage));
     let checked_at = now_ms();
     let read = rt.block_on(read_redis(&server.url(), apps));
     // The keys are read one after another between these two instants: a value may have
@@ -638,7 +750,6 @@ fn run(args: &[String]) -> i32 {
             return 1;
         }
     };
-    let sabotage = args.iter().any(|a| a == "--sabotage");
     if sabotage {
         // The checker's own test: a value nobody wrote, and a counter far above every increment.
         redis_state.insert("own:0:0:0".into(), Some(b"a value nobody wrote".to_vec()));
@@ -665,8 +776,11 @@ fn run(args: &[String]) -> i32 {
     violations.extend(app_failures);
     if sabotage {
         let caught = |key: &str| violations.iter().any(|v| v.starts_with(&format!("{key}:")));
-        return if caught("own:0:0:0") && caught("ctr:0") {
-            println!("chaos: the checker caught the sabotaged key and counter");
+        let leak_caught = violations
+            .iter()
+            .any(|v| v.starts_with("app 0: the final drain exited"));
+        return if caught("own:0:0:0") && caught("ctr:0") && leak_caught {
+            println!("chaos: the checker caught the sabotaged key and counter, and the leak");
             0
         } else {
             println!("chaos: the checker MISSED the sabotage: {violations:?}");
@@ -692,13 +806,12 @@ fn run(args: &[String]) -> i32 {
 
 async fn drive(
     server: &mut RedisServer,
-    exe: &Path,
-    dir: &Path,
-    seed: u64,
-    apps: usize,
+    campaign: &Apps<'_>,
     duration: Duration,
     steps: &[Step],
+    sabotage: bool,
 ) -> (Vec<String>, Vec<Window>) {
+    let (apps, seed) = (campaign.count, campaign.seed);
     let mut windows = Vec::new();
     let proxy = FaultProxy::start(server.addr()).await;
     let mut admin = Admin {
@@ -712,7 +825,7 @@ async fn drive(
     let url = proxy.url();
     let mut incarnations = vec![0u32; apps];
     let mut children: Vec<Option<Child>> = (0..apps)
-        .map(|i| spawn_app(exe, i, 0, &url, dir, until, seed))
+        .map(|i| spawn_app(campaign, i, 0, &url, until, false))
         .collect();
     let began = Instant::now();
     for step in steps {
@@ -762,7 +875,7 @@ async fn drive(
                 // latency (400 ms), and nothing can fence a dead process's connections.
                 tokio::time::sleep(d.max(Duration::from_millis(600))).await;
                 incarnations[i] += 1;
-                children[i] = spawn_app(exe, i, incarnations[i], &url, dir, until, seed);
+                children[i] = spawn_app(campaign, i, incarnations[i], &url, until, false);
             }
             Step::Oom(d) => {
                 admin
@@ -837,7 +950,9 @@ async fn drive(
         match tokio::task::block_in_place(|| c.wait()) {
             Ok(s) if s.success() => {}
             Ok(s) => failures.push(format!(
-                "app {i} exited with {s} (3: writes still pending at close)"
+                "app {i} exited with {s} (3: writes still pending at close; 4: a breaker \
+                 wedged, the fallback store past its bound, or tasks or files left open: \
+                 see its output)"
             )),
             Err(e) => failures.push(format!("app {i}: {e}")),
         }
@@ -845,7 +960,9 @@ async fn drive(
     // The final drain: each journal is opened once more and replayed, as a restarted process
     // would (a close cut short by a fault leaves its writes there, not lost).
     for (i, incarnation) in incarnations.iter().enumerate() {
-        let Some(mut c) = spawn_app(exe, i, incarnation + 1, &url, dir, 0, seed) else {
+        // Sabotage: app 0's drain leaks a task, which its own audit must report.
+        let leak = sabotage && i == 0;
+        let Some(mut c) = spawn_app(campaign, i, incarnation + 1, &url, 0, leak) else {
             failures.push(format!("app {i}: the final drain could not start"));
             continue;
         };
