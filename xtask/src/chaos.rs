@@ -28,9 +28,11 @@ pub(crate) fn run(args: &[String]) -> bool {
 /// drawn from the date must keep every promise (a failing seed is printed, to rerun by hand).
 pub(crate) fn campaign() -> bool {
     eprintln!(
-        "chaos: the checker's own test (a lost write and a doubled increment must be caught)"
+        "chaos: the checker's own test (a lost write, a doubled increment and a leaked task \
+         must be caught)"
     );
-    // With --sabotage the run succeeds only when the checker names both sabotaged keys.
+    // With --sabotage the run succeeds only when the checker names both sabotaged keys and
+    // the application's audit reports the leaked task.
     if !status(chaos().args(["--seed", "7", "--duration", "6s", "--sabotage"])) {
         return false;
     }

@@ -367,10 +367,58 @@ async fn workload(
                 why,
                 src: None,
             };
-        if roll < 40 {
-            let len = match rng.u8(..20) {
+        if roll < 6 {
+            // MSET of two of this task's keys: both or neither (each key's history gets the
+            // write, under its own id).
+            let first = rng.usize(..KEYS_PER_TASK);
+            let second = (first + 1 + rng.usize(..KEYS_PER_TASK - 1)) % KEYS_PER_TASK;
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = [first, second]
+                .iter()
+                .map(|k| {
+                    let len = rng.usize(..256);
+                    (
+                        format!("own:{app}:{task}:{k}").into_bytes(),
+                        (0..len).map(|_| rng.u8(..)).collect(),
+                    )
+                })
+                .collect();
+            let each = |t: &str, why: Option<String>| -> Vec<Event> {
+                pairs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, v))| Event {
+                        t: t.to_owned(),
+                        id: format!("{id}/{i}"),
+                        op: "set".to_owned(),
+                        key: String::from_utf8_lossy(k).into_owned(),
+                        v: Some(hash(v)),
+                        d: 0,
+                        start,
+                        end: now_ms(),
+                        why: why.clone(),
+                        src: None,
+                    })
+                    .collect()
+            };
+            for e in each("inv", None) {
+                h.write(&e);
+            }
+            let r = cancel(&mut rng, m.mset(&pairs)).await;
+            let (t, why) = match r {
+                Some(Ok(())) => ("ok", None),
+                Some(Err(e)) => (outcome(&e), Some(e.to_string())),
+                None => ("unk", Some("cancelled by its caller".to_owned())),
+            };
+            for e in each(t, why) {
+                h.write(&e);
+            }
+        } else if roll < 40 {
+            // Empty, small, and now and then 64 KiB or 1 MiB (larger than the small
+            // application's whole fallback store).
+            let len = match rng.u8(..40) {
                 0 => 0,
-                1 => 64 * 1024,
+                1 | 2 => 64 * 1024,
+                3 => 1024 * 1024,
                 _ => rng.usize(1..512),
             };
             let value: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
