@@ -28,8 +28,8 @@ pub(crate) fn run(args: &[String]) -> bool {
 /// drawn from the date must keep every promise (a failing seed is printed, to rerun by hand).
 pub(crate) fn campaign() -> bool {
     eprintln!(
-        "chaos: the checker's own test (a lost write, a doubled increment and a leaked task \
-         must be caught)"
+        "chaos: the checker's own test (a lost write, a doubled increment, a hash field nobody set \
+         and a leaked task must be caught)"
     );
     // With --sabotage the run succeeds only when the checker names both sabotaged keys and
     // the application's audit reports the leaked task.

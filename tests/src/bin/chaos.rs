@@ -20,7 +20,7 @@
 //! [--report FILE]` (the table of calls by fault class, as Markdown, to FILE as well);
 //! a violation prints the seed, the schedule and the first offending history entries, and the
 //! exit code is 1. `--only blackhole` keeps one kind of fault; `--sabotage` corrupts what the checker reads
-//! (one owner key, one counter) and leaks a task in one application, to show that the checker
+//! (one owner key, one counter, one hash field) and leaks a task in one application, to show that the checker
 //! and the application's own audit catch them. `chaos app ...` is the application
 //! process (started by `run`). Besides the faults above: `maxmemory` with `noeviction` (OOM
 //! replies), `maxclients 1`, `requirepass` set and removed, one-way partitions (replies held
@@ -40,6 +40,9 @@ use resilient_redis_tests::{Fault, FaultProxy, RedisServer};
 
 /// Owner keys per application task, tasks per application, shared counters.
 const KEYS_PER_TASK: usize = 3;
+/// Hashes per application task, and fields per hash.
+const HASHES_PER_TASK: usize = 2;
+const FIELDS: usize = 3;
 const TASKS: usize = 3;
 const COUNTERS: usize = 3;
 /// The longest any call may take: the manager's whole-call deadline (socket timeout × attempts)
@@ -477,6 +480,44 @@ async fn workload(
                 }
                 Err(e) => event("err", "get", &key, None, 0, Some(e.to_string())),
             });
+        } else if roll < 86 {
+            // A field of one of this task's hashes, set or deleted: each field is a register
+            // of its own to the checker (`hsh:...#field`).
+            let key = format!("hsh:{app}:{task}:{}", rng.usize(..HASHES_PER_TASK));
+            let field = format!("f{}", rng.usize(..FIELDS));
+            let register = format!("{key}#{field}");
+            let (op, v, call) = if rng.u8(..4) == 0 {
+                let fields = vec![field.clone().into_bytes()];
+                let m = m.clone();
+                let key = key.clone();
+                let call: std::pin::Pin<Box<dyn Future<Output = Result<u64, Error>> + Send>> =
+                    Box::pin(async move { m.hdel(key.as_bytes(), &fields).await });
+                ("del", None, call)
+            } else {
+                let len = rng.usize(..128);
+                let value: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                let v = Some(hash(&value));
+                let pairs = vec![(field.clone().into_bytes(), value)];
+                let m = m.clone();
+                let key = key.clone();
+                let call: std::pin::Pin<Box<dyn Future<Output = Result<u64, Error>> + Send>> =
+                    Box::pin(async move { m.hset(key.as_bytes(), &pairs).await });
+                ("set", v, call)
+            };
+            h.write(&event("inv", op, &register, v.clone(), 0, None));
+            let r = cancel(&mut rng, call).await;
+            h.write(&match r {
+                Some(Ok(_)) => event("ok", op, &register, v, 0, None),
+                Some(Err(e)) => event(outcome(&e), op, &register, v, 0, Some(e.to_string())),
+                None => event(
+                    "unk",
+                    op,
+                    &register,
+                    v,
+                    0,
+                    Some("cancelled by its caller".into()),
+                ),
+            });
         } else {
             let key = format!("ctr:{}", rng.usize(..COUNTERS));
             let d = rng.i64(1..100);
@@ -799,9 +840,11 @@ fn run(args: &[String]) -> i32 {
         }
     };
     if sabotage {
-        // The checker's own test: a value nobody wrote, and a counter far above every increment.
+        // The checker's own test: a value nobody wrote, a counter far above every increment, a
+        // hash field nobody set.
         redis_state.insert("own:0:0:0".into(), Some(b"a value nobody wrote".to_vec()));
         redis_state.insert("ctr:0".into(), Some(b"999999999999".to_vec()));
+        redis_state.insert("hsh:0:0:0#f0".into(), Some(b"a field nobody set".to_vec()));
     }
     let report = check(&dir, apps, &redis_state, (checked_at, read_done));
     let table = fault_table(&dir, apps, &windows);
@@ -827,8 +870,8 @@ fn run(args: &[String]) -> i32 {
         let leak_caught = violations
             .iter()
             .any(|v| v.starts_with("app 0: the final drain exited"));
-        return if caught("own:0:0:0") && caught("ctr:0") && leak_caught {
-            println!("chaos: the checker caught the sabotaged key and counter, and the leak");
+        return if caught("own:0:0:0") && caught("ctr:0") && caught("hsh:0:0:0#f0") && leak_caught {
+            println!("chaos: the checker caught the sabotaged key, counter and hash field, and the leak");
             0
         } else {
             println!("chaos: the checker MISSED the sabotage: {violations:?}");
@@ -1097,6 +1140,22 @@ async fn read_redis(
         let v: Option<Vec<u8>> = redis::cmd("GET").arg(&k).query_async(&mut con).await?;
         out.insert(k, v);
     }
+    for a in 0..apps {
+        for t in 0..TASKS {
+            for k in 0..HASHES_PER_TASK {
+                let key = format!("hsh:{a}:{t}:{k}");
+                for f in 0..FIELDS {
+                    let field = format!("f{f}");
+                    let v: Option<Vec<u8>> = redis::cmd("HGET")
+                        .arg(&key)
+                        .arg(&field)
+                        .query_async(&mut con)
+                        .await?;
+                    out.insert(format!("{key}#{field}"), v);
+                }
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -1266,6 +1325,15 @@ fn check(
             if let Some(end) = ends.get(id) {
                 c.end = *end;
             }
+        }
+    }
+    // A key or field nobody ever wrote must not exist (the server starts empty, and every
+    // write's invocation is in the history before the write is sent).
+    for (key, v) in redis {
+        if v.is_some() && !key.starts_with("ctr:") && !writes.contains_key(key) {
+            r.violations.push(format!(
+                "{key}: Redis holds a value, but nobody ever wrote it"
+            ));
         }
     }
     // Owner keys: the last acknowledged write, or any write of unknown outcome; a value whose
