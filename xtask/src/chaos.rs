@@ -19,7 +19,8 @@ fn chaos() -> std::process::Command {
     cmd
 }
 
-/// `cargo xtask chaos [--seed N] [--duration 20s] [--apps 2] [--only FAULT] [--dir DIR]`.
+/// `cargo xtask chaos [--seed N] [--duration 20s] [--apps 2] [--only FAULT] [--dir DIR]
+/// [--schedule STEPS] [--shrink] [--report FILE]`.
 pub(crate) fn run(args: &[String]) -> bool {
     status(chaos().args(args))
 }

@@ -16,7 +16,8 @@ Tasks:
   ci      every check CI runs: fmt, clippy, tests, doctests, docs, cargo-deny, tidy, chaos
   demo    the main job: a workload through an outage and recovery (see README)
   bench   the benchmarks, compared with raw redis-rs and peer crates in the same run
-  chaos   a seeded fault campaign with a history checker ([--seed N] [--duration 20s] [--apps 2])
+  chaos   a seeded fault campaign with a history checker ([--seed N] [--duration 20s] [--apps 2]
+          [--only FAULT] [--schedule STEPS] [--shrink] [--report FILE])
   tidy    the architecture invariants (cargo tree) and stub checks only
   help    this text
 ";

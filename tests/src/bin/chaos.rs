@@ -17,7 +17,11 @@
 //!   it started is alive and no file descriptor is left open.
 //!
 //! `chaos run [--seed N] [--duration 20s] [--apps 2] [--dir DIR] [--only FAULT] [--sabotage]
-//! [--report FILE]` (the table of calls by fault class, as Markdown, to FILE as well);
+//! [--report FILE] [--schedule STEPS] [--shrink] [--fail-if FAULT]` (`--report`: the table of
+//! calls by fault class, as Markdown, to FILE as well; `--schedule`: an exact schedule as a run
+//! prints it, in place of the seed's; `--shrink`: after a failure, rerun on ever shorter
+//! schedules and print the shortest that still fails; `--fail-if`: the shrinker's self-test, a
+//! violation whenever the schedule holds that fault);
 //! a violation prints the seed, the schedule and the first offending history entries, and the
 //! exit code is 1. `--only blackhole` keeps one kind of fault; `--sabotage` corrupts what the checker reads
 //! (one owner key, one counter, one hash field) and leaks a task in one application, to show that the checker
@@ -631,6 +635,38 @@ impl Step {
         }
     }
 
+    /// The step as `--schedule` writes it: `killredis:1200ms`, `killapp1:600ms`, `resetall`.
+    fn text(&self) -> String {
+        let d = self.length().as_millis();
+        match self {
+            Step::ResetAll => "resetall".to_owned(),
+            Step::KillApp(i, _) => format!("killapp{i}:{d}ms"),
+            Step::Calm(_) => format!("calm:{d}ms"),
+            other => {
+                let name = format!("{other:?}").to_lowercase();
+                let name = name.split('(').next().unwrap_or_default().to_owned();
+                format!("{name}:{d}ms")
+            }
+        }
+    }
+
+    /// Reads one step written by [`Step::text`].
+    fn parse(text: &str) -> Option<Step> {
+        let (name, d) = match text.split_once(':') {
+            Some((name, d)) => (name, parse_duration(d)?),
+            None => (text, Duration::from_millis(200)),
+        };
+        if name == "calm" {
+            return Some(Step::Calm(d));
+        }
+        if let Some(i) = name.strip_prefix("killapp")
+            && !i.is_empty()
+        {
+            return Some(Step::KillApp(i.parse().ok()?, d));
+        }
+        Step::named(name, d, 0)
+    }
+
     fn cut(self, left: Duration) -> Step {
         let d = self.length().min(left);
         match self {
@@ -794,11 +830,32 @@ fn run(args: &[String]) -> i32 {
             *step = one;
         }
     }
+    let mut duration = duration;
+    if let Some(text) = arg(args, "--schedule") {
+        // An exact schedule (as printed by a run) in place of the seed's: the seed still
+        // drives the workload.
+        let parsed: Option<Vec<Step>> = text.split(',').map(|t| Step::parse(t.trim())).collect();
+        let Some(parsed) = parsed.filter(|p| !p.is_empty()) else {
+            eprintln!("chaos: cannot read the schedule {text:?}");
+            return 2;
+        };
+        steps = parsed;
+        duration = steps.iter().map(Step::length).sum();
+        if let Some(bad) = steps
+            .iter()
+            .find(|s| matches!(s, Step::KillApp(i, _) if *i >= apps))
+        {
+            eprintln!(
+                "chaos: {} names an application past --apps {apps}",
+                bad.text()
+            );
+            return 2;
+        }
+    }
+    let text = schedule_text(&steps);
     println!(
-        "chaos: seed {seed}, {apps} apps, {duration:?}; rerun with `cargo xtask chaos --seed {seed} --duration {}s --apps {apps}`",
-        duration.as_secs()
+        "chaos: seed {seed}, {apps} apps, {duration:?}; rerun with `cargo xtask chaos --seed {seed} --apps {apps} --schedule {text}`"
     );
-    println!("schedule: {steps:?}");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -865,13 +922,21 @@ fn run(args: &[String]) -> i32 {
     );
     let mut violations = report.violations;
     violations.extend(app_failures);
+    if let Some(fault) = arg(args, "--fail-if")
+        && steps.iter().any(|s| s.text().starts_with(fault))
+    {
+        // The shrinker's own test: a violation exactly when the schedule holds this fault.
+        violations.push(format!("--fail-if {fault}: the schedule holds it"));
+    }
     if sabotage {
         let caught = |key: &str| violations.iter().any(|v| v.starts_with(&format!("{key}:")));
         let leak_caught = violations
             .iter()
             .any(|v| v.starts_with("app 0: the final drain exited"));
         return if caught("own:0:0:0") && caught("ctr:0") && caught("hsh:0:0:0#f0") && leak_caught {
-            println!("chaos: the checker caught the sabotaged key, counter and hash field, and the leak");
+            println!(
+                "chaos: the checker caught the sabotaged key, counter and hash field, and the leak"
+            );
             0
         } else {
             println!("chaos: the checker MISSED the sabotage: {violations:?}");
@@ -886,13 +951,80 @@ fn run(args: &[String]) -> i32 {
         for v in violations.iter().take(20) {
             println!("  - {v}");
         }
-        println!("schedule: {steps:?}");
+        println!("schedule: {text}");
         println!("histories kept in {}", dir.display());
         if let Some(g) = _guard {
             let _ = g.keep();
         }
+        if args.iter().any(|a| a == "--shrink") {
+            let small = shrink(steps, |candidate| {
+                let text = schedule_text(candidate);
+                println!("chaos: shrinking: trying {text}");
+                let mut again = Command::new(&exe);
+                again.args([
+                    "run",
+                    "--seed",
+                    &seed.to_string(),
+                    "--apps",
+                    &apps.to_string(),
+                ]);
+                again.args(["--schedule", &text]);
+                if let Some(fault) = arg(args, "--fail-if") {
+                    again.args(["--fail-if", fault]);
+                }
+                let failed = again
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.code() == Some(1));
+                println!(
+                    "chaos: shrinking: {}",
+                    if failed { "still fails" } else { "holds" }
+                );
+                failed
+            });
+            println!(
+                "chaos: shrunk to {} steps; rerun with `cargo xtask chaos --seed {seed} --apps {apps} --schedule {}`",
+                small.len(),
+                schedule_text(&small)
+            );
+        }
         1
     }
+}
+
+/// A schedule as `--schedule` reads it.
+fn schedule_text(steps: &[Step]) -> String {
+    steps.iter().map(Step::text).collect::<Vec<_>>().join(",")
+}
+
+/// The shortest schedule found that still fails: drops steps one at a time while the campaign
+/// still fails without them, then halves the length of each step left while it still fails.
+/// `fails` reruns the campaign on a candidate (timing on a real machine varies, so this finds a
+/// short failing schedule, not the shortest).
+fn shrink(mut steps: Vec<Step>, mut fails: impl FnMut(&[Step]) -> bool) -> Vec<Step> {
+    let mut i = 0;
+    while i < steps.len() && steps.len() > 1 {
+        let mut fewer = steps.clone();
+        fewer.remove(i);
+        if fails(&fewer) {
+            steps = fewer;
+        } else {
+            i += 1;
+        }
+    }
+    for i in 0..steps.len() {
+        while steps[i].length() >= Duration::from_millis(400) && !matches!(steps[i], Step::ResetAll)
+        {
+            let mut shorter = steps.clone();
+            shorter[i] = steps[i].cut(steps[i].length() / 2);
+            if fails(&shorter) {
+                steps = shorter;
+            } else {
+                break;
+            }
+        }
+    }
+    steps
 }
 
 async fn drive(
@@ -1449,4 +1581,45 @@ fn check(
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_reads_back_as_it_was_written() {
+        let steps = schedule(3, Duration::from_secs(60), 3);
+        let again: Vec<Step> = schedule_text(&steps)
+            .split(',')
+            .map(|t| Step::parse(t).expect(t))
+            .collect();
+        assert_eq!(schedule_text(&again), schedule_text(&steps));
+        assert!(Step::parse("nosuchfault:1s").is_none());
+        assert!(matches!(
+            Step::parse("killapp2:600ms"),
+            Some(Step::KillApp(2, d)) if d == Duration::from_millis(600)
+        ));
+    }
+
+    /// A campaign that fails exactly when its schedule holds a Redis kill of at least 300 ms
+    /// shrinks to that one kill, at its shortest failing length.
+    #[test]
+    fn shrinking_keeps_only_what_the_failure_needs() {
+        let steps = vec![
+            Step::Blackhole(Duration::from_millis(900)),
+            Step::Calm(Duration::from_millis(500)),
+            Step::KillRedis(Duration::from_millis(2000)),
+            Step::ResetAll,
+            Step::Oom(Duration::from_millis(700)),
+        ];
+        let mut runs = 0;
+        let small = shrink(steps, |s| {
+            runs += 1;
+            s.iter()
+                .any(|s| matches!(s, Step::KillRedis(d) if *d >= Duration::from_millis(300)))
+        });
+        assert_eq!(schedule_text(&small), "killredis:500ms");
+        assert!(runs < 20, "{runs} reruns");
+    }
 }
