@@ -40,7 +40,8 @@ pub enum Fault {
     /// `limit_data` does).
     CutReplies,
     /// Replies are delivered in pieces of `bytes` bytes, `delay` apart (toxiproxy's `slicer`):
-    /// a client must reassemble replies split anywhere.
+    /// a client must reassemble replies split anywhere. A zero delay yields to other tasks
+    /// between pieces instead (a timer pause is at least a millisecond).
     Slice {
         /// Bytes per piece (at least 1).
         bytes: usize,
@@ -291,8 +292,13 @@ async fn pump(
             }
         }
         for (i, chunk) in buf[..n].chunks(piece).enumerate() {
-            if i > 0 && !pause.is_zero() {
-                tokio::time::sleep(pause).await;
+            if i > 0 {
+                if pause.is_zero() {
+                    // Let the reader run between pieces, so it sees them apart.
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(pause).await;
+                }
             }
             if to.write_all(chunk).await.is_err() {
                 return Ended::Closed;

@@ -147,9 +147,11 @@ impl Collector {
     /// A collector on the `[metrics]` settings.
     #[must_use]
     pub fn new(config: &MetricsConfig) -> Self {
-        let base = Instant::now();
+        // Tokio's clock: the real one, except in a test that paused it, where the manager's
+        // timings (and the instants it files operations by) come from the paused clock too.
+        let base = tokio::time::Instant::now();
         let mut c = Self::with_clock(config, Arc::new(move || nanos(base.elapsed())));
-        c.base = Some(base);
+        c.base = Some(base.into_std());
         c
     }
 

@@ -136,6 +136,18 @@ fn an_operation_is_filed_by_the_instant_it_ended() {
     assert_eq!(c.snapshot().total_operations, 2);
 }
 
+/// A test that pauses Tokio's clock and moves it on an hour: the manager's instants come
+/// from that clock, and the collector files and reads by the same one.
+#[tokio::test(start_paused = true)]
+async fn operations_are_filed_by_tokio_s_clock_when_a_test_pauses_it() {
+    let c = Collector::new(&MetricsConfig::default());
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let ended = tokio::time::Instant::now().into_std();
+    c.record_operation_at("get", Duration::from_millis(1), Outcome::Success, ended);
+    c.record_operation("get", Duration::from_millis(1), Outcome::Success);
+    assert_eq!(c.snapshot().total_operations, 2);
+}
+
 #[test]
 fn errors_are_counted_by_kind_and_rates_follow() {
     let (c, _) = manual();

@@ -289,7 +289,9 @@ fn app(args: &[String]) -> i32 {
         // Nothing the manager started outlives it: no task, no socket, no file.
         let mut tasks_left = usize::MAX;
         let mut fds_after = usize::MAX;
-        for _ in 0..50 {
+        // Up to 3 s: a pool keeper in the middle of a reconnect ends within its connect
+        // timeout (1 s here).
+        for _ in 0..150 {
             tasks_left = tokio::runtime::Handle::current()
                 .metrics()
                 .num_alive_tasks();
@@ -567,7 +569,8 @@ enum Step {
     /// Every reply cut half-way and its connection reset.
     CutReplies(Duration),
     /// Replies sliced into pieces of a few bytes.
-    Slice(Duration),
+    /// (how long, bytes per piece).
+    Slice(Duration, usize),
     Calm(Duration),
 }
 
@@ -593,7 +596,7 @@ impl Step {
             Step::HoldReplies(_) => "one-way partition (replies held)",
             Step::HoldRequests(_) => "one-way partition (requests held)",
             Step::CutReplies(_) => "replies cut mid-way, connection reset",
-            Step::Slice(_) => "replies sliced into 1-7 byte pieces",
+            Step::Slice(..) => "replies sliced into 1-7 byte pieces",
             Step::Calm(_) => "calm",
         }
     }
@@ -612,7 +615,7 @@ impl Step {
             "holdreplies" => Step::HoldReplies(d),
             "holdrequests" => Step::HoldRequests(d),
             "cutreplies" => Step::CutReplies(d),
-            "slice" => Step::Slice(d),
+            "slice" => Step::Slice(d, 1 + app % 7),
             _ => return None,
         })
     }
@@ -630,7 +633,7 @@ impl Step {
             | Step::HoldReplies(d)
             | Step::HoldRequests(d)
             | Step::CutReplies(d)
-            | Step::Slice(d)
+            | Step::Slice(d, _)
             | Step::Calm(d) => d,
         }
     }
@@ -641,6 +644,7 @@ impl Step {
         match self {
             Step::ResetAll => "resetall".to_owned(),
             Step::KillApp(i, _) => format!("killapp{i}:{d}ms"),
+            Step::Slice(_, bytes) => format!("slice{bytes}:{d}ms"),
             Step::Calm(_) => format!("calm:{d}ms"),
             other => {
                 let name = format!("{other:?}").to_lowercase();
@@ -664,6 +668,11 @@ impl Step {
         {
             return Some(Step::KillApp(i.parse().ok()?, d));
         }
+        if let Some(bytes) = name.strip_prefix("slice")
+            && !bytes.is_empty()
+        {
+            return Some(Step::Slice(d, bytes.parse().ok().filter(|b| *b > 0)?));
+        }
         Step::named(name, d, 0)
     }
 
@@ -680,7 +689,7 @@ impl Step {
             Step::HoldReplies(_) => Step::HoldReplies(d),
             Step::HoldRequests(_) => Step::HoldRequests(d),
             Step::CutReplies(_) => Step::CutReplies(d),
-            Step::Slice(_) => Step::Slice(d),
+            Step::Slice(_, bytes) => Step::Slice(d, bytes),
             Step::Calm(_) => Step::Calm(d),
             Step::ResetAll => Step::ResetAll,
         }
@@ -705,7 +714,7 @@ fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
             8 => Step::HoldReplies(d),
             9 => Step::HoldRequests(d),
             10 => Step::CutReplies(d),
-            11 => Step::Slice(d),
+            11 => Step::Slice(d, rng.usize(1..8)),
             _ => Step::Calm(d),
         };
         // The plan ends with the campaign: the last fault is cut, not left running.
@@ -932,7 +941,7 @@ fn run(args: &[String]) -> i32 {
         let caught = |key: &str| violations.iter().any(|v| v.starts_with(&format!("{key}:")));
         let leak_caught = violations
             .iter()
-            .any(|v| v.starts_with("app 0: the final drain exited"));
+            .any(|v| v.starts_with("app 0: the final drain exited with exit status: 4"));
         return if caught("own:0:0:0") && caught("ctr:0") && caught("hsh:0:0:0#f0") && leak_caught {
             println!(
                 "chaos: the checker caught the sabotaged key, counter and hash field, and the leak"
@@ -957,6 +966,9 @@ fn run(args: &[String]) -> i32 {
             let _ = g.keep();
         }
         if args.iter().any(|a| a == "--shrink") {
+            // A rerun counts only when it fails the same way (the same kind of violation), not
+            // when some other failure happens on the shorter schedule.
+            let wanted = violations.first().map(|v| signature(v)).unwrap_or_default();
             let small = shrink(steps, |candidate| {
                 let text = schedule_text(candidate);
                 println!("chaos: shrinking: trying {text}");
@@ -972,15 +984,25 @@ fn run(args: &[String]) -> i32 {
                 if let Some(fault) = arg(args, "--fail-if") {
                     again.args(["--fail-if", fault]);
                 }
-                let failed = again
-                    .stdout(std::process::Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.code() == Some(1));
-                println!(
-                    "chaos: shrinking: {}",
-                    if failed { "still fails" } else { "holds" }
-                );
-                failed
+                let out = again.stderr(std::process::Stdio::null()).output();
+                let printed = out
+                    .as_ref()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                let same = out.is_ok_and(|o| o.status.code() == Some(1))
+                    && printed
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("  - "))
+                        .any(|v| signature(v) == wanted);
+                if same && let Some(kept) = printed.lines().find(|l| l.starts_with("histories")) {
+                    println!("chaos: shrinking: still fails ({kept})");
+                } else {
+                    println!(
+                        "chaos: shrinking: {}",
+                        if same { "still fails" } else { "holds" }
+                    );
+                }
+                same
             });
             println!(
                 "chaos: shrunk to {} steps; rerun with `cargo xtask chaos --seed {seed} --apps {apps} --schedule {}`",
@@ -990,6 +1012,37 @@ fn run(args: &[String]) -> i32 {
         }
         1
     }
+}
+
+/// What kind of violation a line reports, without the key it names: `own:1:2:0: Redis holds
+/// ...` and `own:0:1:2: Redis holds ...` are the same failure to the shrinker.
+fn signature(violation: &str) -> String {
+    let body = match violation.split_once(": ") {
+        Some((key, rest)) if ["own:", "ctr:", "hsh:"].iter().any(|p| key.starts_with(p)) => rest,
+        _ => violation,
+    };
+    // Its words, without what varies: quoted values, what is in brackets, numbers, ids,
+    // `Some`/`None`.
+    let mut plain = String::new();
+    let mut depth = 0usize;
+    for (i, part) in body.split('"').enumerate() {
+        if i % 2 == 1 {
+            continue;
+        }
+        for c in part.chars() {
+            match c {
+                '(' | '[' => depth += 1,
+                ')' | ']' => depth = depth.saturating_sub(1),
+                c if depth == 0 => plain.push(c),
+                _ => {}
+            }
+        }
+    }
+    plain
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| w.len() >= 4 && *w != "Some" && *w != "None")
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A schedule as `--schedule` reads it.
@@ -1013,8 +1066,14 @@ fn shrink(mut steps: Vec<Step>, mut fails: impl FnMut(&[Step]) -> bool) -> Vec<S
         }
     }
     for i in 0..steps.len() {
-        while steps[i].length() >= Duration::from_millis(400) && !matches!(steps[i], Step::ResetAll)
-        {
+        // An application is restarted no sooner than 600 ms after its kill, whatever the step
+        // says: shorter would not be what ran.
+        let least = match steps[i] {
+            Step::ResetAll => Duration::MAX,
+            Step::KillApp(..) => Duration::from_millis(1200),
+            _ => Duration::from_millis(400),
+        };
+        while steps[i].length() >= least {
             let mut shorter = steps.clone();
             shorter[i] = steps[i].cut(steps[i].length() / 2);
             if fails(&shorter) {
@@ -1034,7 +1093,7 @@ async fn drive(
     steps: &[Step],
     sabotage: bool,
 ) -> (Vec<String>, Vec<Window>) {
-    let (apps, seed) = (campaign.count, campaign.seed);
+    let apps = campaign.count;
     let mut windows = Vec::new();
     let proxy = FaultProxy::start(server.addr()).await;
     let mut admin = Admin {
@@ -1143,11 +1202,12 @@ async fn drive(
                 tokio::time::sleep(d).await;
                 proxy.set(Fault::Pass);
             }
-            Step::Slice(d) => {
-                let bytes = 1 + usize::try_from(seed.wrapping_add(start) % 7).unwrap_or(0);
+            Step::Slice(d, bytes) => {
+                // No pause between pieces: a timer's millisecond would make every large reply
+                // a timeout (a blackhole, not a slicer); each piece is its own write.
                 proxy.set(Fault::Slice {
                     bytes,
-                    delay: Duration::from_micros(200),
+                    delay: Duration::ZERO,
                 });
                 tokio::time::sleep(d).await;
                 proxy.set(Fault::Pass);
@@ -1303,6 +1363,8 @@ fn fault_table(dir: &Path, apps: usize, windows: &[Window]) -> String {
         worst: u64,
     }
     let mut rows: BTreeMap<&str, Row> = BTreeMap::new();
+    // Reads with who answered them, by start: (start, end, from memory).
+    let mut reads: Vec<(u64, u64, bool)> = Vec::new();
     for a in 0..apps {
         let Ok(f) = std::fs::File::open(dir.join(format!("history-{a}.jsonl"))) else {
             continue;
@@ -1328,19 +1390,89 @@ fn fault_table(dir: &Path, apps: usize, windows: &[Window]) -> String {
             if e.src.as_deref() == Some("memory") {
                 row.from_memory += 1;
             }
+            if let Some(src) = &e.src {
+                reads.push((e.start, e.end, src == "memory"));
+            }
             row.worst = row.worst.max(e.end.saturating_sub(e.start));
         }
     }
+    reads.sort_unstable();
+    let (detect, recover) = detection(windows, &reads);
     let mut out = String::from(
-        "| fault in force when the call started | calls | ok | unknown outcome | refused | reads from memory | worst call |\n|---|---|---|---|---|---|---|\n",
+        "| fault in force when the call started | calls | ok | unknown outcome | refused | reads from memory | worst call | detected in (median, max) | Redis serves again after (median, max) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
+    let spread = |v: Option<&Vec<u64>>| match v {
+        Some(v) if !v.is_empty() => {
+            let mut v = v.clone();
+            v.sort_unstable();
+            format!(
+                "{} ms, {} ms ({} of the fault's windows)",
+                v[v.len() / 2],
+                v[v.len() - 1],
+                v.len()
+            )
+        }
+        _ => "not seen".to_owned(),
+    };
     for (name, r) in rows {
         out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} ms |\n",
-            r.calls, r.ok, r.unknown, r.refused, r.from_memory, r.worst
+            "| {name} | {} | {} | {} | {} | {} | {} ms | {} | {} |\n",
+            r.calls,
+            r.ok,
+            r.unknown,
+            r.refused,
+            r.from_memory,
+            r.worst,
+            spread(detect.get(name)),
+            spread(recover.get(name)),
         ));
     }
     out
+}
+
+/// Milliseconds measured per fault class.
+type ByClass<'w> = BTreeMap<&'w str, Vec<u64>>;
+
+/// Per fault class: how long after a window began the first read was answered from memory
+/// (the fault detected), and how long after it ended the first read was answered by Redis
+/// again (counted only when that happened before the next fault began). A fault that never
+/// sent a read to memory was not detected (nor needed to be: slicing, say, is no outage).
+fn detection<'w>(windows: &'w [Window], reads: &[(u64, u64, bool)]) -> (ByClass<'w>, ByClass<'w>) {
+    let mut detect: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let mut recover: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (i, w) in windows.iter().enumerate() {
+        if w.name == "calm" {
+            continue;
+        }
+        let from = reads.partition_point(|r| r.0 < w.start);
+        let Some(first) = reads[from..]
+            .iter()
+            .take_while(|r| r.0 < w.end)
+            .find(|r| r.2)
+        else {
+            continue;
+        };
+        detect
+            .entry(w.name)
+            .or_default()
+            .push(first.1.saturating_sub(w.start));
+        let next_fault = windows[i + 1..]
+            .iter()
+            .find(|n| n.name != "calm")
+            .map_or(u64::MAX, |n| n.start);
+        let after = reads.partition_point(|r| r.0 < w.end);
+        if let Some(back) = reads[after..]
+            .iter()
+            .take_while(|r| r.0 < next_fault)
+            .find(|r| !r.2)
+        {
+            recover
+                .entry(w.name)
+                .or_default()
+                .push(back.1.saturating_sub(w.end));
+        }
+    }
+    (detect, recover)
 }
 
 #[derive(Default)]
@@ -1586,6 +1718,26 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn violations_of_one_kind_share_a_signature_whatever_key_they_name() {
+        assert_eq!(
+            signature("own:1:2:0: Redis holds Some(\"ab\"), but ..."),
+            signature("own:0:0:2: Redis holds None, but ...")
+        );
+        assert_ne!(
+            signature("own:1:2:0: Redis holds None, but ..."),
+            signature("ctr:1: 12 is outside [3, 9]")
+        );
+        assert_eq!(
+            signature("call 1.0.0.12 (set own:0:0:1) took 3100 ms, over 3s"),
+            signature("call 2.1.2.9 (incr ctr:1) took 3005 ms, over 3s"),
+        );
+        assert_ne!(
+            signature("own:1:2:0: Redis holds a value, but nobody ever wrote it"),
+            signature("own:1:2:0: Redis holds None, but ...")
+        );
+    }
 
     #[test]
     fn a_schedule_reads_back_as_it_was_written() {

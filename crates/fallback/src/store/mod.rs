@@ -283,13 +283,12 @@ impl MemoryStore {
     /// Bytes held and the bound.
     #[must_use]
     pub fn memory(&self) -> MemoryUsage {
-        let (pinned, settled) = {
-            let state = self.lock();
-            (state.pinned, state.settled)
-        };
+        // One snapshot, under the lock: settled values move into the shadow cache under it, and
+        // read apart they could be counted in both.
+        let state = self.lock();
         MemoryUsage {
-            pinned,
-            shadow: self.shadow_bytes() + settled,
+            pinned: state.pinned,
+            shadow: self.shadow_bytes() + state.settled,
             limit: self.config.max_memory_size,
         }
     }
