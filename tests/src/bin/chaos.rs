@@ -571,6 +571,9 @@ enum Step {
     /// Replies sliced into pieces of a few bytes.
     /// (how long, bytes per piece).
     Slice(Duration, usize),
+    /// Redis SIGKILLed and restarted on a dataset that takes about a second to load (written
+    /// the first time): it answers `LOADING` meanwhile.
+    Loading(Duration),
     Calm(Duration),
 }
 
@@ -597,6 +600,7 @@ impl Step {
             Step::HoldRequests(_) => "one-way partition (requests held)",
             Step::CutReplies(_) => "replies cut mid-way, connection reset",
             Step::Slice(..) => "replies sliced into 1-7 byte pieces",
+            Step::Loading(_) => "Redis restarted into LOADING (1M keys)",
             Step::Calm(_) => "calm",
         }
     }
@@ -616,6 +620,7 @@ impl Step {
             "holdrequests" => Step::HoldRequests(d),
             "cutreplies" => Step::CutReplies(d),
             "slice" => Step::Slice(d, 1 + app % 7),
+            "loading" => Step::Loading(d),
             _ => return None,
         })
     }
@@ -634,6 +639,7 @@ impl Step {
             | Step::HoldRequests(d)
             | Step::CutReplies(d)
             | Step::Slice(d, _)
+            | Step::Loading(d)
             | Step::Calm(d) => d,
         }
     }
@@ -690,6 +696,7 @@ impl Step {
             Step::HoldRequests(_) => Step::HoldRequests(d),
             Step::CutReplies(_) => Step::CutReplies(d),
             Step::Slice(_, bytes) => Step::Slice(d, bytes),
+            Step::Loading(_) => Step::Loading(d),
             Step::Calm(_) => Step::Calm(d),
             Step::ResetAll => Step::ResetAll,
         }
@@ -702,7 +709,7 @@ fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
     let mut total = Duration::ZERO;
     while total < length {
         let d = Duration::from_millis(rng.u64(300..2500));
-        let step = match rng.u8(..13) {
+        let step = match rng.u8(..14) {
             0 => Step::KillRedis(d),
             1 => Step::Blackhole(d),
             2 => Step::Latency(d),
@@ -715,6 +722,7 @@ fn schedule(seed: u64, length: Duration, apps: usize) -> Vec<Step> {
             9 => Step::HoldRequests(d),
             10 => Step::CutReplies(d),
             11 => Step::Slice(d, rng.usize(1..8)),
+            12 => Step::Loading(d),
             _ => Step::Calm(d),
         };
         // The plan ends with the campaign: the last fault is cut, not left running.
@@ -832,7 +840,7 @@ fn run(args: &[String]) -> i32 {
                 eprintln!(
                     "chaos: no fault named {only:?} (killredis, blackhole, latency, resetall, \
                      killapp, oom, maxclients, password, holdreplies, holdrequests, cutreplies, \
-                     slice)"
+                     slice, loading)"
                 );
                 return 2;
             };
@@ -1106,6 +1114,7 @@ async fn drive(
     let until = now_ms() + u64::try_from(duration.as_millis()).unwrap_or(u64::MAX) + 2000;
     let url = proxy.url();
     let mut incarnations = vec![0u32; apps];
+    let mut loaded = false;
     let mut children: Vec<Option<Child>> = (0..apps)
         .map(|i| spawn_app(campaign, i, 0, &url, until, false))
         .collect();
@@ -1212,6 +1221,27 @@ async fn drive(
                 tokio::time::sleep(d).await;
                 proxy.set(Fault::Pass);
             }
+            Step::Loading(d) => {
+                if !loaded {
+                    // Once: the dataset stays, so every later restart loads it too.
+                    admin.fill_big().await;
+                    loaded = true;
+                }
+                server.kill();
+                tokio::time::sleep(d.min(Duration::from_millis(300))).await;
+                // Returns once the server answers PING, that is once it has loaded.
+                if let Err(e) = server.try_restart() {
+                    for c in children.iter_mut().flatten() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    return (
+                        vec![format!("the harness could not restart redis-server: {e}")],
+                        windows,
+                    );
+                }
+                admin.connect().await;
+            }
             Step::Calm(d) => tokio::time::sleep(d).await,
         }
         windows.push(Window {
@@ -1278,6 +1308,45 @@ impl Admin {
             eprintln!("chaos: the admin connection to redis-server failed");
             self.failed = true;
         }
+    }
+
+    /// Writes a million keys of 100 bytes (`big:*`, never checked) and rewrites the AOF, so a
+    /// restart spends about a second in `LOADING` (measured: 0.9 s here).
+    async fn fill_big(&mut self) {
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        let value = vec![b'x'; 100];
+        for batch in 0..500u32 {
+            let mut mset = redis::cmd("MSET");
+            for i in 0..2000u32 {
+                mset.arg(format!("big:{}", batch * 2000 + i)).arg(&value);
+            }
+            if let Err(e) = mset.query_async::<()>(con).await {
+                eprintln!("chaos: admin MSET big:*: {e}");
+                return;
+            }
+        }
+        if let Err(e) = redis::cmd("BGREWRITEAOF")
+            .query_async::<redis::Value>(con)
+            .await
+        {
+            eprintln!("chaos: admin BGREWRITEAOF: {e}");
+        }
+        for _ in 0..100 {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(con)
+                .await
+                .unwrap_or_default();
+            if info.contains("aof_rewrite_in_progress:0")
+                && info.contains("aof_rewrite_scheduled:0")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("chaos: the AOF rewrite did not finish within 10 s");
     }
 
     /// A configuration value (`CONFIG GET`), as the server has it now.
