@@ -28,7 +28,8 @@ pub(crate) struct Args {
     /// Run without any Redis: everything is served from the in-memory fallback.
     #[arg(long, conflicts_with = "spawn_server")]
     no_redis: bool,
-    /// Serve /metrics (Prometheus) and /health on this address while running, e.g. 127.0.0.1:9187.
+    /// Serve /metrics (Prometheus), /live and /ready on this address while running, e.g.
+    /// 127.0.0.1:9187.
     #[arg(long)]
     metrics_addr: Option<String>,
     /// Print the final report as JSON.
@@ -138,7 +139,9 @@ pub(crate) async fn run(args: Args) -> bool {
     if let Some(addr) = &args.metrics_addr {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
-                println!("serving http://{addr}/metrics and http://{addr}/health");
+                println!(
+                    "serving http://{addr}/metrics, http://{addr}/live and http://{addr}/ready"
+                );
                 tokio::spawn(crate::http::serve(
                     listener,
                     Arc::clone(&exporter),

@@ -7,6 +7,8 @@ mod api;
 mod builder;
 mod compat;
 mod error;
+#[cfg(feature = "axum")]
+pub mod http;
 mod manager;
 mod recovery;
 pub mod replay;

@@ -207,16 +207,31 @@ impl RedisManager {
         conn
     }
 
-    /// One report across every part, for a readiness probe.
+    /// One report across every part, with a PING made now through the health monitor. For a
+    /// probe called often, [`RedisManager::health_report`] answers from the last PING instead.
     pub async fn health_check(&self) -> HealthReport {
+        let probe = self.inner.health.check_now().await;
+        self.report(probe)
+    }
+
+    /// The same report from what the health monitor last saw: no PING, no I/O, so a readiness
+    /// probe can call it as often as it likes (the `axum` feature's `/ready` does). Fresh within
+    /// one `health.check_interval`.
+    #[must_use]
+    pub fn health_report(&self) -> HealthReport {
+        self.report(self.inner.health.status())
+    }
+
+    fn report(&self, probe: resilient_redis_health::HealthStatus) -> HealthReport {
         let inner = &*self.inner;
-        let probe = inner.health.check_now().await;
         let breaker = inner.breaker.state();
         let snapshot = inner.metrics.snapshot();
         let fallback_mode = inner.is_fallback_mode();
         let reachable = probe.error.is_none();
-        let serving_from_memory = inner.fallback_enabled && fallback_mode;
-        let verdict = if !(reachable || serving_from_memory) {
+        // Unhealthy means requests fail: Redis unreachable and no fallback configured. With
+        // the fallback on, memory answers from the first failed call, whether or not fallback
+        // mode has begun yet.
+        let verdict = if !(reachable || inner.fallback_enabled) {
             Verdict::Unhealthy
         } else if !reachable
             || fallback_mode
@@ -233,7 +248,7 @@ impl RedisManager {
             latency: probe.response_time,
             error: probe.error,
             breaker: breaker.as_str(),
-            pool: inner.pool.status().to_string(),
+            pool: inner.pool.status(),
             fallback_mode,
             pending_writes: inner.journal.pending_writes(),
             dead_letters: inner.dead_letters.load(Ordering::Relaxed),

@@ -2,7 +2,20 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use resilient_redis_config::PoolStatus;
+use serde::{Serialize, Serializer};
+
+/// A duration as milliseconds (fractional), the unit dashboards and probes read.
+#[allow(
+    clippy::ref_option,
+    reason = "serde's serialize_with passes the field by reference"
+)]
+fn millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_secs_f64() * 1000.0)),
+        None => s.serialize_none(),
+    }
+}
 
 /// The overall verdict, for a readiness probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -24,16 +37,21 @@ pub enum Verdict {
 pub struct HealthReport {
     /// The verdict.
     pub verdict: Verdict,
-    /// Whether a PING just now succeeded.
+    /// Whether the PING succeeded: one made just now ([`RedisManager::health_check`]), or the
+    /// health monitor's last ([`RedisManager::health_report`]).
+    ///
+    /// [`RedisManager::health_check`]: crate::RedisManager::health_check
+    /// [`RedisManager::health_report`]: crate::RedisManager::health_report
     pub redis_reachable: bool,
-    /// How long that PING took.
+    /// How long that PING took (serialised as `latency_ms`, in milliseconds).
+    #[serde(rename = "latency_ms", serialize_with = "millis")]
     pub latency: Option<Duration>,
     /// Why it failed.
     pub error: Option<String>,
     /// The breaker's state.
     pub breaker: &'static str,
-    /// The pool's figures, in words.
-    pub pool: String,
+    /// The pool's figures.
+    pub pool: PoolStatus,
     /// Whether the fallback serves.
     pub fallback_mode: bool,
     /// Journaled writes waiting for replay.
