@@ -1,6 +1,6 @@
 //! A TCP proxy that injects network faults between a client and a real server: blackholes
-//! (both ways or one way), latency, refused and reset connections, replies cut mid-way or
-//! sliced into small pieces.
+//! (both ways or one way), latency, refused and reset connections, replies cut mid-way, sliced
+//! into small pieces, or slowed to a bandwidth.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub enum Fault {
         /// Pause between pieces.
         delay: Duration,
     },
+    /// Replies flow at most this many bytes a second (toxiproxy's `bandwidth`): a slow link.
+    Bandwidth(u64),
 }
 
 /// Which way a pump copies.
@@ -283,6 +285,12 @@ async fn pump(
                 Fault::Slice { bytes, delay } if replies => {
                     piece = bytes.max(1);
                     pause = delay;
+                    break;
+                }
+                Fault::Bandwidth(rate) if replies => {
+                    // A hundredth of a second's worth, every 10 ms.
+                    piece = usize::try_from(rate / 100).unwrap_or(usize::MAX).max(1);
+                    pause = Duration::from_millis(10);
                     break;
                 }
                 _ => break,

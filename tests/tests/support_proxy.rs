@@ -1,5 +1,5 @@
 //! The fault proxy against a real server: pass, blackhole, latency, refuse, reset, one-way
-//! holds, cut and sliced replies.
+//! holds, cut and sliced replies, bandwidth.
 
 use std::time::Duration;
 
@@ -253,4 +253,23 @@ async fn sliced_replies_arrive_intact() {
     // `$1000\r\n` + 1000 bytes + `\r\n`, three bytes a piece.
     assert!(proxy.reply_writes() - before >= 335, "the reply was sliced");
     assert_eq!(ping(&mut through).await.unwrap(), "PONG");
+}
+
+/// A bandwidth limit slows a large reply to its rate: 64 KiB at 256 KiB/s takes at least
+/// 200 ms (a lower bound: the fault is in force, not a speed assertion), and arrives intact.
+#[tokio::test]
+async fn bandwidth_slows_replies_to_its_rate() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut through = connect(&proxy.url()).await.unwrap();
+    let value = "b".repeat(64 * 1024);
+    let () = through.set("wide", &value).await.unwrap();
+    proxy.set(Fault::Bandwidth(256 * 1024));
+    let started = std::time::Instant::now();
+    assert_eq!(through.get::<_, String>("wide").await.unwrap(), value);
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
 }
