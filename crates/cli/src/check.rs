@@ -1,89 +1,348 @@
-//! `resilient-redis check`: connect through the configured stack and say what was found.
+//! `resilient-redis check`: connect through the configured stack and say what was found, in
+//! words or (`--json`) as one JSON object, with an exit code per kind of failure.
 
 use std::time::{Duration, Instant};
 
-use resilient_redis_config::{ConfigLoader, RedisUrl};
-use resilient_redis_pool::{ConnectionPool, RedisPool};
+use resilient_redis_config::{ConfigLoader, ErrorKind, RedisUrl};
+use resilient_redis_pool::{ConnectionPool, PoolError, RedisPool, SharedConnection};
+use serde::Serialize;
 
-pub(crate) async fn run(url: Option<String>) -> bool {
+/// Exit codes, one per kind of failure (documented in `--help` and docs/operations.md).
+pub(crate) mod exit {
+    /// Everything the library needs works.
+    pub(crate) const OK: u8 = 0;
+    /// Something else failed (the runtime, say).
+    pub(crate) const OTHER: u8 = 1;
+    /// The configuration is invalid.
+    pub(crate) const CONFIG: u8 = 2;
+    /// Redis could not be reached (refused, reset, timed out).
+    pub(crate) const UNREACHABLE: u8 = 3;
+    /// The server refused the credentials.
+    pub(crate) const AUTH: u8 = 4;
+    /// TLS negotiation failed.
+    pub(crate) const TLS: u8 = 5;
+    /// A command the library needs is not allowed to this user (ACL).
+    pub(crate) const PERMISSION: u8 = 6;
+}
+
+/// What `check` found.
+#[derive(Debug, Default, Serialize)]
+struct Findings {
+    /// Whether everything the library needs works.
+    ok: bool,
+    /// The exit code, and what it means: `config`, `unreachable`, `auth`, `tls`, `permission`.
+    exit_code: u8,
+    failure: Option<&'static str>,
+    error: Option<String>,
+    /// The server, without its password.
+    server: String,
+    tls: bool,
+    /// Whether credentials were sent (a password in the configuration or the URL).
+    credentials_sent: bool,
+    /// PINGs on one open connection, after the one that opened it.
+    latency_ms: Option<Latency>,
+    version: Option<String>,
+    /// `standalone`, `cluster` or `sentinel` (`redis_mode` of `INFO server`).
+    mode: Option<String>,
+    /// `master`, `slave` or `sentinel` (`ROLE`).
+    role: Option<String>,
+    used_memory: Option<String>,
+    maxmemory: Option<String>,
+    maxmemory_policy: Option<String>,
+    /// The commands the library needs, and whether this user may run them.
+    permissions: Vec<Permission>,
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    samples: usize,
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Permission {
+    command: &'static str,
+    /// What the library uses it for.
+    used_for: &'static str,
+    allowed: bool,
+    error: Option<String>,
+}
+
+impl Findings {
+    fn fail(&mut self, code: u8, failure: &'static str, error: String) {
+        self.ok = false;
+        self.exit_code = code;
+        self.failure = Some(failure);
+        self.error = Some(error);
+    }
+}
+
+/// The exit code and name of a connection failure.
+fn classify(e: &PoolError) -> (u8, &'static str) {
+    match e.kind() {
+        ErrorKind::Auth => (exit::AUTH, "auth"),
+        ErrorKind::Tls => (exit::TLS, "tls"),
+        ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::PoolExhausted => {
+            (exit::UNREACHABLE, "unreachable")
+        }
+        _ if is_noperm(e) => (exit::PERMISSION, "permission"),
+        _ => (exit::OTHER, "other"),
+    }
+}
+
+fn is_noperm(e: &PoolError) -> bool {
+    matches!(e, PoolError::Command { source, .. } if source.code() == Some("NOPERM"))
+}
+
+/// Runs the check; prints the findings; returns the exit code.
+pub(crate) async fn run(url: Option<String>, json: bool) -> u8 {
+    let findings = check(url).await;
+    if json {
+        match serde_json::to_string_pretty(&findings) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("cannot print the findings: {e}"),
+        }
+    } else {
+        print_words(&findings);
+    }
+    findings.exit_code
+}
+
+async fn check(url: Option<String>) -> Findings {
+    let mut f = Findings {
+        ok: true,
+        ..Findings::default()
+    };
     let mut config = match ConfigLoader::from_process_env().load() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("configuration: {e}");
-            return false;
+            f.fail(exit::CONFIG, "config", e.to_string());
+            return f;
         }
     };
     if let Some(u) = url {
         config.url = RedisUrl::new(u);
         if let Err(e) = config.validate() {
-            eprintln!("configuration: {e}");
-            return false;
+            f.fail(exit::CONFIG, "config", e.to_string());
+            return f;
         }
     }
-    println!("configuration  valid");
-    println!("server         {}", config.url);
-    println!(
-        "tls            {}",
-        if config.url.is_tls() {
-            "yes (rediss://)"
-        } else {
-            "no"
-        }
-    );
+    f.server = config.url.to_string();
+    f.tls = config.url.is_tls();
+    f.credentials_sent = config.password.is_some() || config.url.has_credentials();
     let pool = match RedisPool::new(&config).await {
         Ok(p) => p,
         Err(e) => {
-            println!("connection     FAILED: {e}");
-            return false;
+            let (code, name) = classify(&e);
+            f.fail(code, name, e.to_string());
+            return f;
         }
     };
-    let started = Instant::now();
     let mut conn = match pool.shared() {
         Ok(c) => c,
         Err(e) => {
-            println!("connection     FAILED ({}): {e}", e.kind());
-            return false;
+            let (code, name) = classify(&e);
+            f.fail(code, name, e.to_string());
+            pool.close(Duration::from_secs(1)).await;
+            return f;
         }
     };
-    match conn.query::<String>(&redis::cmd("PING")).await {
-        Ok(_) => println!(
-            "ping           {:.2} ms",
-            started.elapsed().as_secs_f64() * 1000.0
-        ),
-        Err(e) => {
-            println!("ping           FAILED ({}): {e}", e.kind());
-            return false;
+    // The first PING may include opening the connection: measured apart from the rest.
+    if let Err(e) = conn.query::<String>(&redis::cmd("PING")).await {
+        let (code, name) = classify(&e);
+        f.fail(code, name, e.to_string());
+        pool.close(Duration::from_secs(1)).await;
+        return f;
+    }
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        if conn.query::<String>(&redis::cmd("PING")).await.is_ok() {
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    let auth = if config.password.is_some() || config.url.expose().contains('@') {
-        "accepted"
-    } else {
-        "none required"
-    };
-    println!("auth           {auth}");
-    if let Ok(info) = conn.query::<String>(redis::cmd("INFO").arg("server")).await {
-        println!(
-            "version        {}",
-            field(&info, "redis_version").unwrap_or("unknown")
-        );
+    samples.sort_by(f64::total_cmp);
+    if let (Some(min), Some(max)) = (samples.first(), samples.last()) {
+        f.latency_ms = Some(Latency {
+            samples: samples.len(),
+            min: *min,
+            median: samples[samples.len() / 2],
+            max: *max,
+        });
     }
-    if let Ok(redis::Value::Array(role)) = conn.query::<redis::Value>(&redis::cmd("ROLE")).await
-        && let Some(Ok(name)) = role
-            .first()
-            .map(|v| redis::from_redis_value::<String>(v.clone()))
-    {
-        println!("role           {name}");
-    }
-    if let Ok(info) = conn.query::<String>(redis::cmd("INFO").arg("memory")).await {
-        println!(
-            "memory         {} used, maxmemory {} ({})",
-            field(&info, "used_memory_human").unwrap_or("?"),
-            field(&info, "maxmemory_human").unwrap_or("?"),
-            field(&info, "maxmemory_policy").unwrap_or("?")
+    server_facts(&mut conn, &mut f).await;
+    permissions(&mut conn, &mut f).await;
+    if f.ok && f.permissions.iter().any(|p| !p.allowed) {
+        let denied: Vec<&str> = f
+            .permissions
+            .iter()
+            .filter(|p| !p.allowed)
+            .map(|p| p.command)
+            .collect();
+        f.fail(
+            exit::PERMISSION,
+            "permission",
+            format!("this user may not run {}", denied.join(", ")),
         );
     }
     pool.close(Duration::from_secs(1)).await;
-    true
+    f
+}
+
+async fn server_facts(conn: &mut SharedConnection, f: &mut Findings) {
+    if let Ok(info) = conn.query::<String>(redis::cmd("INFO").arg("server")).await {
+        f.version = field(&info, "redis_version").map(str::to_owned);
+        f.mode = field(&info, "redis_mode").map(str::to_owned);
+    }
+    if let Ok(redis::Value::Array(role)) = conn.query::<redis::Value>(&redis::cmd("ROLE")).await {
+        f.role = role
+            .first()
+            .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
+    }
+    if let Ok(info) = conn.query::<String>(redis::cmd("INFO").arg("memory")).await {
+        f.used_memory = field(&info, "used_memory_human").map(str::to_owned);
+        f.maxmemory = field(&info, "maxmemory_human").map(str::to_owned);
+        f.maxmemory_policy = field(&info, "maxmemory_policy").map(str::to_owned);
+    }
+    if let Some(policy) = f.maxmemory_policy.as_deref()
+        && policy.starts_with("allkeys-")
+    {
+        f.warnings.push(format!(
+            "maxmemory-policy {policy} may evict the replay markers that keep a journal's \
+             batches from applying twice: prefer noeviction or a volatile-* policy"
+        ));
+    }
+    if let Some(mode) = f.mode.as_deref()
+        && mode != "standalone"
+    {
+        f.warnings.push(format!(
+            "the server runs in {mode} mode: this version of the library serves a standalone \
+             Redis (or a primary directly)"
+        ));
+    }
+    if f.role.as_deref() == Some("slave") {
+        f.warnings
+            .push("the server is a replica: writes will fail with READONLY".to_owned());
+    }
+}
+
+/// Tries each command the library needs in a way that changes nothing: a refusal is `NOPERM`,
+/// anything else (a result, or an error about the arguments) means it is allowed.
+async fn permissions(conn: &mut SharedConnection, f: &mut Findings) {
+    let key = "resilient-redis:check:absent";
+    let checks: [(&'static str, &'static str, redis::Cmd); 4] = [
+        ("GET", "reads", {
+            let mut c = redis::cmd("GET");
+            c.arg(key);
+            c
+        }),
+        (
+            "EVAL",
+            "replaying journaled writes (EVALSHA of the replay script)",
+            {
+                let mut c = redis::cmd("EVAL");
+                c.arg("return 1").arg(0);
+                c
+            },
+        ),
+        (
+            "CLIENT INFO",
+            "identifying a connection so that it can be fenced",
+            {
+                let mut c = redis::cmd("CLIENT");
+                c.arg("INFO");
+                c
+            },
+        ),
+        (
+            "CLIENT KILL",
+            "fencing a connection whose request timed out (a late write cannot land)",
+            {
+                let mut c = redis::cmd("CLIENT");
+                c.arg("KILL").arg("ID").arg(u64::MAX);
+                c
+            },
+        ),
+    ];
+    for (command, used_for, cmd) in checks {
+        let result = conn.query::<redis::Value>(&cmd).await;
+        let (allowed, error) = match result {
+            Ok(_) => (true, None),
+            Err(e) if is_noperm(&e) => (false, Some(e.to_string())),
+            // "No such client", say: the command ran.
+            Err(PoolError::Command { .. }) => (true, None),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        f.permissions.push(Permission {
+            command,
+            used_for,
+            allowed,
+            error,
+        });
+    }
+}
+
+fn print_words(f: &Findings) {
+    if f.failure == Some("config") {
+        println!(
+            "configuration  INVALID: {}",
+            f.error.as_deref().unwrap_or("")
+        );
+        return;
+    }
+    println!("configuration  valid");
+    println!("server         {}", f.server);
+    println!(
+        "tls            {}",
+        if f.tls { "yes (rediss://)" } else { "no" }
+    );
+    println!(
+        "credentials    {}",
+        if f.credentials_sent { "sent" } else { "none" }
+    );
+    if let (Some(name), None) = (f.failure, &f.latency_ms) {
+        println!(
+            "connection     FAILED ({name}): {}",
+            f.error.as_deref().unwrap_or("")
+        );
+        return;
+    }
+    if let Some(l) = &f.latency_ms {
+        println!(
+            "ping           {:.2} ms median, {:.2}-{:.2} ms over {} PINGs on one connection",
+            l.median, l.min, l.max, l.samples
+        );
+    }
+    let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".to_owned());
+    println!("version        {}", or_unknown(&f.version));
+    println!("mode           {}", or_unknown(&f.mode));
+    println!("role           {}", or_unknown(&f.role));
+    println!(
+        "memory         {} used, maxmemory {} ({})",
+        or_unknown(&f.used_memory),
+        or_unknown(&f.maxmemory),
+        or_unknown(&f.maxmemory_policy)
+    );
+    for p in &f.permissions {
+        println!(
+            "permission     {:<12} {}  ({})",
+            p.command,
+            if p.allowed { "allowed" } else { "DENIED" },
+            p.used_for
+        );
+    }
+    for w in &f.warnings {
+        println!("warning        {w}");
+    }
+    if let Some(name) = f.failure {
+        println!(
+            "result         FAILED ({name}): {}",
+            f.error.as_deref().unwrap_or("")
+        );
+    }
 }
 
 fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {

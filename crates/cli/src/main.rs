@@ -39,11 +39,19 @@ enum Command {
     /// recovery replay the journal. Exits non-zero if any acknowledged write is missing.
     #[command(verbatim_doc_comment)]
     Demo(demo::Args),
-    /// Connect through the configured stack and report TLS, auth, PING latency, server version,
-    /// role and memory in plain words; exits non-zero on failure.
+    /// Connect through the configured stack and report TLS, credentials, PING latency (over
+    /// several PINGs on one connection), server version, mode, role, memory, and whether this
+    /// user may run the commands the library needs.
+    ///
+    /// Exit codes: 0 all good, 2 invalid configuration, 3 Redis unreachable, 4 credentials
+    /// refused, 5 TLS failed, 6 a needed command not permitted (ACL), 1 anything else.
+    #[command(verbatim_doc_comment)]
     Check {
         /// Redis URL; defaults to the configuration's (REDIS_URL).
         url: Option<String>,
+        /// Print the findings as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config,
@@ -84,20 +92,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let ok = runtime.block_on(async move {
+    let code = runtime.block_on(async move {
+        let done = |ok: bool| {
+            if ok {
+                check::exit::OK
+            } else {
+                check::exit::OTHER
+            }
+        };
         match cli.command {
-            Command::Demo(args) => demo::run(args).await,
-            Command::Check { url } => check::run(url).await,
-            Command::Config => config_cmd::run(),
+            Command::Demo(args) => done(demo::run(args).await),
+            Command::Check { url, json } => check::run(url, json).await,
+            Command::Config => done(config_cmd::run()),
             Command::Journal(JournalCommand::Inspect { path, show_values }) => {
-                journal_cmd::inspect(&path, show_values)
+                done(journal_cmd::inspect(&path, show_values))
             }
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    ExitCode::from(code)
 }

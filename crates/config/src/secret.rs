@@ -112,6 +112,17 @@ impl RedisUrl {
         }
     }
 
+    /// Whether the URL carries credentials: a user or a password in its authority, or a
+    /// `pass`/`password` query parameter.
+    #[must_use]
+    pub fn has_credentials(&self) -> bool {
+        url::Url::parse(&self.0).is_ok_and(|u| {
+            !u.username().is_empty()
+                || u.password().is_some()
+                || u.query_pairs().any(|(k, _)| k == "pass" || k == "password")
+        })
+    }
+
     /// Whether the URL asks for TLS (`rediss://`).
     #[must_use]
     pub fn is_tls(&self) -> bool {

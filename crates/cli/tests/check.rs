@@ -1,0 +1,102 @@
+//! `resilient-redis check` against real servers: each kind of failure has its exit code, and
+//! `--json` says what was found.
+
+use std::process::Command;
+
+use resilient_redis_tests::RedisServer;
+
+/// Runs `resilient-redis check --json <url>` with no `REDIS_*` settings from the environment.
+fn check(url: &str) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
+        .args(["check", "--json", url])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CONFIG_FILE")
+        .env_remove("REDIS_PASSWORD")
+        .output()
+        .expect("run the CLI");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (out.status.code(), json)
+}
+
+#[test]
+fn a_healthy_server_passes_with_latency_from_several_pings_and_every_permission() {
+    let server = RedisServer::start();
+    let (code, f) = check(&server.url());
+    assert_eq!(code, Some(0), "{f:#}");
+    assert_eq!(f["ok"], true);
+    assert_eq!(f["mode"], "standalone");
+    assert_eq!(f["role"], "master");
+    assert_eq!(f["latency_ms"]["samples"], 10, "{f:#}");
+    let permissions = f["permissions"].as_array().unwrap();
+    assert_eq!(permissions.len(), 4);
+    assert!(permissions.iter().all(|p| p["allowed"] == true), "{f:#}");
+    assert_eq!(f["credentials_sent"], false);
+}
+
+#[test]
+fn each_failure_has_its_exit_code() {
+    // Invalid configuration.
+    let (code, f) = check("http://not-redis");
+    assert_eq!(
+        (code, f["failure"].as_str()),
+        (Some(2), Some("config")),
+        "{f:#}"
+    );
+
+    // Nothing listens there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let (code, f) = check(&format!("redis://127.0.0.1:{port}"));
+    assert_eq!(
+        (code, f["failure"].as_str()),
+        (Some(3), Some("unreachable")),
+        "{f:#}"
+    );
+
+    // A wrong password, never printed.
+    let server = RedisServer::builder().password("right-one").start();
+    let url = format!("redis://:wrong-one@127.0.0.1:{}", server.port());
+    let (code, f) = check(&url);
+    assert_eq!(
+        (code, f["failure"].as_str()),
+        (Some(4), Some("auth")),
+        "{f:#}"
+    );
+    assert_eq!(f["credentials_sent"], true);
+    assert!(!f.to_string().contains("wrong-one"), "{f:#}");
+}
+
+#[test]
+fn a_user_without_eval_is_told_which_command_it_lacks() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_connection().unwrap();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("limited")
+        .arg("on")
+        .arg(">limited-pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-eval")
+        .arg("-evalsha")
+        .query(&mut admin)
+        .unwrap();
+    let url = format!("redis://limited:limited-pw@127.0.0.1:{}", server.port());
+    let (code, f) = check(&url);
+    assert_eq!(
+        (code, f["failure"].as_str()),
+        (Some(6), Some("permission")),
+        "{f:#}"
+    );
+    let denied: Vec<&str> = f["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["allowed"] == false)
+        .filter_map(|p| p["command"].as_str())
+        .collect();
+    assert_eq!(denied, ["EVAL"], "{f:#}");
+}
