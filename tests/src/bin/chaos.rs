@@ -352,6 +352,11 @@ fn outcome(_e: &Error) -> &'static str {
     "unk"
 }
 
+/// A failed call's reason, its kind first: `[timeout_error] ...`.
+fn why(e: &Error) -> String {
+    format!("[{}] {e}", e.kind().as_str())
+}
+
 /// One call in ten is abandoned by its caller after 0-20 ms (a timeout around it): `None`.
 async fn cancel<T>(
     rng: &mut fastrand::Rng,
@@ -437,7 +442,7 @@ async fn workload(
             let r = cancel(&mut rng, m.mset(&pairs)).await;
             let (t, why) = match r {
                 Some(Ok(())) => ("ok", None),
-                Some(Err(e)) => (outcome(&e), Some(e.to_string())),
+                Some(Err(e)) => (outcome(&e), Some(why(&e))),
                 None => ("unk", Some("cancelled by its caller".to_owned())),
             };
             for e in each(t, why) {
@@ -473,7 +478,7 @@ async fn workload(
             let r = cancel(&mut rng, m.set(key.as_bytes(), &value, px)).await;
             h.write(&match r {
                 Some(Ok(())) => event("ok", "set", &key, v, ttl, None),
-                Some(Err(e)) => event(outcome(&e), "set", &key, v, ttl, Some(e.to_string())),
+                Some(Err(e)) => event(outcome(&e), "set", &key, v, ttl, Some(why(&e))),
                 None => event(
                     "unk",
                     "set",
@@ -488,7 +493,7 @@ async fn workload(
             let r = cancel(&mut rng, m.del(&[key.clone().into_bytes()])).await;
             h.write(&match r {
                 Some(Ok(_)) => event("ok", "del", &key, None, 0, None),
-                Some(Err(e)) => event(outcome(&e), "del", &key, None, 0, Some(e.to_string())),
+                Some(Err(e)) => event(outcome(&e), "del", &key, None, 0, Some(why(&e))),
                 None => event(
                     "unk",
                     "del",
@@ -541,7 +546,7 @@ async fn workload(
             let r = cancel(&mut rng, call).await;
             h.write(&match r {
                 Some(Ok(_)) => event("ok", op, &key, v, ttl, None),
-                Some(Err(e)) => event(outcome(&e), op, &key, v, ttl, Some(e.to_string())),
+                Some(Err(e)) => event(outcome(&e), op, &key, v, ttl, Some(why(&e))),
                 None => event(
                     "unk",
                     op,
@@ -566,7 +571,7 @@ async fn workload(
                     e.src = Some(src.to_owned());
                     e
                 }
-                Err(e) => event("err", "get", &key, None, 0, Some(e.to_string())),
+                Err(e) => event("err", "get", &key, None, 0, Some(why(&e))),
             });
         } else if roll < 86 {
             // A field of one of this task's hashes, set or deleted: each field is a register
@@ -594,7 +599,7 @@ async fn workload(
             let r = cancel(&mut rng, call).await;
             h.write(&match r {
                 Some(Ok(_)) => event("ok", op, &register, v, 0, None),
-                Some(Err(e)) => event(outcome(&e), op, &register, v, 0, Some(e.to_string())),
+                Some(Err(e)) => event(outcome(&e), op, &register, v, 0, Some(why(&e))),
                 None => event(
                     "unk",
                     op,
@@ -611,7 +616,7 @@ async fn workload(
             let r = cancel(&mut rng, m.incr_by(key.as_bytes(), d)).await;
             h.write(&match r {
                 Some(Ok(_)) => event("ok", "incr", &key, None, d, None),
-                Some(Err(e)) => event(outcome(&e), "incr", &key, None, d, Some(e.to_string())),
+                Some(Err(e)) => event(outcome(&e), "incr", &key, None, d, Some(why(&e))),
                 None => event(
                     "unk",
                     "incr",
@@ -1538,6 +1543,8 @@ fn fault_table(dir: &Path, apps: usize, windows: &[Window]) -> String {
         refused: u64,
         from_memory: u64,
         worst: u64,
+        /// Failed or abandoned calls by the error's kind.
+        kinds: BTreeMap<String, u64>,
     }
     let mut rows: BTreeMap<&str, Row> = BTreeMap::new();
     // Reads with who answered them, by start: (start, end, from memory).
@@ -1567,6 +1574,16 @@ fn fault_table(dir: &Path, apps: usize, windows: &[Window]) -> String {
             if e.src.as_deref() == Some("memory") {
                 row.from_memory += 1;
             }
+            if e.t != "ok" {
+                let kind = match e.why.as_deref() {
+                    Some(w) if w.starts_with('[') => {
+                        w[1..].split(']').next().unwrap_or("other").to_owned()
+                    }
+                    Some("cancelled by its caller") => "abandoned by its caller".to_owned(),
+                    _ => "other".to_owned(),
+                };
+                *row.kinds.entry(kind).or_default() += 1;
+            }
             if let Some(src) = &e.src {
                 reads.push((e.start, e.end, src == "memory"));
             }
@@ -1576,7 +1593,7 @@ fn fault_table(dir: &Path, apps: usize, windows: &[Window]) -> String {
     reads.sort_unstable();
     let (detect, recover) = detection(windows, &reads);
     let mut out = String::from(
-        "| fault in force when the call started | calls | ok | unknown outcome | refused | reads from memory | worst call | detected in (median, max) | Redis serves again after (median, max) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| fault in force when the call started | calls | ok | unknown outcome | refused | failures by kind | reads from memory | worst call | detected in (median, max) | Redis serves again after (median, max) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let spread = |v: Option<&Vec<u64>>| match v {
         Some(v) if !v.is_empty() => {
@@ -1592,12 +1609,24 @@ fn fault_table(dir: &Path, apps: usize, windows: &[Window]) -> String {
         _ => "not seen".to_owned(),
     };
     for (name, r) in rows {
+        let mut kinds: Vec<(&String, &u64)> = r.kinds.iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(a.1));
+        let kinds = kinds
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} ms | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} ms | {} | {} |\n",
             r.calls,
             r.ok,
             r.unknown,
             r.refused,
+            if kinds.is_empty() {
+                "-".to_owned()
+            } else {
+                kinds
+            },
             r.from_memory,
             r.worst,
             spread(detect.get(name)),
