@@ -1231,9 +1231,20 @@ async fn drive(
         let start = now_ms();
         let name = step.name();
         match step {
-            Step::KillRedis(d) => {
+            Step::KillRedis(d) | Step::Loading(d) => {
+                let pause = if matches!(step, Step::Loading(_)) {
+                    if !loaded {
+                        // Once: the dataset stays, so every later restart loads it too.
+                        admin.fill_big().await;
+                        loaded = true;
+                    }
+                    d.min(Duration::from_millis(300))
+                } else {
+                    d
+                };
                 server.kill();
-                tokio::time::sleep(d).await;
+                tokio::time::sleep(pause).await;
+                // Returns once the server answers PING, that is once it has loaded.
                 if let Err(e) = server.try_restart() {
                     for c in children.iter_mut().flatten() {
                         let _ = c.kill();
@@ -1323,27 +1334,6 @@ async fn drive(
                 });
                 tokio::time::sleep(d).await;
                 proxy.set(Fault::Pass);
-            }
-            Step::Loading(d) => {
-                if !loaded {
-                    // Once: the dataset stays, so every later restart loads it too.
-                    admin.fill_big().await;
-                    loaded = true;
-                }
-                server.kill();
-                tokio::time::sleep(d.min(Duration::from_millis(300))).await;
-                // Returns once the server answers PING, that is once it has loaded.
-                if let Err(e) = server.try_restart() {
-                    for c in children.iter_mut().flatten() {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                    }
-                    return (
-                        vec![format!("the harness could not restart redis-server: {e}")],
-                        windows,
-                    );
-                }
-                admin.connect().await;
             }
             Step::Bandwidth(d) => {
                 proxy.set(Fault::Bandwidth(64 * 1024));
