@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use resilient_redis_config::{ConfigLoader, RedisConfig, RedisUrl};
 use resilient_redis_manager::{Error, RedisManager, ServedBy};
-use resilient_redis_metrics::{Collector, MetricsCollector, PrometheusExporter};
+use resilient_redis_metrics::PrometheusExporter;
 
 use resilient_redis_tests::RedisServer;
 
@@ -124,12 +124,10 @@ pub(crate) async fn run(args: Args) -> bool {
             return false;
         }
     };
-    let metrics = Arc::new(Collector::with_meter(&config.metrics, &exporter.meter()));
-    let manager = match RedisManager::builder(config.clone())
-        .metrics(Arc::clone(&metrics) as Arc<dyn MetricsCollector>)
-        .build()
-        .await
-    {
+    // As an application would: its meter provider installed globally before the manager is
+    // built, so the manager's own collector (with the server's attributes) exports through it.
+    opentelemetry::global::set_meter_provider(exporter.provider());
+    let manager = match RedisManager::builder(config.clone()).build().await {
         Ok(m) => m,
         Err(e) => {
             eprintln!("{e}");

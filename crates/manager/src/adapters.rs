@@ -34,28 +34,40 @@ impl Probe for PoolProbe {
 /// never with a password: what a fallback journal records as its server.
 #[must_use]
 pub fn server_identity(url: &str) -> String {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return String::new();
-    };
+    metrics_server(url).map_or_else(String::new, |s| {
+        if s.port == 0 {
+            format!("unix:{}/{}", s.address, s.namespace)
+        } else {
+            format!("{}:{}/{}", s.address, s.port, s.namespace)
+        }
+    })
+}
+
+/// The server a URL names, as the metrics' attributes describe it (`server.address`,
+/// `server.port`, `db.namespace`); a Unix socket is its path with port 0.
+#[must_use]
+pub(crate) fn metrics_server(url: &str) -> Option<resilient_redis_metrics::Server> {
+    let parsed = url::Url::parse(url).ok()?;
     let db_in_query = || {
         parsed
             .query_pairs()
             .find(|(k, _)| k == "db")
-            .map_or_else(|| "0".to_owned(), |(_, v)| v.into_owned())
+            .and_then(|(_, v)| v.parse::<u16>().ok())
+            .unwrap_or(0)
     };
-    match parsed.scheme() {
-        "unix" | "redis+unix" => format!("unix:{}/{}", parsed.path(), db_in_query()),
-        _ => {
-            let host = parsed.host_str().unwrap_or("localhost");
-            let port = parsed.port().unwrap_or(6379);
-            let db = parsed
-                .path()
-                .trim_start_matches('/')
-                .parse::<i64>()
-                .unwrap_or(0);
-            format!("{host}:{port}/{db}")
+    Some(match parsed.scheme() {
+        "unix" | "redis+unix" => {
+            resilient_redis_metrics::Server::new(parsed.path(), 0).namespace(db_in_query())
         }
-    }
+        _ => {
+            let db = parsed.path().trim_start_matches('/').parse::<u16>().unwrap_or(0);
+            resilient_redis_metrics::Server::new(
+                parsed.host_str().unwrap_or("localhost"),
+                parsed.port().unwrap_or(6379),
+            )
+            .namespace(db)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -73,5 +85,11 @@ mod tests {
             server_identity("unix:///run/redis.sock?db=2"),
             "unix:/run/redis.sock/2"
         );
+        let server = super::metrics_server("redis://:pw@10.0.0.7:7000/5").unwrap();
+        assert_eq!(
+            (server.address.as_str(), server.port, server.namespace),
+            ("10.0.0.7", 7000, 5)
+        );
+        assert_eq!(server.pool_name_or_default(), "10.0.0.7:7000/5");
     }
 }

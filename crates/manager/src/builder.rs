@@ -112,6 +112,7 @@ impl RedisManagerBuilder {
                     .map_err(|e| Error::Build(e.to_string()))?,
             ),
         };
+        let mut memory = None;
         let (store, journal): (Arc<dyn FallbackStore>, Arc<dyn Journal>) = match self.store {
             Some(parts) => parts,
             None => {
@@ -120,12 +121,19 @@ impl RedisManagerBuilder {
                         .server(crate::adapters::server_identity(config.url.expose()))
                         .build()?,
                 );
+                memory = Some(Arc::clone(&store));
                 (Arc::clone(&store) as Arc<dyn FallbackStore>, store)
             }
         };
         let metrics: Arc<dyn MetricsCollector> = match self.metrics {
             Some(m) => m,
-            None if config.metrics.enabled => Arc::new(Collector::new(&config.metrics)),
+            None if config.metrics.enabled => {
+                let mut collector = Collector::builder(&config.metrics);
+                if let Some(server) = crate::adapters::metrics_server(config.url.expose()) {
+                    collector = collector.server(server);
+                }
+                Arc::new(collector.build())
+            }
             None => Arc::new(NoopMetrics),
         };
         let target: Arc<dyn SyncTarget> = self
@@ -147,6 +155,8 @@ impl RedisManagerBuilder {
             gate: RwLock::new(()),
             activated: Arc::new(tokio::sync::Notify::new()),
             dead_letters: std::sync::atomic::AtomicU64::new(0),
+            replayed: std::sync::atomic::AtomicU64::new(0),
+            memory,
             tasks: Mutex::new(Vec::new()),
         });
         if inner.journal.pending_writes() > 0 {

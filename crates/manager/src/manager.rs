@@ -47,6 +47,11 @@ pub(crate) struct Inner {
     pub(crate) activated: Arc<tokio::sync::Notify>,
     /// Writes Redis refused at replay since the start (kept as dead letters by the store).
     pub(crate) dead_letters: std::sync::atomic::AtomicU64,
+    /// Journaled writes replayed into Redis since the start.
+    pub(crate) replayed: std::sync::atomic::AtomicU64,
+    /// The built-in store's memory use, for the gauges (a store of the application's own
+    /// reports none).
+    pub(crate) memory: Option<Arc<resilient_redis_fallback::MemoryStore>>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -73,8 +78,16 @@ impl Inner {
     }
 
     pub(crate) fn fallback_gauge(&self) -> FallbackGauge {
-        FallbackGauge::new(self.is_fallback_mode(), self.journal.pending_writes())
+        let gauge = FallbackGauge::new(self.is_fallback_mode(), self.journal.pending_writes())
             .with_dead_letters(self.dead_letters.load(Ordering::Relaxed))
+            .with_replayed(self.replayed.load(Ordering::Relaxed));
+        match &self.memory {
+            Some(store) => {
+                let m = store.memory();
+                gauge.with_memory(m.pinned.saturating_add(m.shadow), m.limit)
+            }
+            None => gauge,
+        }
     }
 
     pub(crate) fn count_dead_letters(&self, report: &resilient_redis_fallback::ReplayReport) {

@@ -110,6 +110,9 @@ pub(crate) async fn recover(inner: &Inner) {
                     "replayed journaled writes"
                 );
             }
+            inner
+                .replayed
+                .fetch_add(report.entries_applied, std::sync::atomic::Ordering::Relaxed);
             inner.count_dead_letters(&report);
             {
                 // No append is in flight while the write guard is held, so "drained" holds.

@@ -8,7 +8,7 @@ use redis::{Cmd, Value};
 use resilient_redis_breaker::{CircuitBreaker, PermitGuard};
 use resilient_redis_config::ErrorKind;
 use resilient_redis_fallback::FallbackStore;
-use resilient_redis_metrics::{MetricsCollector, Outcome};
+use resilient_redis_metrics::{Event, MetricsCollector, Outcome};
 use resilient_redis_pool::{ConnectionPool, PoolError};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -55,6 +55,8 @@ pub(crate) enum Kind {
 pub(crate) struct Timing {
     started: Instant,
     ended: Option<Instant>,
+    /// Attempts repeated after a failure.
+    retries: u32,
 }
 
 impl RedisManager {
@@ -72,6 +74,7 @@ impl RedisManager {
         let mut timing = Timing {
             started: Instant::now(),
             ended: None,
+            retries: 0,
         };
         let (result, outcome) = self
             .attempt(kind, cmd, decode, fallback, observe, &mut timing)
@@ -84,8 +87,19 @@ impl RedisManager {
             outcome,
             ended.into_std(),
         );
+        if timing.retries > 0 {
+            self.inner.metrics.record_event(Event::Retried {
+                operation: op,
+                retries: timing.retries,
+            });
+        }
         if let Err(e) = &result {
-            span.record("error.type", e.kind().as_str());
+            resilient_redis_metrics::record_error(&span, e.kind().as_str());
+            if matches!(e, Error::Ambiguous { .. }) {
+                self.inner
+                    .metrics
+                    .record_event(Event::Ambiguous { operation: op });
+            }
         }
         result.map_err(|e| match e {
             Error::Ambiguous {
@@ -117,8 +131,11 @@ impl RedisManager {
         let inner = &*self.inner;
         let opts = self.options;
         let failed = |e: Error| {
-            let k = e.kind();
-            (Err(e), Outcome::Error(k))
+            let outcome = match &e {
+                Error::Server { code, .. } => Outcome::ServerError(status_code(code.as_deref())),
+                other => Outcome::Error(other.kind()),
+            };
+            (Err(e), outcome)
         };
         if inner.closed.load(Ordering::Relaxed) {
             return failed(Error::Closed);
@@ -155,6 +172,7 @@ impl RedisManager {
         // What memory can answer is answered after one failed attempt: during an outage no
         // call waits longer than one socket timeout.
         let may_retry = opts.retry && fallback.is_none() && kind != Kind::Opaque;
+        let mut retries = 0u32;
         let attempts = async {
             let mut delay = cfg.retry_delay;
             let mut attempts = 0;
@@ -195,6 +213,7 @@ impl RedisManager {
                 if !retry {
                     return Err((err, sent));
                 }
+                retries += 1;
                 let jitter = delay.mul_f64(fastrand::f64() * 0.5);
                 tokio::time::sleep(delay.saturating_add(jitter)).await;
                 delay = delay.saturating_mul(2);
@@ -207,6 +226,7 @@ impl RedisManager {
             Some((t, until)) => match tokio::time::timeout_at(until, attempts).await {
                 Ok(attempted) => attempted,
                 Err(_) => {
+                    timing.retries = retries;
                     // The caller's own deadline says nothing about Redis: the permit goes back
                     // uncounted, and neither memory nor fallback mode is involved. The command
                     // may still run: a write that must not repeat is ambiguous.
@@ -230,6 +250,7 @@ impl RedisManager {
             },
             None => attempts.await,
         };
+        timing.retries = retries;
         let (failure, sent) = match attempted {
             Ok(value) => {
                 let ended = Instant::now();
@@ -390,6 +411,22 @@ pub(crate) fn effective_kind(err: &PoolError) -> ErrorKind {
         return ErrorKind::Connection;
     }
     err.kind()
+}
+
+/// An error reply's code as a static string for the metrics' `db.response.status_code`: the
+/// codes Redis uses, `ERR` for a reply without one, `OTHER` for one not in the list (the set of
+/// series stays bounded whatever a module or proxy answers).
+pub(crate) fn status_code(code: Option<&str>) -> &'static str {
+    const CODES: [&str; 24] = [
+        "ERR", "WRONGTYPE", "NOSCRIPT", "NOPERM", "NOAUTH", "WRONGPASS", "OOM", "BUSY",
+        "BUSYKEY", "EXECABORT", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "MOVED", "ASK",
+        "CLUSTERDOWN", "CROSSSLOT", "NOREPLICAS", "MISCONF", "NOGROUP", "UNBLOCKED", "NOTBUSY",
+        "NOPROTO",
+    ];
+    match code {
+        None => "ERR",
+        Some(c) => CODES.iter().find(|k| **k == c).copied().unwrap_or("OTHER"),
+    }
 }
 
 /// The refusal of a command that could overtake journaled writes.

@@ -693,3 +693,69 @@ async fn two_closes_at_once_both_finish() {
     use resilient_redis_fallback::Journal;
     assert_eq!(store.pending_writes(), 0);
 }
+
+/// What the metrics hear besides the outcome: each repeated attempt (as `Retried`, once per
+/// call), and an error reply's code (`db.response.status_code`).
+#[tokio::test(start_paused = true)]
+async fn retries_and_error_reply_codes_reach_the_metrics() {
+    use redis_test::{MockCmd, MockRedisConnection};
+    use resilient_redis_metrics::Event;
+    let mut p = parts();
+    p.breaker
+        .expect_try_acquire()
+        .returning(|| Ok(Permit::new(1)));
+    p.breaker.expect_on_success().return_const(());
+    p.breaker.expect_on_error().return_const(());
+    // A read refused twice, then answered: two retries.
+    let mut get = redis::cmd("GET");
+    get.arg("k");
+    let mut hget = redis::cmd("HGET");
+    hget.arg("k").arg("f");
+    let conn = MockRedisConnection::new(vec![
+        MockCmd::new(get, Ok("v")),
+        MockCmd::new(
+            hget,
+            Err::<String, _>(redis::make_extension_error(
+                "WRONGTYPE".to_owned(),
+                Some("Operation against a key holding the wrong kind of value".to_owned()),
+            )),
+        ),
+    ]);
+    let refusals = std::sync::atomic::AtomicU32::new(2);
+    p.pool.expect_shared().returning(move || {
+        if refusals.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            refusals.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(refused());
+        }
+        Ok(resilient_redis_pool::SharedConnection::from_connection(
+            conn.clone(),
+        ))
+    });
+    p.metrics
+        .expect_record_event()
+        .withf(|e| {
+            *e == Event::Retried {
+                operation: "get",
+                retries: 2,
+            }
+        })
+        .times(1)
+        .return_const(());
+    p.metrics
+        .expect_record_operation_at()
+        .withf(|op, _, o, _| op == "get" && *o == Outcome::Success)
+        .times(1)
+        .return_const(());
+    p.metrics
+        .expect_record_operation_at()
+        .withf(|op, _, o, _| op == "hget" && *o == Outcome::ServerError("WRONGTYPE"))
+        .times(1)
+        .return_const(());
+    let mut config = RedisConfig::default();
+    config.max_retries = 3;
+    config.fallback.enabled = false;
+    let m = manager_with(p, config).await;
+    assert_eq!(m.get(b"k").await.unwrap(), Some(b"v".to_vec()));
+    let err = m.hget(b"k", b"f").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Server, "{err}");
+}

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use resilient_redis_config::{ErrorKind, MetricsConfig};
 
 use crate::histogram::{Histogram, Merged};
-use crate::otel::Instruments;
+use crate::otel::{BREAKER_STATES, Instruments, Server};
 use crate::report::PerformanceReport;
 use crate::{
-    BreakerGauge, FallbackGauge, HealthGauge, MetricsCollector, MetricsSnapshot, Outcome,
+    BreakerGauge, Event, FallbackGauge, HealthGauge, MetricsCollector, MetricsSnapshot, Outcome,
     PoolStatus,
 };
 
@@ -106,6 +106,9 @@ pub(crate) struct Gauges {
     pub(crate) fallback_active: AtomicBool,
     pub(crate) fallback_pending: AtomicU64,
     pub(crate) fallback_dead_letters: AtomicU64,
+    pub(crate) fallback_replayed: AtomicU64,
+    pub(crate) fallback_bytes: AtomicU64,
+    pub(crate) fallback_limit: AtomicU64,
     pub(crate) healthy: AtomicU8, // 0 unknown, 1 unhealthy, 2 healthy
 }
 
@@ -113,8 +116,11 @@ type Now = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The metrics collector: operation latencies in a window of lock-free log-linear histograms
 /// (`retention_period`, advancing in sixths), error counts by kind, and the latest gauges of the
-/// pool, breaker, fallback store and health monitor. With [`Collector::with_meter`] every figure
-/// is also exported through OpenTelemetry instruments named by its database-client conventions.
+/// pool, breaker, fallback store and health monitor. Every figure is also exported through
+/// OpenTelemetry instruments named by its database-client conventions: on the global meter
+/// provider ([`opentelemetry::global`]) unless a meter is given ([`Collector::with_meter`],
+/// [`CollectorBuilder::meter`]). The global provider is read when the collector is built:
+/// install yours first.
 pub struct Collector {
     slots: Box<[Slot]>,
     slot_nanos: u64,
@@ -144,22 +150,35 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Collector {
-    /// A collector on the `[metrics]` settings.
+    /// A collector on the `[metrics]` settings, exporting on the global meter provider.
     #[must_use]
     pub fn new(config: &MetricsConfig) -> Self {
-        // Tokio's clock: the real one, except in a test that paused it, where the manager's
-        // timings (and the instants it files operations by) come from the paused clock too.
+        Self::builder(config).build()
+    }
+
+    /// A collector that records into OpenTelemetry instruments made on `meter`.
+    #[must_use]
+    pub fn with_meter(config: &MetricsConfig, meter: &opentelemetry::metrics::Meter) -> Self {
+        Self::builder(config).meter(meter.clone()).build()
+    }
+
+    /// A collector with a choice of meter and of the attributes naming the server.
+    #[must_use]
+    pub fn builder(config: &MetricsConfig) -> CollectorBuilder {
+        CollectorBuilder {
+            config: config.clone(),
+            meter: Export::Global,
+            server: None,
+        }
+    }
+
+    /// A collector on Tokio's clock: the real one, except in a test that paused it, where the
+    /// manager's timings (and the instants it files operations by) come from the paused clock
+    /// too.
+    fn on_tokio_clock(config: &MetricsConfig) -> Self {
         let base = tokio::time::Instant::now();
         let mut c = Self::with_clock(config, Arc::new(move || nanos(base.elapsed())));
         c.base = Some(base.into_std());
-        c
-    }
-
-    /// A collector that also records into OpenTelemetry instruments made on `meter`.
-    #[must_use]
-    pub fn with_meter(config: &MetricsConfig, meter: &opentelemetry::metrics::Meter) -> Self {
-        let mut c = Self::new(config);
-        c.otel = Some(Instruments::new(meter, &c.gauges));
         c
     }
 
@@ -194,6 +213,9 @@ impl Collector {
             Outcome::Success => slot.ok.fetch_add(1, Ordering::Relaxed),
             Outcome::Fallback => slot.fallback.fetch_add(1, Ordering::Relaxed),
             Outcome::Error(kind) => slot.errors[kind_index(kind)].fetch_add(1, Ordering::Relaxed),
+            Outcome::ServerError(_) => {
+                slot.errors[kind_index(ErrorKind::Server)].fetch_add(1, Ordering::Relaxed)
+            }
         };
         if n >= self.slow_nanos {
             slot.slow.fetch_add(1, Ordering::Relaxed);
@@ -249,6 +271,62 @@ impl Collector {
     }
 }
 
+enum Export {
+    Global,
+    Meter(opentelemetry::metrics::Meter),
+    Nowhere,
+}
+
+/// Builds a [`Collector`]: where its instruments are made and which server they describe.
+#[must_use]
+pub struct CollectorBuilder {
+    config: MetricsConfig,
+    meter: Export,
+    server: Option<Server>,
+}
+
+impl std::fmt::Debug for CollectorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectorBuilder")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CollectorBuilder {
+    /// Instruments on this meter instead of the global provider's.
+    pub fn meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Export::Meter(meter);
+        self
+    }
+
+    /// No OpenTelemetry instruments: only the snapshot and the report.
+    pub fn no_export(mut self) -> Self {
+        self.meter = Export::Nowhere;
+        self
+    }
+
+    /// Every series carries `server.address`, `server.port`, `db.namespace` and
+    /// `db.client.connection.pool.name` from `server`.
+    pub fn server(mut self, server: Server) -> Self {
+        self.server = Some(server);
+        self
+    }
+
+    /// The collector.
+    #[must_use]
+    pub fn build(self) -> Collector {
+        let mut c = Collector::on_tokio_clock(&self.config);
+        let meter = match self.meter {
+            Export::Global => Some(opentelemetry::global::meter("resilient-redis")),
+            Export::Meter(m) => Some(m),
+            Export::Nowhere => None,
+        };
+        c.otel = meter.map(|m| Instruments::new(&m, &c.gauges, self.server.as_ref()));
+        c
+    }
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -275,6 +353,12 @@ impl MetricsCollector for Collector {
         self.record(period, operation, duration, outcome);
     }
 
+    fn record_event(&self, event: Event) {
+        if let Some(otel) = &self.otel {
+            otel.event(event);
+        }
+    }
+
     fn record_pool(&self, pool: PoolStatus, wait: Option<Duration>) {
         let before = std::mem::replace(
             &mut *self
@@ -296,6 +380,12 @@ impl MetricsCollector for Collector {
             .store(breaker.value, Ordering::Relaxed);
         self.gauges.breaker_seen.store(true, Ordering::Relaxed);
         let mut last = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|l| l.value != breaker.value)
+            && let Some(otel) = &self.otel
+            && let Some(entered) = BREAKER_STATES.get(usize::from(breaker.value))
+        {
+            otel.transition(entered);
+        }
         let new_trips = breaker.trips.saturating_sub(last.map_or(0, |b| b.trips));
         if new_trips > 0 {
             let period = self.period();
@@ -320,6 +410,15 @@ impl MetricsCollector for Collector {
         self.gauges
             .fallback_dead_letters
             .fetch_max(fallback.dead_letters, Ordering::Relaxed);
+        self.gauges
+            .fallback_replayed
+            .fetch_max(fallback.replayed, Ordering::Relaxed);
+        self.gauges
+            .fallback_bytes
+            .store(fallback.bytes, Ordering::Relaxed);
+        self.gauges
+            .fallback_limit
+            .store(fallback.limit, Ordering::Relaxed);
     }
 
     fn record_health(&self, health: HealthGauge) {
@@ -385,6 +484,9 @@ impl MetricsCollector for Collector {
                 active: g.fallback_active.load(Ordering::Relaxed),
                 pending: g.fallback_pending.load(Ordering::Relaxed),
                 dead_letters: g.fallback_dead_letters.load(Ordering::Relaxed),
+                replayed: g.fallback_replayed.load(Ordering::Relaxed),
+                bytes: g.fallback_bytes.load(Ordering::Relaxed),
+                limit: g.fallback_limit.load(Ordering::Relaxed),
             },
             healthy: match g.healthy.load(Ordering::Relaxed) {
                 0 => None,

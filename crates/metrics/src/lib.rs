@@ -15,8 +15,10 @@ use resilient_redis_config::ErrorKind;
 pub use resilient_redis_config::PoolStatus;
 use serde::Serialize;
 
-pub use collector::{Collector, NoopMetrics};
-pub use otel::{PrometheusExporter, names, operation_span};
+pub use collector::{Collector, CollectorBuilder, NoopMetrics};
+#[cfg(feature = "prometheus")]
+pub use otel::PrometheusExporter;
+pub use otel::{Server, names, operation_span, record_error};
 pub use report::{PerformanceReport, Recommendation, thresholds};
 
 /// How an operation ended.
@@ -29,6 +31,39 @@ pub enum Outcome {
     Fallback,
     /// It failed, with this kind.
     Error(ErrorKind),
+    /// Redis answered with an error reply (kind `server_error`) with this code (`WRONGTYPE`,
+    /// `NOPERM`, ...; `ERR` for a reply without one).
+    ServerError(&'static str),
+}
+
+impl Outcome {
+    /// The error kind of a failed outcome.
+    #[must_use]
+    pub fn error_kind(self) -> Option<ErrorKind> {
+        match self {
+            Outcome::Error(kind) => Some(kind),
+            Outcome::ServerError(_) => Some(ErrorKind::Server),
+            Outcome::Success | Outcome::Fallback => None,
+        }
+    }
+}
+
+/// Something that happened on the request path, beside an operation's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The operation was attempted again `retries` times after failures.
+    Retried {
+        /// The operation.
+        operation: &'static str,
+        /// Repeated attempts.
+        retries: u32,
+    },
+    /// A write whose outcome is unknown was refused to the caller as ambiguous.
+    Ambiguous {
+        /// The operation.
+        operation: &'static str,
+    },
 }
 
 /// The breaker's state, as the metrics need it.
@@ -37,7 +72,8 @@ pub enum Outcome {
 pub struct BreakerGauge {
     /// Lower-case state name (`closed`, `open`, `half_open`, ...).
     pub state: &'static str,
-    /// The gauge value (0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only).
+    /// The state's number (0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics
+    /// only).
     pub value: u8,
     /// Times the breaker opened since start.
     pub trips: u64,
@@ -65,6 +101,12 @@ pub struct FallbackGauge {
     pub pending: u64,
     /// Acknowledged writes Redis refused at replay, kept as dead letters (since the start).
     pub dead_letters: u64,
+    /// Journaled writes replayed into Redis (since the start).
+    pub replayed: u64,
+    /// Bytes the store holds (0 with `limit` 0: not known).
+    pub bytes: u64,
+    /// The store's bound in bytes (0: not known).
+    pub limit: u64,
 }
 
 impl FallbackGauge {
@@ -75,7 +117,25 @@ impl FallbackGauge {
             active,
             pending,
             dead_letters: 0,
+            replayed: 0,
+            bytes: 0,
+            limit: 0,
         }
+    }
+
+    /// With the count of writes replayed so far.
+    #[must_use]
+    pub fn with_replayed(mut self, replayed: u64) -> Self {
+        self.replayed = replayed;
+        self
+    }
+
+    /// With the bytes the store holds and its bound.
+    #[must_use]
+    pub fn with_memory(mut self, bytes: u64, limit: u64) -> Self {
+        self.bytes = bytes;
+        self.limit = limit;
+        self
     }
 
     /// With the count of dead letters so far.
@@ -179,6 +239,11 @@ pub trait MetricsCollector: Send + Sync {
         let _ = ended;
         self.record_operation(operation, duration, outcome);
     }
+    /// Records an event of the request path (a retry, an ambiguous outcome). The default does
+    /// nothing.
+    fn record_event(&self, event: Event) {
+        let _ = event;
+    }
     /// Records the pool's figures, and how long a checkout waited if one did.
     fn record_pool(&self, pool: PoolStatus, wait: Option<Duration>);
     /// Records the breaker's state.
@@ -207,6 +272,9 @@ impl<T: MetricsCollector + ?Sized> MetricsCollector for Arc<T> {
         ended: std::time::Instant,
     ) {
         (**self).record_operation_at(operation, duration, outcome, ended);
+    }
+    fn record_event(&self, event: Event) {
+        (**self).record_event(event);
     }
     fn record_pool(&self, pool: PoolStatus, wait: Option<Duration>) {
         (**self).record_pool(pool, wait);

@@ -6,11 +6,10 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry::metrics::{Counter, Histogram, Meter};
 
-use crate::Outcome;
 use crate::collector::Gauges;
+use crate::{Event, Outcome};
 
 /// The instrument and attribute names, as OpenTelemetry's database-client conventions and this
 /// project define them.
@@ -25,31 +24,146 @@ pub mod names {
     pub const WAIT_TIME: &str = "db.client.connection.wait_time";
     /// Checkouts that timed out (counter).
     pub const TIMEOUTS: &str = "db.client.connection.timeouts";
-    /// Breaker state: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only.
+    /// Breaker state: one series per state (attribute [`STATE`]), 1 for the current state and
+    /// 0 for the others.
     pub const BREAKER_STATE: &str = "redis.circuit_breaker.state";
+    /// Breaker state changes, by the state entered (attribute [`STATE`]) (counter).
+    pub const BREAKER_TRANSITIONS: &str = "redis.circuit_breaker.transitions";
     /// 1 while in fallback mode (gauge).
     pub const FALLBACK_ACTIVE: &str = "redis.fallback.active";
     /// Journaled writes waiting for replay (gauge).
     pub const FALLBACK_PENDING: &str = "redis.fallback.journal.pending";
+    /// Journaled writes replayed into Redis (counter).
+    pub const FALLBACK_REPLAYED: &str = "redis.fallback.replayed";
     /// Acknowledged writes Redis refused at replay, kept as dead letters (counter).
     pub const FALLBACK_DEAD_LETTERS: &str = "redis.fallback.dead_letters";
+    /// Bytes the fallback store holds (gauge, bytes).
+    pub const FALLBACK_MEMORY_USAGE: &str = "redis.fallback.memory.usage";
+    /// The fallback store's bound, `fallback.max_memory_size` (gauge, bytes).
+    pub const FALLBACK_MEMORY_LIMIT: &str = "redis.fallback.memory.limit";
+    /// Attempts repeated after a failure (counter, attribute `db.operation.name`).
+    pub const RETRIES: &str = "redis.client.retries";
+    /// Writes whose outcome is unknown, refused to the caller as ambiguous (counter, attribute
+    /// `db.operation.name`).
+    pub const AMBIGUOUS: &str = "redis.client.ambiguous_outcomes";
     /// Health probe duration, seconds (histogram).
     pub const HEALTH_CHECK_DURATION: &str = "redis.health.check.duration";
+    /// The health verdict: 1 healthy, 0 unhealthy (gauge; absent before the first probe).
+    pub const HEALTHY: &str = "redis.health.healthy";
     /// `db.system.name` (always `redis`).
     pub const SYSTEM: &str = "db.system.name";
-    /// `db.operation.name` (`get`, `set`, ...; never a key).
+    /// `db.operation.name`: the command, lower case (`get`, `set`, `hset`, ...; never a key).
     pub const OPERATION: &str = "db.operation.name";
     /// `error.type` (the error kind, `timeout_error`, ...), on failed operations only.
     pub const ERROR_TYPE: &str = "error.type";
+    /// `db.response.status_code`: the error reply's code (`WRONGTYPE`, `NOPERM`, ...), on
+    /// operations Redis answered with an error only.
+    pub const STATUS_CODE: &str = "db.response.status_code";
+    /// `resilient_redis.served_by`: `redis` or `memory` (the fallback store), on operations
+    /// that succeeded.
+    pub const SERVED_BY: &str = "resilient_redis.served_by";
     /// `db.client.connection.state`.
     pub const CONNECTION_STATE: &str = "db.client.connection.state";
+    /// `server.address`: the Redis host.
+    pub const SERVER_ADDRESS: &str = "server.address";
+    /// `server.port`: the Redis port.
+    pub const SERVER_PORT: &str = "server.port";
+    /// `db.namespace`: the database index.
+    pub const NAMESPACE: &str = "db.namespace";
+    /// `db.client.connection.pool.name`: tells two managers in one process apart.
+    pub const POOL_NAME: &str = "db.client.connection.pool.name";
+    /// `state`: a breaker state (`closed`, `open`, `half_open`, `disabled`, `forced_open`,
+    /// `metrics_only`).
+    pub const STATE: &str = "state";
+}
+
+/// The breaker states, in the order of their gauge values.
+pub(crate) const BREAKER_STATES: [&str; 6] = [
+    "closed",
+    "open",
+    "half_open",
+    "disabled",
+    "forced_open",
+    "metrics_only",
+];
+
+/// Where the operations go: the attributes every instrument of one collector carries, so two
+/// managers in one process (or two Redis servers) are told apart.
+///
+/// ```
+/// use resilient_redis_metrics::Server;
+/// let server = Server::new("cache.internal", 6379).namespace(2).pool_name("sessions");
+/// assert_eq!(server.pool_name_or_default(), "sessions");
+/// assert_eq!(Server::new("cache.internal", 6379).pool_name_or_default(), "cache.internal:6379/0");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Server {
+    /// `server.address`.
+    pub address: String,
+    /// `server.port`.
+    pub port: u16,
+    /// `db.namespace`: the database index.
+    pub namespace: u16,
+    /// `db.client.connection.pool.name`; `None`: `address:port/namespace`.
+    pub pool_name: Option<String>,
+}
+
+impl Server {
+    /// A server at `address:port`, database 0.
+    #[must_use]
+    pub fn new(address: impl Into<String>, port: u16) -> Self {
+        Self {
+            address: address.into(),
+            port,
+            namespace: 0,
+            pool_name: None,
+        }
+    }
+
+    /// With the database index.
+    #[must_use]
+    pub fn namespace(mut self, db: u16) -> Self {
+        self.namespace = db;
+        self
+    }
+
+    /// With a pool name of the application's choosing.
+    #[must_use]
+    pub fn pool_name(mut self, name: impl Into<String>) -> Self {
+        self.pool_name = Some(name.into());
+        self
+    }
+
+    /// The pool name: the chosen one, or `address:port/namespace`.
+    #[must_use]
+    pub fn pool_name_or_default(&self) -> String {
+        self.pool_name.clone().unwrap_or_else(|| {
+            format!("{}:{}/{}", self.address, self.port, self.namespace)
+        })
+    }
+
+    fn attributes(&self) -> Vec<KeyValue> {
+        vec![
+            system(),
+            KeyValue::new(names::SERVER_ADDRESS, self.address.clone()),
+            KeyValue::new(names::SERVER_PORT, i64::from(self.port)),
+            KeyValue::new(names::NAMESPACE, self.namespace.to_string()),
+            KeyValue::new(names::POOL_NAME, self.pool_name_or_default()),
+        ]
+    }
 }
 
 pub(crate) struct Instruments {
+    /// The attributes every series carries (system, server, namespace, pool).
+    base: Arc<[KeyValue]>,
     duration: Histogram<f64>,
     wait: Histogram<f64>,
     timeouts: Counter<u64>,
     health: Histogram<f64>,
+    transitions: Counter<u64>,
+    retries: Counter<u64>,
+    ambiguous: Counter<u64>,
 }
 
 /// `db.system.name = redis` (static strings: no allocation).
@@ -57,9 +171,26 @@ fn system() -> KeyValue {
     KeyValue::new(names::SYSTEM, "redis")
 }
 
+/// `base` and then `more`.
+fn with(base: &[KeyValue], more: &[KeyValue]) -> Vec<KeyValue> {
+    let mut all = Vec::with_capacity(base.len() + more.len());
+    all.extend_from_slice(base);
+    all.extend_from_slice(more);
+    all
+}
+
 impl Instruments {
-    pub(crate) fn new(meter: &Meter, gauges: &Arc<Gauges>) -> Self {
-        let g = Arc::clone(gauges);
+    #[allow(clippy::too_many_lines)] // one registration per instrument, nothing else
+    pub(crate) fn new(meter: &Meter, gauges: &Arc<Gauges>, server: Option<&Server>) -> Self {
+        let base: Arc<[KeyValue]> = match server {
+            Some(s) => s.attributes().into(),
+            None => vec![system()].into(),
+        };
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
+        let (idle, used) = (
+            with(&b, &[KeyValue::new(names::CONNECTION_STATE, "idle")]),
+            with(&b, &[KeyValue::new(names::CONNECTION_STATE, "used")]),
+        );
         meter
             .u64_observable_gauge(names::CONNECTION_COUNT)
             .with_description("Open connections by state")
@@ -67,65 +198,98 @@ impl Instruments {
             .with_callback(move |o| {
                 let pool = *g.pool.lock().unwrap_or_else(PoisonError::into_inner);
                 // Shared (multiplexed) connections serve callers all the time: used.
-                let used = u64::from(pool.in_use + pool.shared_up);
-                let idle = u64::from(pool.idle);
-                o.observe(
-                    idle,
-                    &[system(), KeyValue::new(names::CONNECTION_STATE, "idle")],
-                );
-                o.observe(
-                    used,
-                    &[system(), KeyValue::new(names::CONNECTION_STATE, "used")],
-                );
+                o.observe(u64::from(pool.idle), &idle);
+                o.observe(u64::from(pool.in_use + pool.shared_up), &used);
             })
             .build();
-        let g = Arc::clone(gauges);
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
         meter
             .u64_observable_gauge(names::PENDING_REQUESTS)
             .with_description("Callers waiting for a connection")
             .with_unit("{request}")
             .with_callback(move |o| {
                 let pool = *g.pool.lock().unwrap_or_else(PoisonError::into_inner);
-                o.observe(u64::from(pool.waiters), &[system()]);
+                o.observe(u64::from(pool.waiters), &b);
             })
             .build();
         let g = Arc::clone(gauges);
+        let per_state: Vec<Vec<KeyValue>> = BREAKER_STATES
+            .iter()
+            .map(|s| with(&base, &[KeyValue::new(names::STATE, *s)]))
+            .collect();
         meter
             .u64_observable_gauge(names::BREAKER_STATE)
-            .with_description("Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only")
+            .with_description("Circuit breaker state: 1 for the current state, 0 for the others")
             .with_callback(move |o| {
                 if g.breaker_seen.load(Ordering::Relaxed) {
-                    o.observe(u64::from(g.breaker_value.load(Ordering::Relaxed)), &[system()]);
+                    let now = usize::from(g.breaker_value.load(Ordering::Relaxed));
+                    for (i, attrs) in per_state.iter().enumerate() {
+                        o.observe(u64::from(i == now), attrs);
+                    }
                 }
             })
             .build();
-        let g = Arc::clone(gauges);
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
         meter
             .u64_observable_gauge(names::FALLBACK_ACTIVE)
             .with_description("1 while the in-memory fallback serves")
             .with_callback(move |o| {
-                o.observe(
-                    u64::from(g.fallback_active.load(Ordering::Relaxed)),
-                    &[system()],
-                )
+                o.observe(u64::from(g.fallback_active.load(Ordering::Relaxed)), &b);
             })
             .build();
-        let g = Arc::clone(gauges);
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
         meter
             .u64_observable_gauge(names::FALLBACK_PENDING)
             .with_description("Journaled writes waiting for replay")
             .with_unit("{write}")
-            .with_callback(move |o| {
-                o.observe(g.fallback_pending.load(Ordering::Relaxed), &[system()])
-            })
+            .with_callback(move |o| o.observe(g.fallback_pending.load(Ordering::Relaxed), &b))
             .build();
-        let g = Arc::clone(gauges);
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
+        meter
+            .u64_observable_counter(names::FALLBACK_REPLAYED)
+            .with_description("Journaled writes replayed into Redis")
+            .with_unit("{write}")
+            .with_callback(move |o| o.observe(g.fallback_replayed.load(Ordering::Relaxed), &b))
+            .build();
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
         meter
             .u64_observable_counter(names::FALLBACK_DEAD_LETTERS)
             .with_description("Acknowledged writes Redis refused at replay, kept as dead letters")
             .with_unit("{write}")
             .with_callback(move |o| {
-                o.observe(g.fallback_dead_letters.load(Ordering::Relaxed), &[system()])
+                o.observe(g.fallback_dead_letters.load(Ordering::Relaxed), &b);
+            })
+            .build();
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
+        meter
+            .u64_observable_gauge(names::FALLBACK_MEMORY_USAGE)
+            .with_description("Bytes the fallback store holds")
+            .with_unit("By")
+            .with_callback(move |o| {
+                if g.fallback_limit.load(Ordering::Relaxed) > 0 {
+                    o.observe(g.fallback_bytes.load(Ordering::Relaxed), &b);
+                }
+            })
+            .build();
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
+        meter
+            .u64_observable_gauge(names::FALLBACK_MEMORY_LIMIT)
+            .with_description("The fallback store's bound in bytes")
+            .with_unit("By")
+            .with_callback(move |o| {
+                let limit = g.fallback_limit.load(Ordering::Relaxed);
+                if limit > 0 {
+                    o.observe(limit, &b);
+                }
+            })
+            .build();
+        let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
+        meter
+            .u64_observable_gauge(names::HEALTHY)
+            .with_description("The health verdict: 1 healthy, 0 unhealthy")
+            .with_callback(move |o| match g.healthy.load(Ordering::Relaxed) {
+                0 => {}
+                v => o.observe(u64::from(v == 2), &b),
             })
             .build();
         Self {
@@ -153,44 +317,85 @@ impl Instruments {
                 .with_description("Duration of health probes")
                 .with_unit("s")
                 .build(),
+            transitions: meter
+                .u64_counter(names::BREAKER_TRANSITIONS)
+                .with_description("Circuit breaker state changes, by the state entered")
+                .with_unit("{transition}")
+                .build(),
+            retries: meter
+                .u64_counter(names::RETRIES)
+                .with_description("Attempts repeated after a failure")
+                .with_unit("{retry}")
+                .build(),
+            ambiguous: meter
+                .u64_counter(names::AMBIGUOUS)
+                .with_description("Writes refused to the caller because their outcome is unknown")
+                .with_unit("{operation}")
+                .build(),
+            base,
         }
     }
 
     #[inline]
     pub(crate) fn operation(&self, operation: &'static str, duration: Duration, outcome: Outcome) {
         let op = KeyValue::new(names::OPERATION, operation);
-        match outcome {
-            Outcome::Error(kind) => self.duration.record(
-                duration.as_secs_f64(),
-                &[
-                    system(),
-                    op,
-                    KeyValue::new(names::ERROR_TYPE, kind.as_str()),
-                ],
-            ),
-            Outcome::Success | Outcome::Fallback => self
-                .duration
-                .record(duration.as_secs_f64(), &[system(), op]),
-        }
+        let attrs = match outcome {
+            Outcome::Error(kind) => [op, KeyValue::new(names::ERROR_TYPE, kind.as_str())],
+            Outcome::ServerError(code) => {
+                let attrs = with(
+                    &self.base,
+                    &[
+                        op,
+                        KeyValue::new(names::ERROR_TYPE, "server_error"),
+                        KeyValue::new(names::STATUS_CODE, code),
+                    ],
+                );
+                self.duration.record(duration.as_secs_f64(), &attrs);
+                return;
+            }
+            Outcome::Success => [op, KeyValue::new(names::SERVED_BY, "redis")],
+            Outcome::Fallback => [op, KeyValue::new(names::SERVED_BY, "memory")],
+        };
+        self.duration
+            .record(duration.as_secs_f64(), &with(&self.base, &attrs));
     }
 
     pub(crate) fn pool(&self, wait: Option<Duration>, new_timeouts: u64) {
         if let Some(w) = wait {
-            self.wait.record(w.as_secs_f64(), &[system()]);
+            self.wait.record(w.as_secs_f64(), &self.base);
         }
         if new_timeouts > 0 {
-            self.timeouts.add(new_timeouts, &[system()]);
+            self.timeouts.add(new_timeouts, &self.base);
         }
     }
 
     pub(crate) fn health(&self, d: Duration) {
-        self.health.record(d.as_secs_f64(), &[system()]);
+        self.health.record(d.as_secs_f64(), &self.base);
+    }
+
+    pub(crate) fn transition(&self, entered: &'static str) {
+        self.transitions
+            .add(1, &with(&self.base, &[KeyValue::new(names::STATE, entered)]));
+    }
+
+    pub(crate) fn event(&self, event: Event) {
+        match event {
+            Event::Retried { operation, retries } => self.retries.add(
+                u64::from(retries),
+                &with(&self.base, &[KeyValue::new(names::OPERATION, operation)]),
+            ),
+            Event::Ambiguous { operation } => self.ambiguous.add(
+                1,
+                &with(&self.base, &[KeyValue::new(names::OPERATION, operation)]),
+            ),
+        }
     }
 }
 
 /// The span of one operation, after OpenTelemetry's database span conventions, for
-/// `tracing-opentelemetry`: `db.system.name`, `db.operation.name`, `otel.kind = client`, and
-/// `error.type` (recorded on failure). Never a key or a value.
+/// `tracing-opentelemetry`: `db.system.name`, `db.operation.name`, `otel.kind = client`, and,
+/// on failure, `error.type` and `otel.status_code = ERROR` (see [`record_error`]). Never a key
+/// or a value.
 #[must_use]
 pub fn operation_span(operation: &'static str) -> tracing::Span {
     tracing::info_span!(
@@ -200,49 +405,73 @@ pub fn operation_span(operation: &'static str) -> tracing::Span {
         db.system.name = "redis",
         db.operation.name = operation,
         error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     )
 }
 
-/// Everything a `/metrics` endpoint needs: a meter provider whose instruments a Prometheus
-/// registry reads, and the text exposition of that registry.
-#[derive(Clone)]
-pub struct PrometheusExporter {
-    registry: prometheus::Registry,
-    provider: SdkMeterProvider,
+/// Marks an [`operation_span`] failed: `error.type` and `otel.status_code = ERROR`.
+pub fn record_error(span: &tracing::Span, error_type: &str) {
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
 }
 
-impl std::fmt::Debug for PrometheusExporter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrometheusExporter").finish_non_exhaustive()
-    }
-}
+#[cfg(feature = "prometheus")]
+pub use exporter::PrometheusExporter;
 
-impl PrometheusExporter {
-    /// A new registry and meter provider.
-    ///
-    /// # Errors
-    /// When the exporter cannot be built.
-    pub fn new() -> Result<Self, opentelemetry_sdk::error::OTelSdkError> {
-        let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .build()?;
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
-        Ok(Self { registry, provider })
+#[cfg(feature = "prometheus")]
+mod exporter {
+    use opentelemetry::metrics::{Meter, MeterProvider};
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+    /// Everything a `/metrics` endpoint needs (feature `prometheus`): a meter provider whose
+    /// instruments a Prometheus registry reads, and the text exposition of that registry.
+    #[derive(Clone)]
+    pub struct PrometheusExporter {
+        registry: prometheus::Registry,
+        provider: SdkMeterProvider,
     }
 
-    /// The meter to give [`crate::Collector::with_meter`].
-    #[must_use]
-    pub fn meter(&self) -> Meter {
-        self.provider.meter("resilient-redis")
+    impl std::fmt::Debug for PrometheusExporter {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("PrometheusExporter").finish_non_exhaustive()
+        }
     }
 
-    /// The Prometheus text exposition of every instrument.
-    #[must_use]
-    pub fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+    impl PrometheusExporter {
+        /// A new registry and meter provider.
+        ///
+        /// # Errors
+        /// When the exporter cannot be built.
+        pub fn new() -> Result<Self, opentelemetry_sdk::error::OTelSdkError> {
+            let registry = prometheus::Registry::new();
+            let exporter = opentelemetry_prometheus::exporter()
+                .with_registry(registry.clone())
+                .build()?;
+            let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+            Ok(Self { registry, provider })
+        }
+
+        /// The meter provider, to install as the global one
+        /// (`opentelemetry::global::set_meter_provider(exporter.provider())`) so that every
+        /// collector built afterwards exports through it.
+        #[must_use]
+        pub fn provider(&self) -> SdkMeterProvider {
+            self.provider.clone()
+        }
+
+        /// The meter to give [`crate::Collector::with_meter`].
+        #[must_use]
+        pub fn meter(&self) -> Meter {
+            self.provider.meter("resilient-redis")
+        }
+
+        /// The Prometheus text exposition of every instrument.
+        #[must_use]
+        pub fn render(&self) -> String {
+            use prometheus::Encoder;
+            let mut out = Vec::new();
+            let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        }
     }
 }

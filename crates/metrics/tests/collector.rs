@@ -10,8 +10,8 @@ use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use resilient_redis_config::{ErrorKind, MetricsConfig};
 use resilient_redis_metrics::{
-    BreakerGauge, Collector, FallbackGauge, HealthGauge, MetricsCollector, NoopMetrics, Outcome,
-    PoolStatus, PrometheusExporter, names, thresholds,
+    BreakerGauge, Collector, Event, FallbackGauge, HealthGauge, MetricsCollector, NoopMetrics,
+    Outcome, PoolStatus, PrometheusExporter, Server, names, thresholds,
 };
 
 /// Pool figures: `in_use` exclusive connections checked out beside the shared ones.
@@ -252,16 +252,31 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
     let provider = SdkMeterProvider::builder()
         .with_reader(PeriodicReader::builder(exporter.clone()).build())
         .build();
-    let c = Collector::with_meter(&MetricsConfig::default(), &provider.meter("test"));
+    let c = Collector::builder(&MetricsConfig::default())
+        .meter(provider.meter("test"))
+        .server(Server::new("cache.internal", 6380).namespace(2))
+        .build();
     c.record_operation("get", Duration::from_millis(2), Outcome::Success);
+    c.record_operation("get", Duration::from_millis(1), Outcome::Fallback);
     c.record_operation(
         "set",
         Duration::from_millis(3),
         Outcome::Error(ErrorKind::Timeout),
     );
+    c.record_operation("hset", Duration::from_millis(1), Outcome::ServerError("WRONGTYPE"));
+    c.record_event(Event::Retried {
+        operation: "get",
+        retries: 2,
+    });
+    c.record_event(Event::Ambiguous { operation: "incrby" });
     c.record_pool(pool(8, 3, 1, 2, 1, 1), Some(Duration::from_millis(5)));
+    c.record_breaker_state(BreakerGauge::new("closed", 0, 0));
     c.record_breaker_state(BreakerGauge::new("open", 1, 1));
-    c.record_fallback(FallbackGauge::new(true, 7));
+    c.record_fallback(
+        FallbackGauge::new(true, 7)
+            .with_replayed(3)
+            .with_memory(512, 1024),
+    );
     c.record_health(HealthGauge::new(false, Duration::from_millis(9)));
     provider.force_flush().unwrap();
 
@@ -290,6 +305,13 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
                     names::OPERATION,
                     names::ERROR_TYPE,
                     names::CONNECTION_STATE,
+                    names::SERVED_BY,
+                    names::STATUS_CODE,
+                    names::STATE,
+                    names::SERVER_ADDRESS,
+                    names::SERVER_PORT,
+                    names::NAMESPACE,
+                    names::POOL_NAME,
                 ];
                 for (k, v) in &attributes {
                     assert!(
@@ -302,18 +324,45 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
                         "no key or value in attributes"
                     );
                 }
-                assert!(
-                    attributes
-                        .iter()
-                        .any(|(k, v)| k == names::SYSTEM && v == "redis"),
-                    "{}",
-                    metric.name()
-                );
-                if metric.name() == names::OPERATION_DURATION {
-                    assert!(attributes.contains(&(names::OPERATION.into(), "get".into())));
+                for must in [
+                    (names::SYSTEM, "redis"),
+                    (names::SERVER_ADDRESS, "cache.internal"),
+                    (names::SERVER_PORT, "6380"),
+                    (names::NAMESPACE, "2"),
+                    (names::POOL_NAME, "cache.internal:6380/2"),
+                ] {
                     assert!(
-                        attributes.contains(&(names::ERROR_TYPE.into(), "timeout_error".into()))
+                        attributes.contains(&(must.0.into(), must.1.into())),
+                        "{}: no {must:?} in {attributes:?}",
+                        metric.name()
                     );
+                }
+                let has = |k: &str, v: &str| attributes.contains(&(k.into(), v.into()));
+                if metric.name() == names::OPERATION_DURATION {
+                    assert!(has(names::OPERATION, "get"));
+                    assert!(has(names::ERROR_TYPE, "timeout_error"));
+                    assert!(has(names::SERVED_BY, "redis") && has(names::SERVED_BY, "memory"));
+                    assert!(has(names::STATUS_CODE, "WRONGTYPE") && has(names::ERROR_TYPE, "server_error"));
+                }
+                if metric.name() == names::BREAKER_STATE {
+                    // One series per state, 1 only for the current one.
+                    let AggregatedMetrics::U64(MetricData::Gauge(g)) = metric.data() else {
+                        unreachable!()
+                    };
+                    let on: Vec<Vec<(String, String)>> = g
+                        .data_points()
+                        .filter(|p| p.value() == 1)
+                        .map(|p| pairs(p.attributes()))
+                        .collect();
+                    assert_eq!(g.data_points().count(), 6);
+                    assert_eq!(on.len(), 1);
+                    assert!(on[0].contains(&(names::STATE.into(), "open".into())));
+                }
+                if metric.name() == names::BREAKER_TRANSITIONS {
+                    assert!(has(names::STATE, "open"));
+                }
+                if metric.name() == names::RETRIES || metric.name() == names::AMBIGUOUS {
+                    assert!(has(names::OPERATION, "get") || has(names::OPERATION, "incrby"));
                 }
                 if metric.name() == names::CONNECTION_COUNT {
                     assert!(attributes.contains(&(names::CONNECTION_STATE.into(), "idle".into())));
@@ -333,6 +382,13 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
         (names::FALLBACK_PENDING, "{write}"),
         (names::FALLBACK_DEAD_LETTERS, "{write}"),
         (names::HEALTH_CHECK_DURATION, "s"),
+        (names::HEALTHY, ""),
+        (names::BREAKER_TRANSITIONS, "{transition}"),
+        (names::FALLBACK_REPLAYED, "{write}"),
+        (names::FALLBACK_MEMORY_USAGE, "By"),
+        (names::FALLBACK_MEMORY_LIMIT, "By"),
+        (names::RETRIES, "{retry}"),
+        (names::AMBIGUOUS, "{operation}"),
     ]
     .into_iter()
     .map(|(n, u)| (n.to_owned(), u.to_owned()))
@@ -353,6 +409,9 @@ fn prometheus_renders_every_instrument() {
     );
     assert!(text.contains("redis_fallback_journal_pending"), "{text}");
     assert!(text.contains(r#"db_operation_name="get""#), "{text}");
+    if std::env::var_os("PRINT_METRICS").is_some() {
+        println!("{text}");
+    }
 }
 
 /// Attribute keys and values as text.
