@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 ///   REDIS_URL=redis://cache:6379 resilient-redis check
 ///   resilient-redis check rediss://user@cache.internal:6380
 ///   REDIS_CONFIG_FILE=redis.toml resilient-redis config
+///   resilient-redis config --toml > redis.toml   a commented starter file
 ///   resilient-redis journal inspect /var/lib/app/redis.journal
 #[derive(Parser, Debug)]
 #[command(name = "resilient-redis", version, verbatim_doc_comment)]
@@ -54,7 +55,13 @@ enum Command {
         json: bool,
     },
     /// Print the effective configuration and where each value came from (secrets redacted).
-    Config,
+    Config {
+        /// Print it as a commented TOML file instead, every field with its rule and variables:
+        /// a starter file (`resilient-redis config --toml > redis.toml`). A password is never
+        /// written.
+        #[arg(long)]
+        toml: bool,
+    },
     /// Read a fallback journal file.
     #[command(subcommand)]
     Journal(JournalCommand),
@@ -103,7 +110,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => done(demo::run(args).await),
             Command::Check { url, json } => check::run(url, json).await,
-            Command::Config => done(config_cmd::run()),
+            Command::Config { toml } => done(config_cmd::run(toml)),
             Command::Journal(JournalCommand::Inspect { path, show_values }) => {
                 done(journal_cmd::inspect(&path, show_values))
             }
