@@ -1,5 +1,6 @@
 //! `resilient-redis`: the demo, a connection check, and the effective configuration.
 
+mod bench;
 mod check;
 mod config_cmd;
 mod demo;
@@ -20,6 +21,7 @@ use clap::{Parser, Subcommand};
 ///   resilient-redis demo --spawn-server          run a workload through a Redis outage
 ///   REDIS_URL=redis://cache:6379 resilient-redis check
 ///   resilient-redis check rediss://user@cache.internal:6380
+///   resilient-redis bench redis://cache:6379 --tasks 64 --duration 10s
 ///   REDIS_CONFIG_FILE=redis.toml resilient-redis config
 ///   resilient-redis config --toml > redis.toml   a commented starter file
 ///   resilient-redis journal inspect /var/lib/app/redis.journal
@@ -54,6 +56,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure GET and SET through resilient-redis against raw redis-rs on your own Redis: ops/s,
+    /// p50 and p99 for each, and the ratio, with a progress line while it runs. Writes only
+    /// keys under `resilient-redis-bench:<run>:` and deletes them afterwards.
+    Bench(bench::Args),
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config {
         /// Print it as a commented TOML file instead, every field with its rule and variables:
@@ -110,6 +116,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo(args) => done(demo::run(args).await),
             Command::Check { url, json } => check::run(url, json).await,
+            Command::Bench(args) => done(bench::run(args).await),
             Command::Config { toml } => done(config_cmd::run(toml)),
             Command::Journal(JournalCommand::Inspect { path, show_values }) => {
                 done(journal_cmd::inspect(&path, show_values))

@@ -100,3 +100,34 @@ fn a_user_without_eval_is_told_which_command_it_lacks() {
         .collect();
     assert_eq!(denied, ["EVAL"], "{f:#}");
 }
+
+/// `bench` measures both clients on a real server, prints a row for each with the ratio, and
+/// leaves none of its keys behind.
+#[test]
+fn bench_compares_both_clients_and_cleans_up() {
+    let server = RedisServer::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
+        .args(["bench", &server.url(), "--tasks", "4", "--duration", "300ms"])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CONFIG_FILE")
+        .output()
+        .expect("run the CLI");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for op in ["GET", "SET"] {
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(op)).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].contains("raw redis-rs") && rows[1].contains("resilient-redis"));
+        let ops: f64 = rows[1].split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(ops > 0.0, "{text}");
+        assert!(rows[1].trim_end().ends_with('×'), "{text}");
+    }
+    // The progress line went to stderr.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ops/s"));
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let left: u64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
+    assert_eq!(left, 0, "bench keys left behind");
+}

@@ -144,12 +144,16 @@ impl Server {
     }
 
     fn attributes(&self) -> Vec<KeyValue> {
+        // Reference-counted text: each record clones these without allocating.
+        let shared = |text: String| {
+            opentelemetry::Value::String(opentelemetry::StringValue::from(Arc::<str>::from(text)))
+        };
         vec![
             system(),
-            KeyValue::new(names::SERVER_ADDRESS, self.address.clone()),
+            KeyValue::new(names::SERVER_ADDRESS, shared(self.address.clone())),
             KeyValue::new(names::SERVER_PORT, i64::from(self.port)),
-            KeyValue::new(names::NAMESPACE, self.namespace.to_string()),
-            KeyValue::new(names::POOL_NAME, self.pool_name_or_default()),
+            KeyValue::new(names::NAMESPACE, shared(self.namespace.to_string())),
+            KeyValue::new(names::POOL_NAME, shared(self.pool_name_or_default())),
         ]
     }
 }
