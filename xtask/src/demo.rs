@@ -2,7 +2,8 @@
 //!
 //! With `REDIS_URL` set it runs the demo against that Redis. Otherwise, with `redis-server` on
 //! the PATH, it starts one of its own on a free port (so the demo can kill and restart it);
-//! with neither, it runs on the in-memory fallback alone and says so.
+//! with neither, it runs on the in-memory fallback alone and says so. It draws the run into
+//! `target/outage.svg` unless given `--plot PATH`.
 
 use crate::util::{cargo, status};
 
@@ -26,6 +27,12 @@ pub(crate) fn run(args: &[String]) -> bool {
              outage and its recovery)."
         );
         demo.push("--no-redis");
+    }
+    // The picture of the run, unless the caller chose a path.
+    let plot = crate::util::root().join("target").join("outage.svg");
+    let plot_arg = plot.display().to_string();
+    if !args.iter().any(|a| a == "--plot") {
+        demo.extend(["--plot", plot_arg.as_str()]);
     }
     status(cargo().args(&demo).args(args))
 }

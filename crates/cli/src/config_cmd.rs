@@ -88,7 +88,10 @@ pub(crate) fn starter_toml(config: &RedisConfig) -> Result<String, String> {
             s => &value[s][name],
         };
         out.push('\n');
-        for line in wrap(&format!("{} (env {})", field.help, field.env.join(", ")), 96) {
+        for line in wrap(
+            &format!("{} (env {})", field.help, field.env.join(", ")),
+            96,
+        ) {
             out.push_str(&format!("# {line}\n"));
         }
         let text = match (field.kind, shown) {
@@ -97,7 +100,9 @@ pub(crate) fn starter_toml(config: &RedisConfig) -> Result<String, String> {
                 continue;
             }
             _ if field.path == "password" => {
-                out.push_str(&format!("# {name} = \"...\"  (better: REDIS_PASSWORD or password_file)\n"));
+                out.push_str(&format!(
+                    "# {name} = \"...\"  (better: REDIS_PASSWORD or password_file)\n"
+                ));
                 continue;
             }
             (Kind::Duration, serde_json::Value::Number(ms)) => format!(
@@ -111,8 +116,10 @@ pub(crate) fn starter_toml(config: &RedisConfig) -> Result<String, String> {
                 out.push_str(
                     "# The URL's password is not written: set REDIS_PASSWORD or password_file.\n",
                 );
-                serde_json::Value::String(config.url.redacted().replace(&format!(":{REDACTED}@"), "@"))
-                    .to_string()
+                serde_json::Value::String(
+                    config.url.redacted().replace(&format!(":{REDACTED}@"), "@"),
+                )
+                .to_string()
             }
             (_, other) => other.to_string(),
         };
@@ -292,7 +299,10 @@ const FIELDS: &[Field] = &[
     Field {
         path: "health.check_interval",
         kind: Kind::Duration,
-        env: &["REDIS_HEALTH_CHECK_INTERVAL", "REDIS_HEALTH__CHECK_INTERVAL"],
+        env: &[
+            "REDIS_HEALTH_CHECK_INTERVAL",
+            "REDIS_HEALTH__CHECK_INTERVAL",
+        ],
         help: "> 0",
     },
     Field {
@@ -322,7 +332,10 @@ const FIELDS: &[Field] = &[
     Field {
         path: "circuit_breaker.failure_threshold",
         kind: Kind::Plain,
-        env: &["REDIS_CIRCUIT_BREAKER_THRESHOLD", "REDIS_CIRCUIT_BREAKER__FAILURE_THRESHOLD"],
+        env: &[
+            "REDIS_CIRCUIT_BREAKER_THRESHOLD",
+            "REDIS_CIRCUIT_BREAKER__FAILURE_THRESHOLD",
+        ],
         help: "≥ 1 consecutive failures → open",
     },
     Field {
@@ -539,8 +552,15 @@ mod tests {
             let name = f.path.rsplit('.').next().unwrap();
             let row = docs
                 .lines()
-                .find(|l| l.starts_with(&format!("| `{name}` |")) && f.env.iter().all(|e| l.contains(e)))
-                .unwrap_or_else(|| panic!("docs/configuration.md has no row for {} with {:?}", f.path, f.env));
+                .find(|l| {
+                    l.starts_with(&format!("| `{name}` |")) && f.env.iter().all(|e| l.contains(e))
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "docs/configuration.md has no row for {} with {:?}",
+                        f.path, f.env
+                    )
+                });
             assert!(row.contains(f.help), "{}: docs say `{row}`", f.path);
         }
     }
@@ -551,8 +571,14 @@ mod tests {
         config.password = Some(resilient_redis_config::Secret::new("hunter2"));
         config.url = resilient_redis_config::RedisUrl::new("redis://app:hunter2@cache:6380/1");
         let text = starter_toml(&config).unwrap();
-        assert!(!text.contains("hunter2") && !text.contains(REDACTED), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains(REDACTED),
+            "{text}"
+        );
         assert!(text.contains("# password = "));
-        assert!(text.contains("url = \"redis://app@cache:6380/1\""), "{text}");
+        assert!(
+            text.contains("url = \"redis://app@cache:6380/1\""),
+            "{text}"
+        );
     }
 }

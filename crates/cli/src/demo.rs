@@ -35,6 +35,10 @@ pub(crate) struct Args {
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
+    /// Draw the run (ops/s, p99, errors, breaker state, fallback mode, pending writes, the kill
+    /// and restart marked) as an SVG picture at this path.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
     /// Concurrent workers.
     #[arg(long, default_value_t = 8)]
     workers: usize,
@@ -50,6 +54,8 @@ struct Ledger {
     errors: AtomicU64,
     /// Answers memory gave about keys it knew nothing of (flagged, not passed off as Redis's).
     unknown: AtomicU64,
+    /// Latencies (µs) since the last sample, for the picture's p99.
+    latencies: std::sync::Mutex<Vec<u32>>,
 }
 
 /// Timeouts short enough that an outage shows within a second or two.
@@ -171,21 +177,28 @@ pub(crate) async fn run(args: Args) -> bool {
     let started = Instant::now();
     let (kill_at, restart_at) = (args.duration.mul_f64(0.30), args.duration.mul_f64(0.55));
     let (mut killed, mut restarted) = (false, false);
-    let mut last_ops = 0;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let (mut last_ops, mut last_second_ops, mut last_errors) = (0, 0, 0);
+    let mut timeline = crate::plot::Timeline::default();
+    let mut last_sample = Instant::now();
+    // Four samples a second for the picture; a status line a second.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.tick().await;
+    let mut ticks = 0u64;
     while started.elapsed() < args.duration {
         tick.tick().await;
+        ticks += 1;
         let t = started.elapsed();
         if let Some(s) = server.as_mut().filter(|_| chaos) {
             if !killed && t >= kill_at {
                 s.kill();
                 killed = true;
+                timeline.kill = Some(t.as_secs_f64());
                 println!(
                     "\n*** chaos: redis-server killed (SIGKILL) at {:.0} s",
                     t.as_secs_f64()
                 );
             } else if killed && !restarted && t >= restart_at {
+                timeline.restart = Some(t.as_secs_f64());
                 match s.try_restart() {
                     Ok(()) => println!(
                         "\n*** chaos: redis-server restarted at {:.0} s",
@@ -197,8 +210,21 @@ pub(crate) async fn run(args: Args) -> bool {
             }
         }
         let ops = ledger.ops.load(Ordering::Relaxed);
-        status_line(t, ops - last_ops, &manager, &ledger);
-        last_ops = ops;
+        let errors = ledger.errors.load(Ordering::Relaxed);
+        let secs = last_sample.elapsed().as_secs_f64().max(1e-3);
+        last_sample = Instant::now();
+        timeline.samples.push(sample(
+            t,
+            (ops - last_ops) as f64 / secs,
+            (errors - last_errors) as f64 / secs,
+            &manager,
+            &ledger,
+        ));
+        (last_ops, last_errors) = (ops, errors);
+        if ticks % 4 == 0 {
+            status_line(t, ops - last_second_ops, &manager, &ledger);
+            last_second_ops = ops;
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -224,6 +250,12 @@ pub(crate) async fn run(args: Args) -> bool {
         );
     }
 
+    if let Some(path) = &args.plot {
+        match crate::plot::draw(&timeline, path) {
+            Ok(()) => println!("picture of the run: {}", path.display()),
+            Err(e) => eprintln!("{e}"),
+        }
+    }
     let report = manager.metrics().report();
     if args.json {
         println!("{}", report.to_json());
@@ -245,6 +277,7 @@ async fn worker(w: usize, m: RedisManager, ledger: Arc<Ledger>, stop: Arc<Atomic
     while !stop.load(Ordering::Relaxed) {
         i += 1;
         let roll = fastrand::u8(..10);
+        let began = Instant::now();
         let ok = if roll < 3 {
             let key = format!("demo:{}:{w}:{}", ledger.run, i % 500);
             let value = format!("w{w}-{i}");
@@ -295,11 +328,46 @@ async fn worker(w: usize, m: RedisManager, ledger: Arc<Ledger>, stop: Arc<Atomic
                 Err(_) => false,
             }
         };
+        if let Ok(mut l) = ledger.latencies.lock() {
+            l.push(u32::try_from(began.elapsed().as_micros()).unwrap_or(u32::MAX));
+        }
         ledger.ops.fetch_add(1, Ordering::Relaxed);
         if !ok {
             ledger.errors.fetch_add(1, Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// One point of the picture: the interval's rates and p99, and the state of things now.
+fn sample(
+    t: Duration,
+    ops: f64,
+    errors: f64,
+    m: &RedisManager,
+    ledger: &Ledger,
+) -> crate::plot::Sample {
+    let mut latencies = ledger
+        .latencies
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default();
+    latencies.sort_unstable();
+    let p99_ms = latencies
+        .get(((latencies.len() as f64 - 1.0) * 0.99).round().max(0.0) as usize)
+        .map_or(0.0, |us| f64::from(*us) / 1000.0);
+    crate::plot::Sample {
+        t: t.as_secs_f64(),
+        ops,
+        errors,
+        p99_ms,
+        breaker: match m.breaker().state().as_str() {
+            "open" | "forced_open" => 2,
+            "half_open" => 1,
+            _ => 0,
+        },
+        fallback: m.is_fallback_mode(),
+        pending: m.journal().pending_writes(),
     }
 }
 

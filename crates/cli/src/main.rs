@@ -6,6 +6,7 @@ mod config_cmd;
 mod demo;
 mod http;
 mod journal_cmd;
+mod plot;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -107,13 +107,24 @@ fn a_user_without_eval_is_told_which_command_it_lacks() {
 fn bench_compares_both_clients_and_cleans_up() {
     let server = RedisServer::start();
     let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
-        .args(["bench", &server.url(), "--tasks", "4", "--duration", "300ms"])
+        .args([
+            "bench",
+            &server.url(),
+            "--tasks",
+            "4",
+            "--duration",
+            "300ms",
+        ])
         .env_remove("REDIS_URL")
         .env_remove("REDIS_CONFIG_FILE")
         .output()
         .expect("run the CLI");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for op in ["GET", "SET"] {
         let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(op)).collect();
         assert_eq!(rows.len(), 2, "{text}");

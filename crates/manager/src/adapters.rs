@@ -60,7 +60,11 @@ pub(crate) fn metrics_server(url: &str) -> Option<resilient_redis_metrics::Serve
             resilient_redis_metrics::Server::new(parsed.path(), 0).namespace(db_in_query())
         }
         _ => {
-            let db = parsed.path().trim_start_matches('/').parse::<u16>().unwrap_or(0);
+            let db = parsed
+                .path()
+                .trim_start_matches('/')
+                .parse::<u16>()
+                .unwrap_or(0);
             resilient_redis_metrics::Server::new(
                 parsed.host_str().unwrap_or("localhost"),
                 parsed.port().unwrap_or(6379),

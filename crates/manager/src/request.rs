@@ -418,9 +418,29 @@ pub(crate) fn effective_kind(err: &PoolError) -> ErrorKind {
 /// series stays bounded whatever a module or proxy answers).
 pub(crate) fn status_code(code: Option<&str>) -> &'static str {
     const CODES: [&str; 24] = [
-        "ERR", "WRONGTYPE", "NOSCRIPT", "NOPERM", "NOAUTH", "WRONGPASS", "OOM", "BUSY",
-        "BUSYKEY", "EXECABORT", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "MOVED", "ASK",
-        "CLUSTERDOWN", "CROSSSLOT", "NOREPLICAS", "MISCONF", "NOGROUP", "UNBLOCKED", "NOTBUSY",
+        "ERR",
+        "WRONGTYPE",
+        "NOSCRIPT",
+        "NOPERM",
+        "NOAUTH",
+        "WRONGPASS",
+        "OOM",
+        "BUSY",
+        "BUSYKEY",
+        "EXECABORT",
+        "READONLY",
+        "LOADING",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "MOVED",
+        "ASK",
+        "CLUSTERDOWN",
+        "CROSSSLOT",
+        "NOREPLICAS",
+        "MISCONF",
+        "NOGROUP",
+        "UNBLOCKED",
+        "NOTBUSY",
         "NOPROTO",
     ];
     match code {

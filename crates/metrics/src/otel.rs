@@ -138,9 +138,9 @@ impl Server {
     /// The pool name: the chosen one, or `address:port/namespace`.
     #[must_use]
     pub fn pool_name_or_default(&self) -> String {
-        self.pool_name.clone().unwrap_or_else(|| {
-            format!("{}:{}/{}", self.address, self.port, self.namespace)
-        })
+        self.pool_name
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}/{}", self.address, self.port, self.namespace))
     }
 
     fn attributes(&self) -> Vec<KeyValue> {
@@ -378,8 +378,10 @@ impl Instruments {
     }
 
     pub(crate) fn transition(&self, entered: &'static str) {
-        self.transitions
-            .add(1, &with(&self.base, &[KeyValue::new(names::STATE, entered)]));
+        self.transitions.add(
+            1,
+            &with(&self.base, &[KeyValue::new(names::STATE, entered)]),
+        );
     }
 
     pub(crate) fn event(&self, event: Event) {

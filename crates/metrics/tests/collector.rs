@@ -263,12 +263,18 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
         Duration::from_millis(3),
         Outcome::Error(ErrorKind::Timeout),
     );
-    c.record_operation("hset", Duration::from_millis(1), Outcome::ServerError("WRONGTYPE"));
+    c.record_operation(
+        "hset",
+        Duration::from_millis(1),
+        Outcome::ServerError("WRONGTYPE"),
+    );
     c.record_event(Event::Retried {
         operation: "get",
         retries: 2,
     });
-    c.record_event(Event::Ambiguous { operation: "incrby" });
+    c.record_event(Event::Ambiguous {
+        operation: "incrby",
+    });
     c.record_pool(pool(8, 3, 1, 2, 1, 1), Some(Duration::from_millis(5)));
     c.record_breaker_state(BreakerGauge::new("closed", 0, 0));
     c.record_breaker_state(BreakerGauge::new("open", 1, 1));
@@ -342,7 +348,10 @@ fn opentelemetry_instruments_follow_the_database_client_conventions() {
                     assert!(has(names::OPERATION, "get"));
                     assert!(has(names::ERROR_TYPE, "timeout_error"));
                     assert!(has(names::SERVED_BY, "redis") && has(names::SERVED_BY, "memory"));
-                    assert!(has(names::STATUS_CODE, "WRONGTYPE") && has(names::ERROR_TYPE, "server_error"));
+                    assert!(
+                        has(names::STATUS_CODE, "WRONGTYPE")
+                            && has(names::ERROR_TYPE, "server_error")
+                    );
                 }
                 if metric.name() == names::BREAKER_STATE {
                     // One series per state, 1 only for the current one.

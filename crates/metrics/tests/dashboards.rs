@@ -19,13 +19,19 @@ fn rendered() -> String {
         .build();
     c.record_operation("get", Duration::from_millis(2), Outcome::Success);
     c.record_operation("get", Duration::from_millis(2), Outcome::Fallback);
-    c.record_operation("set", Duration::from_millis(2), Outcome::Error(ErrorKind::Timeout));
+    c.record_operation(
+        "set",
+        Duration::from_millis(2),
+        Outcome::Error(ErrorKind::Timeout),
+    );
     c.record_operation("set", Duration::from_millis(2), Outcome::ServerError("OOM"));
     c.record_event(Event::Retried {
         operation: "get",
         retries: 1,
     });
-    c.record_event(Event::Ambiguous { operation: "incrby" });
+    c.record_event(Event::Ambiguous {
+        operation: "incrby",
+    });
     let mut pool = PoolStatus::default();
     pool.max_size = 4;
     pool.timeouts = 1;
@@ -46,7 +52,10 @@ fn rendered() -> String {
 /// Sample names and label names in Prometheus text.
 fn emitted(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut metrics, mut labels) = (BTreeSet::new(), BTreeSet::new());
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let name_end = line.find(['{', ' ']).unwrap();
         metrics.insert(line[..name_end].to_owned());
         if let Some(open) = line.find('{') {
@@ -80,7 +89,9 @@ fn referenced(expr: &str) -> (Vec<String>, Vec<String>) {
         }
         if c.is_ascii_alphabetic() || c == '_' {
             let start = i;
-            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':') {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':')
+            {
                 i += 1;
             }
             let word = &expr[start..i];
@@ -106,7 +117,9 @@ fn referenced(expr: &str) -> (Vec<String>, Vec<String>) {
 }
 
 fn docs(path: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs").join(path);
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs")
+        .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -114,7 +127,10 @@ fn check(what: &str, expr: &str, metrics: &BTreeSet<String>, labels: &BTreeSet<S
     let (m, l) = referenced(expr);
     assert!(!m.is_empty(), "{what}: `{expr}` names none of our metrics");
     for name in m {
-        assert!(metrics.contains(&name), "{what}: `{name}` is not emitted; emitted: {metrics:?}");
+        assert!(
+            metrics.contains(&name),
+            "{what}: `{name}` is not emitted; emitted: {metrics:?}"
+        );
     }
     for name in l {
         assert!(
@@ -139,9 +155,15 @@ fn the_alert_rules_parse_and_name_only_emitted_metrics() {
                 matches!(rule["labels"]["severity"].as_str(), Some("page" | "ticket")),
                 "{name}: severity is page or ticket"
             );
-            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}: a summary");
+            assert!(
+                rule["annotations"]["summary"].as_str().is_some(),
+                "{name}: a summary"
+            );
             if let Some(d) = rule["for"].as_str() {
-                assert!(d.ends_with('m') || d.ends_with('s') || d.ends_with('h'), "{name}: for {d}");
+                assert!(
+                    d.ends_with('m') || d.ends_with('s') || d.ends_with('h'),
+                    "{name}: for {d}"
+                );
             }
             check(name, expr, &metrics, &labels);
             alerts += 1;
@@ -171,7 +193,8 @@ fn the_grafana_dashboard_parses_and_names_only_emitted_metrics() {
 #[test]
 fn the_checker_catches_a_name_that_is_not_emitted() {
     let (metrics, labels) = emitted(&rendered());
-    let (m, l) = referenced(r#"sum by (db_operation_name) (rate(redis_nope_total{state="open"}[5m]))"#);
+    let (m, l) =
+        referenced(r#"sum by (db_operation_name) (rate(redis_nope_total{state="open"}[5m]))"#);
     assert_eq!(m, ["redis_nope_total"]);
     assert_eq!(l, ["db_operation_name", "state"]);
     assert!(!metrics.contains("redis_nope_total"));
