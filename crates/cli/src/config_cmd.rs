@@ -141,7 +141,7 @@ fn example(path: &str) -> &'static str {
 /// Bytes as the largest binary unit that divides them (`64MiB`), else plain.
 fn bytes(n: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }

@@ -221,7 +221,7 @@ pub(crate) async fn run(args: Args) -> bool {
             &ledger,
         ));
         (last_ops, last_errors) = (ops, errors);
-        if ticks % 4 == 0 {
+        if ticks.is_multiple_of(4) {
             status_line(t, ops - last_second_ops, &manager, &ledger);
             last_second_ops = ops;
         }

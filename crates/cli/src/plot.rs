@@ -32,6 +32,9 @@ pub(crate) struct Timeline {
     pub(crate) restart: Option<f64>,
 }
 
+/// One panel: its title, the top of its y axis, and its lines (label, colour, points).
+type Panel<'a> = (&'a str, f64, Vec<(&'a str, RGBColor, Vec<(f64, f64)>)>);
+
 /// Draws `timeline` into an SVG file at `path`.
 pub(crate) fn draw(timeline: &Timeline, path: &Path) -> Result<(), String> {
     let e = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
@@ -45,7 +48,7 @@ pub(crate) fn draw(timeline: &Timeline, path: &Path) -> Result<(), String> {
     let t_max = s.last().map_or(1.0, |x| x.t).max(1.0);
     let max = |f: &dyn Fn(&Sample) -> f64| s.iter().map(f).fold(0.0f64, f64::max);
 
-    let series: [(&str, f64, Vec<(&str, RGBColor, Vec<(f64, f64)>)>); 5] = [
+    let series: [Panel<'_>; 5] = [
         (
             "operations per second",
             max(&|x| x.ops.max(x.errors)) * 1.1 + 1.0,

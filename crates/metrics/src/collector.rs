@@ -163,7 +163,6 @@ impl Collector {
     }
 
     /// A collector with a choice of meter and of the attributes naming the server.
-    #[must_use]
     pub fn builder(config: &MetricsConfig) -> CollectorBuilder {
         CollectorBuilder {
             config: config.clone(),
