@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -39,7 +43,10 @@ fn metrics_live_and_ready_over_http_while_the_demo_runs_without_redis() {
         {
             break body;
         }
-        assert!(Instant::now() < deadline, "no /metrics with memory-served operations");
+        assert!(
+            Instant::now() < deadline,
+            "no /metrics with memory-served operations"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let (live, _) = get(&addr, "/live").unwrap();
@@ -57,8 +64,14 @@ fn metrics_live_and_ready_over_http_while_the_demo_runs_without_redis() {
         assert!(metrics.contains(name), "no {name} in\n{metrics}");
     }
     // The manager's own collector names its server and pool.
-    assert!(metrics.contains("server_address=\"127.0.0.1\""), "{metrics}");
-    assert!(metrics.contains("db_client_connection_pool_name=\"127.0.0.1:"), "{metrics}");
+    assert!(
+        metrics.contains("server_address=\"127.0.0.1\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("db_client_connection_pool_name=\"127.0.0.1:"),
+        "{metrics}"
+    );
     assert_eq!(live, 200);
     // No Redis, the fallback on: degraded, still serving, so ready.
     assert_eq!(ready, 200, "{report}");

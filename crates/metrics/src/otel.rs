@@ -143,24 +143,42 @@ impl Server {
             .unwrap_or_else(|| format!("{}:{}/{}", self.address, self.port, self.namespace))
     }
 
-    fn attributes(&self) -> Vec<KeyValue> {
-        // Reference-counted text: each record clones these without allocating.
-        let shared = |text: String| {
-            opentelemetry::Value::String(opentelemetry::StringValue::from(Arc::<str>::from(text)))
-        };
-        vec![
-            system(),
-            KeyValue::new(names::SERVER_ADDRESS, shared(self.address.clone())),
+    /// The four attributes naming the server, with interned text: a record copies them
+    /// without allocating or touching a reference count (the operation histogram is recorded
+    /// on every call, whether or not a meter provider is installed).
+    fn attributes(&self) -> [KeyValue; 4] {
+        [
+            KeyValue::new(names::SERVER_ADDRESS, intern(self.address.clone())),
             KeyValue::new(names::SERVER_PORT, i64::from(self.port)),
-            KeyValue::new(names::NAMESPACE, shared(self.namespace.to_string())),
-            KeyValue::new(names::POOL_NAME, shared(self.pool_name_or_default())),
+            KeyValue::new(names::NAMESPACE, intern(self.namespace.to_string())),
+            KeyValue::new(names::POOL_NAME, intern(self.pool_name_or_default())),
         ]
     }
+}
+
+/// `text` as a `&'static str`, leaked once per distinct text (server names and pool names: a
+/// handful per process).
+fn intern(text: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut seen = SEEN
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = seen.get(text.as_str()) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(text.into_boxed_str());
+    seen.insert(leaked);
+    leaked
 }
 
 pub(crate) struct Instruments {
     /// The attributes every series carries (system, server, namespace, pool).
     base: Arc<[KeyValue]>,
+    /// The attribute sets of operations seen, by operation and outcome.
+    sets: AttributeSets,
     duration: Histogram<f64>,
     wait: Histogram<f64>,
     timeouts: Counter<u64>,
@@ -186,8 +204,9 @@ fn with(base: &[KeyValue], more: &[KeyValue]) -> Vec<KeyValue> {
 impl Instruments {
     #[allow(clippy::too_many_lines)] // one registration per instrument, nothing else
     pub(crate) fn new(meter: &Meter, gauges: &Arc<Gauges>, server: Option<&Server>) -> Self {
-        let base: Arc<[KeyValue]> = match server {
-            Some(s) => s.attributes().into(),
+        let server = server.map(Server::attributes);
+        let base: Arc<[KeyValue]> = match &server {
+            Some(s) => std::iter::once(system()).chain(s.iter().cloned()).collect(),
             None => vec![system()].into(),
         };
         let (g, b) = (Arc::clone(gauges), Arc::clone(&base));
@@ -337,31 +356,40 @@ impl Instruments {
                 .with_unit("{operation}")
                 .build(),
             base,
+            sets: AttributeSets::new(),
         }
     }
 
+    /// Records one operation. Its attribute set is built once per operation and outcome and
+    /// then looked up: with no meter provider installed a record costs a lookup and a call.
     #[inline]
     pub(crate) fn operation(&self, operation: &'static str, duration: Duration, outcome: Outcome) {
-        let op = KeyValue::new(names::OPERATION, operation);
-        let attrs = match outcome {
-            Outcome::Error(kind) => [op, KeyValue::new(names::ERROR_TYPE, kind.as_str())],
-            Outcome::ServerError(code) => {
-                let attrs = with(
-                    &self.base,
-                    &[
-                        op,
-                        KeyValue::new(names::ERROR_TYPE, "server_error"),
-                        KeyValue::new(names::STATUS_CODE, code),
-                    ],
-                );
-                self.duration.record(duration.as_secs_f64(), &attrs);
-                return;
-            }
-            Outcome::Success => [op, KeyValue::new(names::SERVED_BY, "redis")],
-            Outcome::Fallback => [op, KeyValue::new(names::SERVED_BY, "memory")],
-        };
+        let secs = duration.as_secs_f64();
+        if let Some(attrs) = self.sets.get(operation, outcome, || {
+            self.attributes_of(operation, outcome)
+        }) {
+            self.duration.record(secs, attrs);
+            return;
+        }
+        // The table is full (thousands of distinct operations): build the set on the stack.
         self.duration
-            .record(duration.as_secs_f64(), &with(&self.base, &attrs));
+            .record(secs, &self.attributes_of(operation, outcome));
+    }
+
+    /// The attributes of one operation's record.
+    fn attributes_of(&self, operation: &'static str, outcome: Outcome) -> Vec<KeyValue> {
+        let op = KeyValue::new(names::OPERATION, operation);
+        let extra: &[KeyValue] = &match outcome {
+            Outcome::Error(kind) => vec![op, KeyValue::new(names::ERROR_TYPE, kind.as_str())],
+            Outcome::ServerError(code) => vec![
+                op,
+                KeyValue::new(names::ERROR_TYPE, "server_error"),
+                KeyValue::new(names::STATUS_CODE, code),
+            ],
+            Outcome::Success => vec![op, KeyValue::new(names::SERVED_BY, "redis")],
+            Outcome::Fallback => vec![op, KeyValue::new(names::SERVED_BY, "memory")],
+        };
+        with(&self.base, extra)
     }
 
     pub(crate) fn pool(&self, wait: Option<Duration>, new_timeouts: u64) {
@@ -395,6 +423,88 @@ impl Instruments {
                 &with(&self.base, &[KeyValue::new(names::OPERATION, operation)]),
             ),
         }
+    }
+}
+
+/// Attribute sets by (operation, outcome): a fixed open-addressed table of write-once slots, so
+/// a lookup is a hash and an atomic load, with no lock and no allocation. Operations and
+/// outcomes are a bounded set (command names, error kinds, reply codes); should the table ever
+/// fill, records build their set each time instead.
+struct AttributeSets {
+    slots: Box<[Slot]>,
+}
+
+/// One slot: empty, or an attribute set and its key.
+type Slot = std::sync::OnceLock<(SetKey, Box<[KeyValue]>)>;
+
+/// An operation (its text's address and length: the names are static strings) and an outcome.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SetKey(usize, usize, usize, usize);
+
+impl SetKey {
+    fn new(operation: &'static str, outcome: Outcome) -> Self {
+        let (tag, code) = match outcome {
+            Outcome::Success => (0, 0),
+            Outcome::Fallback => (1, 0),
+            Outcome::Error(kind) => (2 + kind.index(), 0),
+            Outcome::ServerError(code) => (usize::MAX, code.as_ptr() as usize ^ code.len()),
+        };
+        Self(operation.as_ptr() as usize, operation.len(), tag, code)
+    }
+
+    fn hash(self) -> usize {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for part in [self.0, self.1, self.2, self.3] {
+            h = (h ^ part as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h ^ (h >> 29)) as usize
+    }
+}
+
+impl AttributeSets {
+    const SLOTS: usize = 1024;
+    const PROBES: usize = 16;
+
+    fn new() -> Self {
+        Self {
+            slots: (0..Self::SLOTS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn get(
+        &self,
+        operation: &'static str,
+        outcome: Outcome,
+        build: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Option<&[KeyValue]> {
+        let key = SetKey::new(operation, outcome);
+        let start = key.hash();
+        let mut build = Some(build);
+        for i in 0..Self::PROBES {
+            let slot = &self.slots[(start + i) % Self::SLOTS];
+            let (k, attrs) = match slot.get() {
+                Some(entry) => entry,
+                None => {
+                    let make = build.take()?;
+                    // Another thread may fill this slot first: then look at what it holds.
+                    let _ = slot.set((key, make().into_boxed_slice()));
+                    match slot.get() {
+                        Some(entry) => entry,
+                        None => continue,
+                    }
+                }
+            };
+            if *k == key {
+                return Some(attrs);
+            }
+            // Built for this key but lost the slot to another key: nothing is left to
+            // insert, so this record builds its set on the stack.
+            build.as_ref()?;
+        }
+        None
     }
 }
 
@@ -479,5 +589,66 @@ mod exporter {
             let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
             String::from_utf8_lossy(&out).into_owned()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use resilient_redis_config::ErrorKind;
+
+    use super::*;
+
+    fn op_of(attrs: &[KeyValue]) -> String {
+        attrs
+            .iter()
+            .filter(|kv| kv.key.as_str() != names::SYSTEM)
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    #[test]
+    fn attribute_sets_are_built_once_per_operation_and_outcome() {
+        let sets = AttributeSets::new();
+        let built = std::cell::Cell::new(0);
+        let make = |text: &'static str| {
+            built.set(built.get() + 1);
+            vec![KeyValue::new("x", text)]
+        };
+        let outcomes = [
+            Outcome::Success,
+            Outcome::Fallback,
+            Outcome::Error(ErrorKind::Timeout),
+            Outcome::Error(ErrorKind::Connection),
+            Outcome::ServerError("WRONGTYPE"),
+            Outcome::ServerError("NOPERM"),
+        ];
+        for round in 0..3 {
+            for (i, outcome) in outcomes.iter().enumerate() {
+                for op in ["get", "set"] {
+                    let label: &'static str = Box::leak(format!("{op}{i}").into_boxed_str());
+                    let got = sets.get(op, *outcome, || make(label)).unwrap();
+                    // Each (operation, outcome) keeps the set first built for it.
+                    assert_eq!(op_of(got), format!("x={op}{i}"), "round {round}");
+                }
+            }
+        }
+        assert_eq!(built.get(), outcomes.len() * 2);
+    }
+
+    #[test]
+    fn a_full_table_says_so_and_records_still_happen() {
+        let sets = AttributeSets::new();
+        let names: Vec<&'static str> = (0..AttributeSets::SLOTS + 50)
+            .map(|i| &*Box::leak(format!("op{i}").into_boxed_str()))
+            .collect();
+        let mut missed = 0;
+        for n in &names {
+            match sets.get(n, Outcome::Success, || vec![KeyValue::new("op", *n)]) {
+                Some(attrs) => assert_eq!(op_of(attrs), format!("op={n}")),
+                None => missed += 1,
+            }
+        }
+        assert!(missed >= 50, "{missed}");
     }
 }
