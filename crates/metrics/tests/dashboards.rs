@@ -202,9 +202,3 @@ fn the_checker_catches_a_name_that_is_not_emitted() {
     let caught = std::panic::catch_unwind(|| check("x", "redis_nope_total", &metrics, &labels));
     assert!(caught.is_err());
 }
-
-#[test]
-#[ignore = "prints the rendered metrics: cargo test -p resilient-redis-metrics --test dashboards -- --ignored"]
-fn print_rendered() {
-    println!("{}", rendered());
-}
