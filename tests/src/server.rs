@@ -22,6 +22,7 @@ pub struct RedisServerBuilder {
     args: Vec<String>,
     password: Option<String>,
     tls: bool,
+    tls_client_auth: bool,
 }
 
 impl RedisServerBuilder {
@@ -41,6 +42,14 @@ impl RedisServerBuilder {
     /// (needs `openssl`); [`RedisServer::url`] is then `rediss://`.
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// As [`RedisServerBuilder::tls`], and every client must present a certificate signed by
+    /// the same CA (mutual TLS): [`RedisServer::tls_file`] has `client.crt` and `client.key`.
+    pub fn tls_client_auth(mut self) -> Self {
+        self.tls = true;
+        self.tls_client_auth = true;
         self
     }
 
@@ -87,7 +96,7 @@ impl RedisServerBuilder {
             let port = free_port();
             let mut args = self.args.clone();
             if self.tls {
-                args.extend(tls_args(dir.path(), port));
+                args.extend(tls_args(dir.path(), port, self.tls_client_auth));
             }
             let mut server = RedisServer {
                 port,
@@ -172,6 +181,14 @@ impl RedisServer {
     #[must_use]
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// A file of a TLS server's certificates, in its directory: `ca.crt` (the CA that signed
+    /// the server's certificate and the client's), `client.crt` and `client.key` (a client
+    /// certificate for mutual TLS).
+    #[must_use]
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// The server's data directory (append-only files live here).
@@ -317,7 +334,7 @@ fn answers_ping(port: u16) -> bool {
 
 /// Makes a CA and a certificate for 127.0.0.1 in `dir` with `openssl`, and returns the
 /// arguments that make redis-server serve TLS only on `port`.
-fn tls_args(dir: &Path, port: u16) -> Vec<String> {
+fn tls_args(dir: &Path, port: u16, client_auth: bool) -> Vec<String> {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -377,6 +394,41 @@ fn tls_args(dir: &Path, port: u16) -> Vec<String> {
         "-out",
         "server.crt",
     ]);
+    // A client certificate from the same CA, for mutual TLS (X.509 v3: rustls takes no other).
+    std::fs::write(
+        dir.join("client.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("write client.cnf");
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=resilient-redis-test-client",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "client.cnf",
+        "-out",
+        "client.crt",
+    ]);
     let path = |f: &str| dir.join(f).display().to_string();
     vec![
         "--tls-port".into(),
@@ -388,6 +440,6 @@ fn tls_args(dir: &Path, port: u16) -> Vec<String> {
         "--tls-ca-cert-file".into(),
         path("ca.crt"),
         "--tls-auth-clients".into(),
-        "no".into(),
+        if client_auth { "yes" } else { "no" }.into(),
     ]
 }

@@ -90,8 +90,7 @@ pub(crate) async fn run(args: Args) -> bool {
         return false;
     }
     // The manager as a service would run it, except that nothing may be answered from memory:
-    // a run that silently served from the fallback would measure the wrong thing. (Built first:
-    // for a TLS URL its pool installs the crypto provider the raw connection needs too.)
+    // a run that silently served from the fallback would measure the wrong thing.
     config.fallback.enabled = false;
     let manager = match RedisManager::builder(config.clone()).build().await {
         Ok(m) => m,
@@ -186,19 +185,11 @@ fn micros(d: Duration) -> String {
     format!("{} µs", d.as_micros())
 }
 
-/// A plain multiplexed connection with the same credentials and timeouts.
+/// A plain multiplexed connection with the same credentials, certificates and timeouts.
 async fn raw_connection(
     config: &resilient_redis_config::RedisConfig,
-) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
-    let info = redis::IntoConnectionInfo::into_connection_info(config.url.expose())?;
-    let mut settings = info.redis_settings().clone();
-    if let Some(user) = &config.username {
-        settings = settings.set_username(user);
-    }
-    if let Some(password) = &config.password {
-        settings = settings.set_password(password.expose());
-    }
-    let client = redis::Client::open(info.set_redis_settings(settings))?;
+) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = resilient_redis_pool::redis_client(config).map_err(|e| e.to_string())?;
     client
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new()
@@ -206,6 +197,7 @@ async fn raw_connection(
                 .set_response_timeout(Some(config.socket_timeout)),
         )
         .await
+        .map_err(|e| e.to_string())
 }
 
 /// Runs `op` from `args.tasks` callers for `args.duration`, with a progress line on stderr.

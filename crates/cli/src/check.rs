@@ -233,7 +233,7 @@ async fn server_facts(conn: &mut SharedConnection, f: &mut Findings) {
 /// anything else (a result, or an error about the arguments) means it is allowed.
 async fn permissions(conn: &mut SharedConnection, f: &mut Findings) {
     let key = "resilient-redis:check:absent";
-    let checks: [(&'static str, &'static str, redis::Cmd); 4] = [
+    let checks: [(&'static str, &'static str, redis::Cmd); 5] = [
         ("GET", "reads", {
             let mut c = redis::cmd("GET");
             c.arg(key);
@@ -241,10 +241,20 @@ async fn permissions(conn: &mut SharedConnection, f: &mut Findings) {
         }),
         (
             "EVAL",
-            "replaying journaled writes (EVALSHA of the replay script)",
+            "loading the replay script (the first replay of a connection)",
             {
                 let mut c = redis::cmd("EVAL");
                 c.arg("return 1").arg(0);
+                c
+            },
+        ),
+        (
+            "EVALSHA",
+            "replaying journaled writes (the replay script by its hash)",
+            {
+                // A hash no script has: NOSCRIPT when allowed, NOPERM when not.
+                let mut c = redis::cmd("EVALSHA");
+                c.arg("0".repeat(40)).arg(0);
                 c
             },
         ),

@@ -134,6 +134,9 @@ fn example(path: &str) -> &'static str {
         "username" => "\"app\"",
         "password_file" => "\"/run/secrets/redis\"",
         "fallback.journal_path" => "\"/var/lib/app/redis.journal\"",
+        "tls.ca_file" => "\"/etc/ssl/redis/ca.crt\"",
+        "tls.cert_file" => "\"/etc/ssl/redis/client.crt\"",
+        "tls.key_file" => "\"/etc/ssl/redis/client.key\"",
         _ => "\"...\"",
     }
 }
@@ -505,6 +508,24 @@ const FIELDS: &[Field] = &[
         kind: Kind::Duration,
         env: &["REDIS_METRICS__REPORTING_THRESHOLD"],
         help: "> 0; slower operations count as slow",
+    },
+    Field {
+        path: "tls.ca_file",
+        kind: Kind::Plain,
+        env: &["REDIS_TLS__CA_FILE"],
+        help: "a readable PEM file of CA certificates, trusted instead of the system's roots; only with a `rediss://` URL",
+    },
+    Field {
+        path: "tls.cert_file",
+        kind: Kind::Plain,
+        env: &["REDIS_TLS__CERT_FILE"],
+        help: "a readable PEM client certificate (chain) for mutual TLS; needs `key_file`; only with a `rediss://` URL",
+    },
+    Field {
+        path: "tls.key_file",
+        kind: Kind::Plain,
+        env: &["REDIS_TLS__KEY_FILE"],
+        help: "the readable PEM private key of `cert_file`",
     },
 ];
 

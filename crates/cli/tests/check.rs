@@ -29,7 +29,7 @@ fn a_healthy_server_passes_with_latency_from_several_pings_and_every_permission(
     assert_eq!(f["role"], "master");
     assert_eq!(f["latency_ms"]["samples"], 10, "{f:#}");
     let permissions = f["permissions"].as_array().unwrap();
-    assert_eq!(permissions.len(), 4);
+    assert_eq!(permissions.len(), 5);
     assert!(permissions.iter().all(|p| p["allowed"] == true), "{f:#}");
     assert_eq!(f["credentials_sent"], false);
 }
@@ -98,7 +98,7 @@ fn a_user_without_eval_is_told_which_command_it_lacks() {
         .filter(|p| p["allowed"] == false)
         .filter_map(|p| p["command"].as_str())
         .collect();
-    assert_eq!(denied, ["EVAL"], "{f:#}");
+    assert_eq!(denied, ["EVAL", "EVALSHA"], "{f:#}");
 }
 
 /// `bench` measures both clients on a real server, prints a row for each with the ratio, and

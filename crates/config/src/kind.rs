@@ -27,11 +27,14 @@ pub enum ErrorKind {
     Server,
     /// The component was closed.
     Closed,
+    /// The server refused the command for this user (an ACL `NOPERM` reply): a configuration
+    /// problem, not an outage (never retried, never counted against the breaker).
+    NoPermission,
 }
 
 impl ErrorKind {
     /// Every kind, in the order of [`ErrorKind::index`] (one counter per kind in the metrics).
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Connection,
         ErrorKind::Timeout,
         ErrorKind::Auth,
@@ -42,6 +45,7 @@ impl ErrorKind {
         ErrorKind::Validation,
         ErrorKind::Server,
         ErrorKind::Closed,
+        ErrorKind::NoPermission,
     ];
 
     /// Its position in [`ErrorKind::ALL`] (an exhaustive match: a new kind cannot be left out
@@ -59,6 +63,7 @@ impl ErrorKind {
             ErrorKind::Validation => 7,
             ErrorKind::Server => 8,
             ErrorKind::Closed => 9,
+            ErrorKind::NoPermission => 10,
         }
     }
 
@@ -76,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Validation => "validation_error",
             ErrorKind::Server => "server_error",
             ErrorKind::Closed => "closed_error",
+            ErrorKind::NoPermission => "no_permission_error",
         }
     }
 

@@ -18,7 +18,7 @@ pub use kind::ErrorKind;
 pub use load::{CONFIG_FILE_VAR, ConfigLoader, ENV_ALIASES, ENV_PREFIX, Loaded};
 pub use model::{
     CircuitBreakerConfig, FallbackConfig, HealthConfig, MetricsConfig, PoolConfig, RedisConfig,
-    SlidingWindowType, UnknownKeys,
+    SlidingWindowType, TlsConfig, UnknownKeys,
 };
 pub use secret::{REDACTED, RedisUrl, Secret, URL_SCHEMES};
 pub use status::PoolStatus;

@@ -53,6 +53,9 @@ const TEXT_FIELDS: &[&str] = &[
     "password",
     "password_file",
     "journal_path",
+    "ca_file",
+    "cert_file",
+    "key_file",
 ];
 
 /// A loaded configuration and where each value that was not a default came from.

@@ -54,6 +54,8 @@ pub struct RedisConfig {
     pub fallback: FallbackConfig,
     /// Metrics collection.
     pub metrics: MetricsConfig,
+    /// TLS certificates for a `rediss://` URL.
+    pub tls: TlsConfig,
 }
 
 impl Default for RedisConfig {
@@ -72,7 +74,33 @@ impl Default for RedisConfig {
             circuit_breaker: CircuitBreakerConfig::default(),
             fallback: FallbackConfig::default(),
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
         }
+    }
+}
+
+/// TLS certificates for a `rediss://` URL (`[tls]`, `REDIS_TLS__*`). Without any, the server's
+/// certificate is checked against the system's roots (`#insecure` at the end of the URL turns
+/// the check off, and is logged at `warn`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// PEM file of the CA certificates to trust instead of the system's roots (a private CA).
+    /// Env `REDIS_TLS__CA_FILE`.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    /// Env `REDIS_TLS__CERT_FILE`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `cert_file`. Env `REDIS_TLS__KEY_FILE`.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether any certificate file is set.
+    #[must_use]
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
     }
 }
 

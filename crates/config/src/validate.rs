@@ -117,6 +117,46 @@ fn durations(c: &RedisConfig) -> [(&'static str, Duration); 21] {
     ]
 }
 
+/// TLS files: only for a `rediss://` URL, a certificate with its key, each a readable file.
+fn check_tls(c: &mut Checker, config: &RedisConfig) {
+    let tls = &config.tls;
+    let files = [
+        ("tls.ca_file", &tls.ca_file),
+        ("tls.cert_file", &tls.cert_file),
+        ("tls.key_file", &tls.key_file),
+    ];
+    for (field, path) in files {
+        let Some(path) = path else { continue };
+        let shown = Some(path.display().to_string());
+        if !config.url.is_tls() {
+            c.fail(
+                field,
+                shown,
+                "is set but `url` is not `rediss://`: certificates apply to TLS connections only",
+            );
+            continue;
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.len() > 0 => {}
+            Ok(_) => c.fail(field, shown, "is not a non-empty file"),
+            Err(e) => c.fail(field, shown, format!("cannot be read: {e}")),
+        }
+    }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => c.fail(
+            "tls.key_file",
+            None,
+            "is missing: tls.cert_file needs the key of its certificate",
+        ),
+        (None, Some(_)) => c.fail(
+            "tls.cert_file",
+            None,
+            "is missing: tls.key_file is the key of a client certificate, which is not set",
+        ),
+        _ => {}
+    }
+}
+
 impl RedisConfig {
     /// Checks every rule and returns all problems at once, each naming its field and value.
     ///
@@ -213,6 +253,7 @@ impl RedisConfig {
         c.at_least_one("health.window", health.window);
 
         check_breaker(&mut c, &self.circuit_breaker);
+        check_tls(&mut c, self);
 
         let fallback = &self.fallback;
         if fallback.enabled && fallback.max_memory_size == 0 {
@@ -561,5 +602,30 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "password");
         assert!(!format!("{problems:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_files_are_checked_for_the_url_their_pair_and_being_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let mut c = RedisConfig::default();
+        c.tls.ca_file = Some(ca.clone());
+        // Not a TLS URL.
+        let problems = c.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "tls.ca_file");
+        assert!(problems[0].message.contains("rediss://"), "{problems:?}");
+        // A TLS URL: fine; then a certificate without its key, and a file that is not there.
+        c.url = crate::RedisUrl::new("rediss://cache.internal:6380");
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c.tls.cert_file = Some(dir.path().join("absent.crt"));
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            ["tls.cert_file", "tls.key_file"],
+            "{:?}",
+            c.problems()
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use resilient_redis_breaker::{Breaker, CircuitBreaker, NoopBreaker};
-use resilient_redis_config::RedisConfig;
+use resilient_redis_config::{ErrorKind, RedisConfig};
 use resilient_redis_fallback::{FallbackStore, Journal, MemoryStore, SyncTarget};
 use resilient_redis_health::{HealthMonitor, Monitor};
 use resilient_redis_metrics::{Collector, MetricsCollector, NoopMetrics};
@@ -85,18 +85,25 @@ impl RedisManagerBuilder {
     /// be up: until it is, the fallback serves.
     ///
     /// # Errors
-    /// [`Error::Build`] for an invalid configuration or a part that cannot be built (an
-    /// unreadable journal file, say).
+    /// [`Error::Config`] for an invalid configuration, [`Error::Unavailable`] of kind
+    /// `tls_error` for TLS certificates that cannot be used, [`Error::Build`] for another part
+    /// that cannot be built (an unreadable journal file, say).
     pub async fn build(self) -> Result<RedisManager, Error> {
         let config = self.config;
         config.validate().map_err(Error::Config)?;
         let pool: Arc<dyn ConnectionPool> = match self.pool {
             Some(p) => p,
-            None => Arc::new(
-                RedisPool::new(&config)
-                    .await
-                    .map_err(|e| Error::Build(e.to_string()))?,
-            ),
+            None => Arc::new(RedisPool::new(&config).await.map_err(|e| {
+                if e.kind() == ErrorKind::Tls {
+                    Error::Unavailable {
+                        kind: ErrorKind::Tls,
+                        message: e.to_string(),
+                        source: Some(Box::new(e)),
+                    }
+                } else {
+                    Error::Build(e.to_string())
+                }
+            })?),
         };
         let health: Arc<dyn HealthMonitor> = match self.health {
             Some(h) => h,
@@ -162,11 +169,7 @@ impl RedisManagerBuilder {
         if inner.journal.pending_writes() > 0 {
             // A journal restored from an earlier process: serve from it until it is replayed
             // (with the fallback off, refuse what could overtake it until then).
-            tracing::warn!(
-                pending = inner.journal.pending_writes(),
-                "restored journaled writes; replaying when Redis answers"
-            );
-            inner.activate();
+            inner.activate("journal_restored");
         }
         if self.start_tasks {
             inner

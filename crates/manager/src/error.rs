@@ -36,7 +36,8 @@ pub enum Error {
         #[source]
         source: Option<Source>,
     },
-    /// Redis answered with an error reply (`WRONGTYPE`, `NOSCRIPT`, `OOM`, ...).
+    /// Redis answered with an error reply (`WRONGTYPE`, `NOSCRIPT`, `OOM`, ...). An ACL refusal
+    /// (`NOPERM`) is of kind `no_permission_error`.
     #[error("redis error reply: {message}")]
     Server {
         /// The reply's code (`WRONGTYPE`), when it has one.
@@ -90,6 +91,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Unavailable { kind, .. } | Error::Ambiguous { kind, .. } => *kind,
+            Error::Server { code, .. } if code.as_deref() == Some("NOPERM") => {
+                ErrorKind::NoPermission
+            }
             Error::Server { .. } => ErrorKind::Server,
             Error::Fallback(e) => e.kind(),
             Error::Validation(_) | Error::Build(_) | Error::Config(_) => ErrorKind::Validation,

@@ -4,6 +4,7 @@
 
 mod adapters;
 mod api;
+pub mod audit;
 mod builder;
 mod compat;
 mod error;

@@ -60,11 +60,11 @@ impl Inner {
         self.fallback_mode.load(Ordering::Acquire)
     }
 
-    /// Turns fallback mode on; whether it was off.
-    pub(crate) fn activate(&self) -> bool {
+    /// Turns fallback mode on (for `reason`, an audit field); whether it was off.
+    pub(crate) fn activate(&self, reason: &'static str) -> bool {
         let turned = !self.fallback_mode.swap(true, Ordering::AcqRel);
         if turned {
-            tracing::warn!("fallback mode on: serving from memory, journaling writes");
+            crate::audit::fallback_on(reason, self.journal.pending_writes());
         }
         turned
     }
@@ -72,7 +72,7 @@ impl Inner {
     /// Turns fallback mode off and lets the store drop what it kept only to answer.
     pub(crate) fn deactivate(&self) {
         if self.fallback_mode.swap(false, Ordering::AcqRel) {
-            tracing::info!("fallback mode off");
+            crate::audit::fallback_off(self.journal.pending_writes());
         }
         self.store.settle();
     }
@@ -92,12 +92,11 @@ impl Inner {
 
     pub(crate) fn count_dead_letters(&self, report: &resilient_redis_fallback::ReplayReport) {
         if report.rejected > 0 {
-            self.dead_letters
-                .fetch_add(report.rejected, Ordering::Relaxed);
-            tracing::error!(
-                dead_letters = report.rejected,
-                "Redis refused replayed writes; they are kept as dead letters in the journal"
-            );
+            let total = self
+                .dead_letters
+                .fetch_add(report.rejected, Ordering::Relaxed)
+                + report.rejected;
+            crate::audit::dead_letters(report.rejected, total);
         }
     }
 }
@@ -312,11 +311,8 @@ impl RedisManager {
                     Ok(Ok(report)) => {
                         inner.count_dead_letters(&report);
                         inner.metrics.record_fallback(inner.fallback_gauge());
-                        if report.entries_applied > 0 {
-                            tracing::info!(
-                                applied = report.entries_applied,
-                                "replayed pending writes on close"
-                            );
+                        if report.entries_applied > 0 || report.rejected > 0 {
+                            crate::audit::replay_end(&report, inner.journal.pending_writes(), true);
                         }
                         // Nothing moved: another replay holds the journal (a second close, the
                         // recovery loop being stopped). Wait for it rather than spin.
@@ -327,11 +323,15 @@ impl RedisManager {
                         true
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot replay pending writes on close");
+                        crate::audit::replay_failed(&e, inner.journal.pending_writes(), true);
                         break;
                     }
                     Err(_) => {
-                        tracing::warn!("replay on close timed out");
+                        crate::audit::replay_failed(
+                            &"the close deadline passed during the replay",
+                            inner.journal.pending_writes(),
+                            true,
+                        );
                         break;
                     }
                 };
@@ -345,6 +345,7 @@ impl RedisManager {
         }
         let persisted = inner.journal.close();
         inner.pool.close(deadline).await;
+        crate::audit::closed(inner.journal.pending_writes());
         persisted.map_err(Error::from)
     }
 }

@@ -36,9 +36,9 @@ pub(crate) async fn supervise(
                 let Some(m) = inner.upgrade() else { return };
                 let snap = m.breaker.snapshot();
                 m.metrics.record_breaker_state(BreakerGauge::new(state.as_str(), state.as_u8(), snap.trips));
-                tracing::warn!(state = %state, "circuit breaker changed state");
+                crate::audit::breaker(state.as_str(), snap.trips);
                 if state == BreakerState::Open && m.fallback_enabled {
-                    m.activate();
+                    m.activate("breaker_open");
                     m.metrics.record_fallback(m.fallback_gauge());
                 }
             }
@@ -48,6 +48,9 @@ pub(crate) async fn supervise(
                 let Some(m) = inner.upgrade() else { return };
                 m.metrics.record_health(HealthGauge::new(status.healthy, status.response_time.unwrap_or_default()));
                 let turned_unhealthy = was_healthy && !status.healthy;
+                if was_healthy != status.healthy {
+                    crate::audit::health(status.healthy, status.error.as_deref());
+                }
                 was_healthy = status.healthy;
                 if !status.healthy {
                     // The breaker hears of an outage even when no call reaches Redis (fallback
@@ -61,8 +64,7 @@ pub(crate) async fn supervise(
                     // A good probe short of the success threshold (no error) is no reason to go
                     // back to memory right after a recovery.
                     if m.fallback_enabled && status.error.is_some() && !m.is_fallback_mode() {
-                        tracing::warn!(error = ?status.error, "health: Redis unhealthy; fallback mode on");
-                        m.activate();
+                        m.activate("unhealthy");
                     }
                 } else if status.healthy && status.error.is_none() {
                     recover(&m).await;
@@ -103,12 +105,8 @@ pub(crate) async fn recover(inner: &Inner) {
     }
     match inner.journal.replay(Arc::clone(&inner.target)).await {
         Ok(report) => {
-            if report.entries_applied > 0 {
-                tracing::info!(
-                    applied = report.entries_applied,
-                    batches = report.batches_applied,
-                    "replayed journaled writes"
-                );
+            if report.entries_applied > 0 || report.rejected > 0 {
+                crate::audit::replay_end(&report, inner.journal.pending_writes(), false);
             }
             inner
                 .replayed
@@ -119,12 +117,13 @@ pub(crate) async fn recover(inner: &Inner) {
                 let _gate = inner.gate.write().unwrap_or_else(PoisonError::into_inner);
                 if inner.journal.pending_writes() == 0 && inner.is_fallback_mode() {
                     inner.deactivate();
-                    tracing::info!("Redis is back and the journal is drained: fallback mode off");
                 }
             }
             inner.metrics.record_fallback(inner.fallback_gauge());
         }
-        Err(e) => tracing::debug!(error = %e, "replay not possible yet"),
+        // Redis answered a probe but the pool is still reconnecting: the next probe retries.
+        Err(e) if e.kind().is_transient() => tracing::debug!(error = %e, "replay not possible yet"),
+        Err(e) => crate::audit::replay_failed(&e, inner.journal.pending_writes(), false),
     }
 }
 
@@ -166,7 +165,7 @@ mod tests {
             .build()
             .await
             .unwrap();
-        m.inner.activate();
+        m.inner.activate("call_failed");
         // A request answered from memory: it has checked the mode and is about to append.
         let in_flight = m.inner.gate.read().unwrap();
         let recovery = tokio::spawn({

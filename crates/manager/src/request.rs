@@ -132,7 +132,9 @@ impl RedisManager {
         let opts = self.options;
         let failed = |e: Error| {
             let outcome = match &e {
-                Error::Server { code, .. } => Outcome::ServerError(status_code(code.as_deref())),
+                Error::Server { code, .. } if code.as_deref() != Some("NOPERM") => {
+                    Outcome::ServerError(status_code(code.as_deref()))
+                }
                 other => Outcome::Error(other.kind()),
             };
             (Err(e), outcome)
@@ -269,8 +271,9 @@ impl RedisManager {
             Err(failure) => failure,
         };
         let err_kind = effective_kind(&failure);
-        if err_kind == ErrorKind::Server {
-            // The server answered: it is healthy; the error is the caller's.
+        if matches!(err_kind, ErrorKind::Server | ErrorKind::NoPermission) {
+            // The server answered: it is healthy; the error is the caller's (an ACL refusal
+            // is the configuration's: retrying or opening the breaker would not help).
             permit.success(started.elapsed());
             return failed(server_error(failure));
         }
@@ -332,7 +335,7 @@ impl RedisManager {
                 // not keep every caller on memory for longer than it takes to see Redis again.
                 inner.activated.notify_one();
             }
-            inner.activate();
+            inner.activate("call_failed");
         } else if !inner.is_fallback_mode() {
             return None;
         }

@@ -95,6 +95,11 @@ pub fn classify(err: &redis::RedisError) -> ErrorKind {
         return ErrorKind::Connection;
     }
     if err.kind() == K::InvalidClientConfig {
+        // redis-rs builds the rustls configuration as it connects, and reports a certificate
+        // it cannot use (the client's own, say) as a client configuration error in words.
+        if err.to_string().contains("TLS") {
+            return ErrorKind::Tls;
+        }
         return ErrorKind::Validation;
     }
     match err.kind() {
@@ -106,6 +111,7 @@ pub fn classify(err: &redis::RedisError) -> ErrorKind {
         {
             ErrorKind::Connection
         }
+        K::Server(redis::ServerErrorKind::NoPerm) => ErrorKind::NoPermission,
         K::Server(_) | K::Extension => ErrorKind::Server,
         K::Client | K::Parse | K::UnexpectedReturnType => ErrorKind::Validation,
         _ => ErrorKind::Connection,

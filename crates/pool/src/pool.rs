@@ -73,6 +73,101 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The redis-rs client for `config`: its URL, the user and password that override the URL's,
+/// and, for a `rediss://` URL, the `[tls]` certificates (a CA to trust, a client certificate and
+/// key). The pool connects through it; a tool that wants a plain redis-rs connection to the
+/// same server with the same credentials (a benchmark's baseline, say) can too.
+///
+/// For a TLS URL, ring's rustls crypto provider is installed as the process default unless
+/// the application installed one first (redis-rs's rustls support brings none).
+///
+/// # Errors
+/// [`PoolError::Connect`] of kind `Validation` when the URL does not parse, of kind `Tls` when a
+/// certificate file cannot be read or holds no usable PEM (naming the field).
+pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
+    let fail = |kind: ErrorKind, message: String| PoolError::Connect {
+        kind,
+        url: config.url.redacted(),
+        message,
+    };
+    if config.url.is_tls() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if config.url.expose().ends_with("#insecure") {
+            tracing::warn!(
+                url = %config.url,
+                "TLS certificate checks are off for this URL (#insecure): anyone on the path can \
+                 read and change the traffic"
+            );
+        }
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(config.url.expose())
+        .map_err(|e| fail(ErrorKind::Validation, e.to_string()))?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &config.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &config.password {
+        settings = settings.set_password(password.expose());
+    }
+    let info = info.set_redis_settings(settings);
+    let tls = &config.tls;
+    if !(config.url.is_tls() && tls.is_set()) {
+        return redis::Client::open(info).map_err(|e| fail(ErrorKind::Validation, e.to_string()));
+    }
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            fail(
+                ErrorKind::Tls,
+                format!("{field} `{}` cannot be read: {e}", path.display()),
+            )
+        })
+    };
+    let has_pem = |bytes: &[u8], what: &str| {
+        String::from_utf8_lossy(bytes).contains(&format!("-----BEGIN {what}"))
+    };
+    let root_cert = match &tls.ca_file {
+        Some(path) => {
+            let pem = read("tls.ca_file", path)?;
+            if !has_pem(&pem, "CERTIFICATE") {
+                return Err(fail(
+                    ErrorKind::Tls,
+                    format!("tls.ca_file `{}` holds no PEM certificate", path.display()),
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let client_cert = read("tls.cert_file", cert)?;
+            let client_key = read("tls.key_file", key)?;
+            if !has_pem(&client_cert, "CERTIFICATE") {
+                return Err(fail(
+                    ErrorKind::Tls,
+                    format!(
+                        "tls.cert_file `{}` holds no PEM certificate",
+                        cert.display()
+                    ),
+                ));
+            }
+            Some(redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            })
+        }
+        _ => None,
+    };
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| fail(ErrorKind::Tls, format!("the [tls] certificates: {e}")))
+}
+
 impl RedisPool {
     /// Builds the pool from the whole configuration (URL, credentials, timeouts, `[pool]`),
     /// opens the shared connections and `min_size` connections in all if Redis answers, and
@@ -83,32 +178,7 @@ impl RedisPool {
     /// URL does not parse.
     pub async fn new(config: &RedisConfig) -> Result<Self, PoolError> {
         config.validate()?;
-        if config.url.is_tls() {
-            // redis's rustls support ships no crypto provider; use ring's unless the
-            // application installed one already (then this does nothing).
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let info =
-            redis::IntoConnectionInfo::into_connection_info(config.url.expose()).map_err(|e| {
-                PoolError::Connect {
-                    kind: ErrorKind::Validation,
-                    url: config.url.redacted(),
-                    message: e.to_string(),
-                }
-            })?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(user) = &config.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &config.password {
-            settings = settings.set_password(password.expose());
-        }
-        let info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| PoolError::Connect {
-            kind: ErrorKind::Validation,
-            url: config.url.redacted(),
-            message: e.to_string(),
-        })?;
+        let client = redis_client(config)?;
         let counters = Arc::new(Counters::default());
         let last_error = Arc::new(LastError::default());
         let pool_config = config.pool.clone();
