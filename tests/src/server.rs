@@ -23,9 +23,19 @@ pub struct RedisServerBuilder {
     password: Option<String>,
     tls: bool,
     tls_client_auth: bool,
+    /// `(name, primary port, quorum)`: run as a sentinel monitoring that primary.
+    sentinel: Option<(String, u16, u32)>,
 }
 
 impl RedisServerBuilder {
+    /// Runs as a Redis Sentinel (`--sentinel`, from a config file in its directory) that
+    /// monitors the primary at `127.0.0.1:<primary_port>` as `name`, with `quorum`; a primary
+    /// is down after 500 ms without an answer, and a failover may take 2 s.
+    pub fn sentinel(mut self, name: &str, primary_port: u16, quorum: u32) -> Self {
+        self.sentinel = Some((name.to_owned(), primary_port, quorum));
+        self
+    }
+
     /// Adds one command-line argument (`"--maxclients"`, then `"1"`).
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
@@ -95,11 +105,28 @@ impl RedisServerBuilder {
                 .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
             let port = free_port();
             let mut args = self.args.clone();
+            let mut conf = None;
+            if let Some((name, primary, quorum)) = &self.sentinel {
+                let path = dir.path().join("sentinel.conf");
+                std::fs::write(
+                    &path,
+                    format!(
+                        "sentinel monitor {name} 127.0.0.1 {primary} {quorum}\n\
+                         sentinel down-after-milliseconds {name} 500\n\
+                         sentinel failover-timeout {name} 2000\n\
+                         sentinel parallel-syncs {name} 1\n"
+                    ),
+                )
+                .map_err(|e| format!("cannot write the sentinel's config: {e}"))?;
+                conf = Some(path);
+                args.push("--sentinel".into());
+            }
             if self.tls {
                 args.extend(tls_args(dir.path(), port, self.tls_client_auth));
             }
             let mut server = RedisServer {
                 port,
+                conf,
                 args,
                 password: self.password.clone(),
                 tls: self.tls,
@@ -127,6 +154,8 @@ impl RedisServerBuilder {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// The config file given first (a sentinel's).
+    conf: Option<PathBuf>,
     args: Vec<String>,
     password: Option<String>,
     tls: bool,
@@ -229,6 +258,9 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
         let mut cmd = Command::new(binary());
+        if let Some(conf) = &self.conf {
+            cmd.arg(conf);
+        }
         cmd.arg("--port")
             .arg(if self.tls {
                 "0".to_owned()

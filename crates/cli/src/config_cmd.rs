@@ -132,6 +132,7 @@ pub(crate) fn starter_toml(config: &RedisConfig) -> Result<String, String> {
 fn example(path: &str) -> &'static str {
     match path {
         "username" => "\"app\"",
+        "master_name" => "\"mymaster\"",
         "password_file" => "\"/run/secrets/redis\"",
         "fallback.journal_path" => "\"/var/lib/app/redis.journal\"",
         "tls.ca_file" => "\"/etc/ssl/redis/ca.crt\"",
@@ -190,6 +191,24 @@ const FIELDS: &[Field] = &[
         kind: Kind::Plain,
         env: &["REDIS_URL"],
         help: "scheme `redis`, `rediss` (TLS), `unix` or `redis+unix`; a host for TCP, a socket path for Unix; a numeric database",
+    },
+    Field {
+        path: "mode",
+        kind: Kind::Plain,
+        env: &["REDIS_MODE"],
+        help: "`\"standalone\"` (one Redis at `url`) or `\"sentinel\"` (the primary Redis Sentinel names, asked at every new connection, so a failover is followed)",
+    },
+    Field {
+        path: "sentinels",
+        kind: Kind::Plain,
+        env: &["REDIS_SENTINELS"],
+        help: "with `mode = \"sentinel\"`: the sentinels' URLs (a list in TOML, comma-separated in the variable); required then, refused otherwise",
+    },
+    Field {
+        path: "master_name",
+        kind: Kind::Plain,
+        env: &["REDIS_MASTER_NAME"],
+        help: "with `mode = \"sentinel\"`: the name the sentinels monitor the primary by; required then, refused otherwise",
     },
     Field {
         path: "username",

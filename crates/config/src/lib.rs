@@ -17,8 +17,8 @@ pub use kind::ErrorKind;
 #[cfg(feature = "load")]
 pub use load::{CONFIG_FILE_VAR, ConfigLoader, ENV_ALIASES, ENV_PREFIX, Loaded};
 pub use model::{
-    CircuitBreakerConfig, FallbackConfig, HealthConfig, MetricsConfig, PoolConfig, RedisConfig,
-    SlidingWindowType, TlsConfig, UnknownKeys,
+    CircuitBreakerConfig, FallbackConfig, HealthConfig, MetricsConfig, Mode, PoolConfig,
+    RedisConfig, SlidingWindowType, TlsConfig, UnknownKeys,
 };
 pub use secret::{REDACTED, RedisUrl, Secret, URL_SCHEMES};
 pub use status::PoolStatus;

@@ -35,6 +35,9 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
 /// Top-level fields, set as `REDIS_<FIELD>` (`REDIS_URL`, `REDIS_CONNECT_TIMEOUT`, ...).
 const TOP_LEVEL: &[&str] = &[
     "url",
+    "mode",
+    "sentinels",
+    "master_name",
     "username",
     "password",
     "password_file",
@@ -53,6 +56,8 @@ const TEXT_FIELDS: &[&str] = &[
     "password",
     "password_file",
     "journal_path",
+    "sentinels",
+    "master_name",
     "ca_file",
     "cert_file",
     "key_file",

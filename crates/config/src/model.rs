@@ -21,8 +21,20 @@ use crate::units;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// Server address. Default `redis://127.0.0.1:6379`. Env `REDIS_URL`.
+    /// Server address. Default `redis://127.0.0.1:6379`. Env `REDIS_URL`. With
+    /// `mode = "sentinel"` its host and port are not used: its scheme (`rediss` for TLS), user,
+    /// password and database apply to the primary the sentinels name.
     pub url: RedisUrl,
+    /// One Redis at `url` (`"standalone"`, the default), or the primary that Redis Sentinel
+    /// names (`"sentinel"`, with `sentinels` and `master_name`). Env `REDIS_MODE`.
+    pub mode: Mode,
+    /// With `mode = "sentinel"`: the sentinels' URLs (`redis://host:26379`, a password if they
+    /// need one). Env `REDIS_SENTINELS`, comma-separated.
+    #[serde(with = "units::url_list")]
+    pub sentinels: Vec<RedisUrl>,
+    /// With `mode = "sentinel"`: the name the sentinels monitor the primary by (`mymaster`).
+    /// Env `REDIS_MASTER_NAME`.
+    pub master_name: Option<String>,
     /// ACL user name; overrides one in the URL. Env `REDIS_USERNAME`.
     pub username: Option<String>,
     /// Password; overrides one in the URL. Env `REDIS_PASSWORD`.
@@ -62,6 +74,9 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: RedisUrl::default(),
+            mode: Mode::default(),
+            sentinels: Vec::new(),
+            master_name: None,
             username: None,
             password: None,
             password_file: None,
@@ -219,6 +234,19 @@ impl Default for HealthConfig {
             window: 20,
         }
     }
+}
+
+/// Where the server is (`mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Mode {
+    /// One Redis at `url`.
+    #[default]
+    Standalone,
+    /// The primary Redis Sentinel names: asked of the sentinels at every new connection, so a
+    /// failover is followed as soon as the old primary's connections break.
+    Sentinel,
 }
 
 /// What the fallback answers for a key it knows nothing about (`fallback.unknown_keys`).

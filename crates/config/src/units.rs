@@ -25,6 +25,37 @@ pub(crate) mod millis {
 }
 
 /// `#[serde(with = "units::bytes")]` for byte-count fields.
+/// A list of URLs: a sequence, or (from an environment variable) one string of
+/// comma-separated items.
+pub(crate) mod url_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::RedisUrl;
+
+    pub(crate) fn serialize<S: Serializer>(v: &[RedisUrl], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RedisUrl>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            List(Vec<String>),
+            Text(String),
+        }
+        let items = match Either::deserialize(d)? {
+            Either::List(items) => items,
+            Either::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        };
+        Ok(items.into_iter().map(RedisUrl::new).collect())
+    }
+}
+
 pub(crate) mod bytes {
     use super::*;
 

@@ -117,6 +117,50 @@ fn durations(c: &RedisConfig) -> [(&'static str, Duration); 21] {
     ]
 }
 
+/// Sentinel mode needs its sentinels and the primary's name; standalone mode uses neither.
+fn check_mode(c: &mut Checker, config: &RedisConfig) {
+    match config.mode {
+        crate::Mode::Sentinel => {
+            if config.sentinels.is_empty() {
+                c.fail(
+                    "sentinels",
+                    None,
+                    "is empty: mode = \"sentinel\" needs the sentinels' URLs (redis://host:26379)",
+                );
+            }
+            for (i, s) in config.sentinels.iter().enumerate() {
+                if let Err(why) = s.check() {
+                    c.fail(&format!("sentinels[{i}]"), Some(s.redacted()), why);
+                }
+            }
+            if config.master_name.as_deref().is_none_or(str::is_empty) {
+                c.fail(
+                    "master_name",
+                    None,
+                    "is missing: mode = \"sentinel\" needs the name the sentinels monitor the \
+                     primary by",
+                );
+            }
+        }
+        _ => {
+            if !config.sentinels.is_empty() {
+                c.fail(
+                    "sentinels",
+                    Some(format!("{} URLs", config.sentinels.len())),
+                    "is set but mode is \"standalone\": set mode = \"sentinel\" (REDIS_MODE)",
+                );
+            }
+            if let Some(name) = &config.master_name {
+                c.fail(
+                    "master_name",
+                    Some(name.clone()),
+                    "is set but mode is \"standalone\": set mode = \"sentinel\" (REDIS_MODE)",
+                );
+            }
+        }
+    }
+}
+
 /// TLS files: only for a `rediss://` URL, a certificate with its key, each a readable file.
 fn check_tls(c: &mut Checker, config: &RedisConfig) {
     let tls = &config.tls;
@@ -254,6 +298,7 @@ impl RedisConfig {
 
         check_breaker(&mut c, &self.circuit_breaker);
         check_tls(&mut c, self);
+        check_mode(&mut c, self);
 
         let fallback = &self.fallback;
         if fallback.enabled && fallback.max_memory_size == 0 {
@@ -627,5 +672,26 @@ mod tests {
             "{:?}",
             c.problems()
         );
+    }
+
+    #[test]
+    fn sentinel_mode_needs_its_sentinels_and_the_primary_s_name() {
+        let mut c = RedisConfig::default();
+        c.mode = crate::Mode::Sentinel;
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["sentinels", "master_name"]);
+        c.sentinels = vec![
+            crate::RedisUrl::new("redis://127.0.0.1:26379"),
+            crate::RedisUrl::new("http://x"),
+        ];
+        c.master_name = Some("mymaster".into());
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["sentinels[1]"]);
+        // Standalone with sentinel settings: a forgotten REDIS_MODE, said so.
+        c.mode = crate::Mode::Standalone;
+        c.sentinels.pop();
+        let problems = c.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].message.contains("REDIS_MODE"));
     }
 }

@@ -331,3 +331,34 @@ fn a_numeric_password_stays_text() {
     assert_eq!(config.password.as_ref().map(|p| p.expose()), Some("00123"));
     assert_eq!(config.username.as_deref(), Some("42"));
 }
+
+#[test]
+fn sentinel_mode_from_the_environment_with_a_comma_separated_list() {
+    let c = load_env(&[
+        ("REDIS_MODE", "sentinel"),
+        (
+            "REDIS_SENTINELS",
+            "redis://127.0.0.1:26379, redis://:s3cret@127.0.0.1:26380",
+        ),
+        ("REDIS_MASTER_NAME", "mymaster"),
+    ])
+    .unwrap();
+    assert_eq!(c.mode, resilient_redis_config::Mode::Sentinel);
+    assert_eq!(c.sentinels.len(), 2);
+    assert_eq!(c.sentinels[1].expose(), "redis://:s3cret@127.0.0.1:26380");
+    assert_eq!(c.master_name.as_deref(), Some("mymaster"));
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "Debug redacts a sentinel's password"
+    );
+    // Missing its primary's name: the problem names the field.
+    let err = load_env(&[
+        ("REDIS_MODE", "sentinel"),
+        ("REDIS_SENTINELS", "redis://127.0.0.1:26379"),
+    ])
+    .unwrap_err();
+    assert_eq!(
+        problem_summary(&err),
+        [("master_name".to_owned(), "default".to_owned())]
+    );
+}

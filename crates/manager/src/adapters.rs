@@ -43,6 +43,33 @@ pub fn server_identity(url: &str) -> String {
     })
 }
 
+/// What a journal records as its server: `host:port/db` of the URL, or, in sentinel mode,
+/// `sentinel:<master_name>/db` (a failover changes the primary's address, not the data set).
+pub(crate) fn config_identity(config: &resilient_redis_config::RedisConfig) -> String {
+    match config.mode {
+        resilient_redis_config::Mode::Sentinel => format!(
+            "sentinel:{}/{}",
+            config.master_name.as_deref().unwrap_or(""),
+            metrics_server(config.url.expose()).map_or(0, |s| s.namespace)
+        ),
+        _ => server_identity(config.url.expose()),
+    }
+}
+
+/// The server the metrics name: the URL's, or in sentinel mode the primary's name (port 0).
+pub(crate) fn config_server(
+    config: &resilient_redis_config::RedisConfig,
+) -> Option<resilient_redis_metrics::Server> {
+    let server = metrics_server(config.url.expose())?;
+    match config.mode {
+        resilient_redis_config::Mode::Sentinel => Some(
+            resilient_redis_metrics::Server::new(config.master_name.clone().unwrap_or_default(), 0)
+                .namespace(server.namespace),
+        ),
+        _ => Some(server),
+    }
+}
+
 /// The server a URL names, as the metrics' attributes describe it (`server.address`,
 /// `server.port`, `db.namespace`); a Unix socket is its path with port 0.
 #[must_use]

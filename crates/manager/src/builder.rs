@@ -125,7 +125,7 @@ impl RedisManagerBuilder {
             None => {
                 let store = Arc::new(
                     MemoryStore::builder(&config.fallback)
-                        .server(crate::adapters::server_identity(config.url.expose()))
+                        .server(crate::adapters::config_identity(&config))
                         .build()?,
                 );
                 memory = Some(Arc::clone(&store));
@@ -136,7 +136,7 @@ impl RedisManagerBuilder {
             Some(m) => m,
             None if config.metrics.enabled => {
                 let mut collector = Collector::builder(&config.metrics);
-                if let Some(server) = crate::adapters::metrics_server(config.url.expose()) {
+                if let Some(server) = crate::adapters::config_server(&config) {
                     collector = collector.server(server);
                 }
                 Arc::new(collector.build())

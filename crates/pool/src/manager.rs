@@ -47,8 +47,18 @@ impl Drop for RawConn {
     }
 }
 
+/// Where connections go: one server, or the primary the sentinels name at each connect.
+pub(crate) enum Target {
+    Fixed(redis::Client),
+    Sentinel {
+        sentinel: Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+        /// The primary found last (for the plain-text and greeting probes).
+        last: std::sync::Mutex<Option<redis::Client>>,
+    },
+}
+
 pub(crate) struct RedisManager {
-    pub(crate) client: redis::Client,
+    pub(crate) target: Target,
     pub(crate) connection_config: redis::AsyncConnectionConfig,
     pub(crate) connect_timeout: Duration,
     pub(crate) socket_timeout: Duration,
@@ -108,10 +118,28 @@ impl RedisManager {
         result
     }
 
+    /// The client for the server to connect to now: the fixed one, or the primary the
+    /// sentinels name (asked each time, so a failover is followed by the next connection).
+    async fn client(&self) -> Result<redis::Client, redis::RedisError> {
+        match &self.target {
+            Target::Fixed(client) => Ok(client.clone()),
+            Target::Sentinel { sentinel, last } => {
+                let client = sentinel.lock().await.async_get_client().await?;
+                if let Ok(mut last) = last.lock() {
+                    *last = Some(client.clone());
+                }
+                Ok(client)
+            }
+        }
+    }
+
     async fn connect_attempt(&self) -> Result<MultiplexedConnection, PoolError> {
-        let attempt = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.connection_config);
+        let attempt = async {
+            self.client()
+                .await?
+                .get_multiplexed_async_connection_with_config(&self.connection_config)
+                .await
+        };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(mux)) => Ok(mux),
             Ok(Err(e)) => {
@@ -191,7 +219,11 @@ impl RedisManager {
     }
 
     fn tcp_addr(&self) -> Option<(String, u16)> {
-        match self.client.get_connection_info().addr() {
+        let client = match &self.target {
+            Target::Fixed(client) => client.clone(),
+            Target::Sentinel { last, .. } => last.lock().ok()?.clone()?,
+        };
+        match client.get_connection_info().addr() {
             redis::ConnectionAddr::Tcp(host, port) => Some((host.clone(), *port)),
             redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
             _ => None,

@@ -73,6 +73,45 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The sentinels of `config`, and how to reach the primary they name: the URL's scheme (TLS),
+/// user, password and database, the `[tls]` certificates.
+fn sentinel_target(config: &RedisConfig) -> Result<crate::manager::Target, PoolError> {
+    let fail = |kind: ErrorKind, message: String| PoolError::Connect {
+        kind,
+        url: config.url.redacted(),
+        message,
+    };
+    // The primary's settings come from the URL (its host and port are not used).
+    let template = redis_client(config)?;
+    let info = template.get_connection_info();
+    let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(info.redis_settings().clone());
+    if let redis::ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
+        node = node.set_tls_mode(if *insecure {
+            redis::TlsMode::Insecure
+        } else {
+            redis::TlsMode::Secure
+        });
+    }
+    let sentinels: Vec<String> = config
+        .sentinels
+        .iter()
+        .map(|s| s.expose().to_owned())
+        .collect();
+    let name = config.master_name.clone().unwrap_or_default();
+    let client = redis::sentinel::SentinelClient::build(
+        sentinels,
+        name,
+        Some(node),
+        redis::sentinel::SentinelServerType::Master,
+    )
+    .map_err(|e| fail(ErrorKind::Validation, format!("the sentinels: {e}")))?;
+    Ok(crate::manager::Target::Sentinel {
+        sentinel: Box::new(tokio::sync::Mutex::new(client)),
+        last: std::sync::Mutex::new(None),
+    })
+}
+
 /// The redis-rs client for `config`: its URL, the user and password that override the URL's,
 /// and, for a `rediss://` URL, the `[tls]` certificates (a CA to trust, a client certificate and
 /// key). The pool connects through it; a tool that wants a plain redis-rs connection to the
@@ -178,12 +217,15 @@ impl RedisPool {
     /// URL does not parse.
     pub async fn new(config: &RedisConfig) -> Result<Self, PoolError> {
         config.validate()?;
-        let client = redis_client(config)?;
+        let target = match config.mode {
+            resilient_redis_config::Mode::Sentinel => sentinel_target(config)?,
+            _ => crate::manager::Target::Fixed(redis_client(config)?),
+        };
         let counters = Arc::new(Counters::default());
         let last_error = Arc::new(LastError::default());
         let pool_config = config.pool.clone();
         let manager = RedisManager {
-            client,
+            target,
             connection_config: redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(config.connect_timeout))
                 .set_response_timeout(Some(config.socket_timeout)),
