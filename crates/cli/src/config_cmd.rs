@@ -135,6 +135,7 @@ fn example(path: &str) -> &'static str {
         "master_name" => "\"mymaster\"",
         "password_file" => "\"/run/secrets/redis\"",
         "fallback.journal_path" => "\"/var/lib/app/redis.journal\"",
+        "fallback.journal_key_file" => "\"/run/secrets/redis-journal.key\"",
         "tls.ca_file" => "\"/etc/ssl/redis/ca.crt\"",
         "tls.cert_file" => "\"/etc/ssl/redis/client.crt\"",
         "tls.key_file" => "\"/etc/ssl/redis/client.key\"",
@@ -479,6 +480,12 @@ const FIELDS: &[Field] = &[
         kind: Kind::Plain,
         env: &["REDIS_FALLBACK__JOURNAL_PATH"],
         help: "a file every journaled write is appended to before it is acknowledged; restored on start. One process per file: the store locks `<journal_path>.lock` and a second one fails to start with `JournalInUse`. Files are created `0600`; the journal is replaced atomically through `<journal_path>.rewrite`",
+    },
+    Field {
+        path: "fallback.journal_key_file",
+        kind: Kind::Plain,
+        env: &["REDIS_FALLBACK__JOURNAL_KEY_FILE"],
+        help: "needs `journal_path`; a readable file holding a 256-bit key (64 hexadecimal digits: `openssl rand -hex 32`, or 32 raw bytes); every journal record is sealed with it (ChaCha20-Poly1305), and a journal written with another key, or sealed when no key is set, is refused at start, unread and unchanged. A plain journal is sealed when a store opens it with a key",
     },
     Field {
         path: "fallback.journal_fsync",

@@ -2,12 +2,21 @@
 
 use std::path::Path;
 
-use resilient_redis_fallback::{DeadLetter, Entry, JournalReport, Op, inspect_journal};
+use resilient_redis_fallback::{
+    DeadLetter, Entry, JournalKey, JournalReport, Op, inspect_journal_with_key,
+};
 
 /// Prints the journal's server, replay state, pending entries and dead letters. Values are
 /// shown only with `show_values` (they may be sensitive); keys always are.
-pub(crate) fn inspect(path: &Path, show_values: bool) -> bool {
-    match inspect_journal(path) {
+pub(crate) fn inspect(path: &Path, show_values: bool, key_file: Option<&Path>) -> bool {
+    let key = match key_file.map(JournalKey::from_file).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("{e}");
+            return false;
+        }
+    };
+    match inspect_journal_with_key(path, key.as_ref()) {
         Ok(report) => {
             print!("{}", render(&report, show_values));
             true
@@ -151,5 +160,23 @@ mod tests {
         assert!(!hidden.contains("s3cret"), "{hidden}");
         assert!(hidden.contains("INCRBY \"visits\" 2"), "{hidden}");
         assert!(super::render(&report, true).contains("s3cret"));
+    }
+
+    #[test]
+    fn a_sealed_journal_is_inspected_with_its_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.journal");
+        let key = dir.path().join("journal.key");
+        std::fs::write(&key, "7f".repeat(32)).unwrap();
+        let mut c = FallbackConfig::default();
+        c.journal_path = Some(path.clone());
+        c.journal_key_file = Some(key.clone());
+        let store = MemoryStore::builder(&c).build().unwrap();
+        store.set(b"session:42", b"s3cret", None).unwrap();
+        assert!(super::inspect(&path, false, Some(&key)));
+        assert!(!super::inspect(&path, false, None), "sealed: no key, no report");
+        let wrong = dir.path().join("wrong.key");
+        std::fs::write(&wrong, "00".repeat(32)).unwrap();
+        assert!(!super::inspect(&path, false, Some(&wrong)));
     }
 }

@@ -85,6 +85,9 @@ enum JournalCommand {
         /// Also print values (they may be sensitive).
         #[arg(long)]
         show_values: bool,
+        /// The key of a sealed journal (`fallback.journal_key_file`).
+        #[arg(long, env = "REDIS_FALLBACK__JOURNAL_KEY_FILE")]
+        key_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -119,9 +122,15 @@ fn main() -> ExitCode {
             Command::Check { url, json } => check::run(url, json).await,
             Command::Bench(args) => done(bench::run(args).await),
             Command::Config { toml } => done(config_cmd::run(toml)),
-            Command::Journal(JournalCommand::Inspect { path, show_values }) => {
-                done(journal_cmd::inspect(&path, show_values))
-            }
+            Command::Journal(JournalCommand::Inspect {
+                path,
+                show_values,
+                key_file,
+            }) => done(journal_cmd::inspect(
+                &path,
+                show_values,
+                key_file.as_deref(),
+            )),
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -52,7 +52,10 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub(crate) fn new(field: &str, value: Option<String>, message: impl Into<String>) -> Self {
+    /// A problem of `field` (its dotted path), with the value shown (never a secret) and what
+    /// is wrong, for parts that check settings of their own (a key file's contents, say).
+    #[must_use]
+    pub fn new(field: &str, value: Option<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.to_owned(),
             origin: Origin::Code,

@@ -56,6 +56,7 @@ const TEXT_FIELDS: &[&str] = &[
     "password",
     "password_file",
     "journal_path",
+    "journal_key_file",
     "sentinels",
     "master_name",
     "ca_file",

@@ -372,6 +372,11 @@ pub struct FallbackConfig {
     /// Append every journaled write to this file before acknowledging it; a restarted process
     /// restores and replays what is pending. Default none (the journal lives in memory only).
     pub journal_path: Option<std::path::PathBuf>,
+    /// A file holding the key that seals the journal file (64 hexadecimal digits, `openssl
+    /// rand -hex 32`): every record is encrypted and authenticated (ChaCha20-Poly1305), and a
+    /// journal written with another key is refused at start. Needs `journal_path`. Default none.
+    /// Env `REDIS_FALLBACK__JOURNAL_KEY_FILE`.
+    pub journal_key_file: Option<std::path::PathBuf>,
     /// fsync the journal file after every append (survives power loss; costs a disk flush per
     /// write). Without it a write survives a crash of the process, not of the machine.
     /// Default `false`.
@@ -400,6 +405,7 @@ impl Default for FallbackConfig {
             persist_on_shutdown: false,
             shadow: false,
             journal_path: None,
+            journal_key_file: None,
             journal_fsync: false,
             replay_batch_size: 100,
             replay_to_other_server: false,

@@ -309,6 +309,22 @@ impl RedisConfig {
             );
         }
         c.positive("fallback.sync_interval", fallback.sync_interval);
+        if let Some(key) = &fallback.journal_key_file {
+            let shown = Some(key.display().to_string());
+            if fallback.journal_path.is_none() {
+                c.fail(
+                    "fallback.journal_key_file",
+                    shown,
+                    "needs fallback.journal_path: the key seals the journal file",
+                );
+            } else if let Err(e) = std::fs::metadata(key) {
+                c.fail(
+                    "fallback.journal_key_file",
+                    shown,
+                    format!("cannot be read: {e}"),
+                );
+            }
+        }
         if fallback.persist_on_shutdown && fallback.journal_path.is_none() {
             c.fail(
                 "fallback.persist_on_shutdown",

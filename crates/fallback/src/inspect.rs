@@ -34,12 +34,23 @@ pub struct JournalReport {
 /// # Errors
 /// [`FallbackError::Journal`] when it cannot be read or is not a journal.
 pub fn inspect_journal(path: &Path) -> Result<JournalReport, FallbackError> {
+    inspect_journal_with_key(path, None)
+}
+
+/// [`inspect_journal`] for a journal sealed with `key` (`fallback.journal_key_file`).
+///
+/// # Errors
+/// As [`inspect_journal`]; also when the journal is sealed and `key` is missing or another.
+pub fn inspect_journal_with_key(
+    path: &Path,
+    key: Option<&crate::JournalKey>,
+) -> Result<JournalReport, FallbackError> {
     let err = |source| FallbackError::Journal {
         path: path.to_owned(),
         source,
     };
     let bytes = std::fs::read(path).map_err(err)?;
-    let Some(contents) = decode_file(path, &bytes).map_err(err)? else {
+    let Some(contents) = decode_file(path, &bytes, key).map_err(err)? else {
         return Err(err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "empty file: not a journal yet",

@@ -11,15 +11,21 @@
 //!   the file is created or replaced.
 //! - **Private**: every file it creates has mode `0600`.
 //! - **Restore never drops a good record after a bad one**: decoding resumes after damage.
+//! - **Encrypted at rest** with a journal key: every record sealed (see `cipher.rs`); the
+//!   header of an encrypted journal has its own magic and a key check, so a wrong or missing
+//!   key is an error at start. A plain journal opened with a key is rewritten sealed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::op::{Damage, Record, Stop, decode_all, encode, frame, unframe};
+use crate::cipher::{CHECK_LEN, JournalKey};
+use crate::op::{Damage, Record, Stop, decode_all_with, frame, payload, unframe};
 
 /// The current format's magic.
 const MAGIC: &[u8; 10] = b"RRJOURNAL2";
+/// The current format, its records sealed with a journal key.
+const MAGIC_SEALED: &[u8; 10] = b"RRJOURNAL3";
 /// The first format: magic, then an 8-byte instance id.
 const MAGIC_V1: &[u8; 10] = b"RRJOURNAL1";
 const V1_HEADER_LEN: usize = 18;
@@ -68,25 +74,50 @@ impl Header {
         }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(MAGIC);
+    /// The fields a key check covers: instance, previous, server.
+    fn fields(&self) -> Vec<u8> {
         let mut p = Vec::with_capacity(40 + self.server.len());
         p.extend_from_slice(&self.instance.to_le_bytes());
         p.extend_from_slice(&self.previous.to_le_bytes());
         p.extend_from_slice(self.server.as_bytes());
-        frame(&p, None, out);
+        p
     }
 
-    /// Reads a header from the start of `bytes`: the header and its length.
-    fn decode(bytes: &[u8]) -> Option<(Self, usize)> {
-        let rest = bytes.strip_prefix(MAGIC)?;
+    /// Writes the header; with a key, the sealed format's magic and a key check before the
+    /// server's name.
+    fn encode(&self, key: Option<&JournalKey>, out: &mut Vec<u8>) {
+        let fields = self.fields();
+        match key {
+            None => {
+                out.extend_from_slice(MAGIC);
+                frame(&fields, None, out);
+            }
+            Some(key) => {
+                out.extend_from_slice(MAGIC_SEALED);
+                let mut p = fields[..32].to_vec();
+                p.extend_from_slice(&key.check(&fields));
+                p.extend_from_slice(self.server.as_bytes());
+                frame(&p, None, out);
+            }
+        }
+    }
+
+    /// Reads a header from the start of `bytes`: the header, its length, and for a sealed
+    /// journal its key check.
+    fn decode(bytes: &[u8]) -> Option<(Self, usize, Option<Vec<u8>>)> {
+        let (sealed, rest) = match bytes.strip_prefix(MAGIC) {
+            Some(rest) => (false, rest),
+            None => (true, bytes.strip_prefix(MAGIC_SEALED)?),
+        };
         let (p, len) = unframe(rest, None).ok()??;
-        if p.len() < 32 {
+        let fixed = if sealed { 32 + CHECK_LEN } else { 32 };
+        if p.len() < fixed {
             return None;
         }
         let instance = u128::from_le_bytes(p[..16].try_into().ok()?);
         let previous = u128::from_le_bytes(p[16..32].try_into().ok()?);
-        let server = String::from_utf8(p[32..].to_vec()).ok()?;
+        let check = sealed.then(|| p[32..fixed].to_vec());
+        let server = String::from_utf8(p[fixed..].to_vec()).ok()?;
         Some((
             Self {
                 instance,
@@ -94,6 +125,7 @@ impl Header {
                 server,
             },
             MAGIC.len() + len,
+            check,
         ))
     }
 }
@@ -107,12 +139,40 @@ pub(crate) struct Contents {
     pub(crate) v1: bool,
 }
 
-/// Reads and decodes a journal file's bytes. `Ok(None)` for an empty file.
-pub(crate) fn decode_file(path: &Path, bytes: &[u8]) -> std::io::Result<Option<Contents>> {
+/// Reads and decodes a journal file's bytes. `Ok(None)` for an empty file. A sealed journal
+/// needs its key: without one, or with another, it is an error (never a journal of damaged
+/// records).
+pub(crate) fn decode_file(
+    path: &Path,
+    bytes: &[u8],
+    key: Option<&JournalKey>,
+) -> std::io::Result<Option<Contents>> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    let (header, body_at, v1) = if let Some((header, len)) = Header::decode(bytes) {
+    let invalid = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {why}", path.display()),
+        )
+    };
+    let mut opener = None;
+    let (header, body_at, v1) = if let Some((header, len, check)) = Header::decode(bytes) {
+        if let Some(check) = check {
+            let Some(key) = key else {
+                return Err(invalid(
+                    "the journal is encrypted: set fallback.journal_key_file (REDIS_FALLBACK__JOURNAL_KEY_FILE) to the key that wrote it"
+                        .to_owned(),
+                ));
+            };
+            if !key.verify(&header.fields(), &check) {
+                return Err(invalid(
+                    "the journal key does not open this journal: it was written with another key (nothing was read or changed)"
+                        .to_owned(),
+                ));
+            }
+            opener = Some((key, header.instance));
+        }
         (header, len, false)
     } else if bytes.len() >= V1_HEADER_LEN && bytes.starts_with(MAGIC_V1) {
         let mut id = [0u8; 8];
@@ -132,8 +192,15 @@ pub(crate) fn decode_file(path: &Path, bytes: &[u8]) -> std::io::Result<Option<C
             ),
         ));
     };
-    let key = (!v1).then_some(header.instance);
-    let (records, damage) = decode_all(&bytes[body_at..], v1, key);
+    let crc_key = (!v1).then_some(header.instance);
+    let open = opener.map(|(key, instance)| move |p: &[u8]| key.open_record(instance, p));
+    let (records, damage) = decode_all_with(
+        &bytes[body_at..],
+        v1,
+        crc_key,
+        open.as_ref()
+            .map(|f| f as &dyn Fn(&[u8]) -> Option<Vec<u8>>),
+    );
     let cut = summarise(&damage, body_at);
     Ok(Some(Contents {
         header,
@@ -191,6 +258,8 @@ pub(crate) struct JournalFile {
     fsync: bool,
     /// The instance whose key the records' checksums carry.
     key: u128,
+    /// Seals records (and the header) when set.
+    cipher: Option<JournalKey>,
     /// Bytes known to be whole records.
     good_len: u64,
     /// An append failed and its bytes could not be cut off yet.
@@ -214,7 +283,11 @@ pub(crate) fn is_locked(e: &std::io::Error) -> bool {
 
 impl JournalFile {
     /// Locks the journal, then opens it (creating it when missing) and reads what it holds.
-    pub(crate) fn open(path: &Path, fsync: bool) -> std::io::Result<Opened> {
+    pub(crate) fn open(
+        path: &Path,
+        fsync: bool,
+        cipher: Option<JournalKey>,
+    ) -> std::io::Result<Opened> {
         let lock_path = sibling(path, ".lock");
         let lock = private()
             .read(true)
@@ -244,11 +317,12 @@ impl JournalFile {
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let contents = decode_file(path, &bytes)?;
+        let contents = decode_file(path, &bytes, cipher.as_ref())?;
         let journal = JournalFile {
             file,
             path: path.to_owned(),
             fsync,
+            cipher,
             key: contents.as_ref().map_or(0, |c| c.header.instance),
             good_len: bytes.len() as u64,
             torn: false,
@@ -286,7 +360,7 @@ impl JournalFile {
         }
         let mut buf = Vec::with_capacity(64 * records.len());
         for r in records {
-            encode(r, Some(self.key), &mut buf);
+            self.put(r, self.key, &mut buf);
         }
         if let Err(e) = self.write_bytes(&buf) {
             self.torn = true;
@@ -314,9 +388,9 @@ impl JournalFile {
     pub(crate) fn rewrite(&mut self, header: &Header, records: &[Record]) -> std::io::Result<()> {
         let tmp = sibling(&self.path, ".rewrite");
         let mut buf = Vec::new();
-        header.encode(&mut buf);
+        header.encode(self.cipher.as_ref(), &mut buf);
         for r in records {
-            encode(r, Some(header.instance), &mut buf);
+            self.put(r, header.instance, &mut buf);
         }
         match std::fs::remove_file(&tmp) {
             Ok(()) => {}
@@ -345,6 +419,15 @@ impl JournalFile {
             );
         }
         Ok(())
+    }
+
+    /// One record, framed (and sealed with the key, when there is one) for journal `instance`.
+    fn put(&self, record: &Record, instance: u128, out: &mut Vec<u8>) {
+        let p = payload(record);
+        match &self.cipher {
+            Some(key) => frame(&key.seal_record(instance, &p), Some(instance), out),
+            None => frame(&p, Some(instance), out),
+        }
     }
 
     pub(crate) fn sync(&mut self) -> std::io::Result<()> {
@@ -384,7 +467,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let header = Header::fresh(0, String::new());
-        let mut j = JournalFile::open(&path, false).unwrap().file;
+        let mut j = JournalFile::open(&path, false, None).unwrap().file;
         j.rewrite(&header, &[]).unwrap();
         assert_eq!(j.key, header.instance);
         j.append(&[entry(1)]).unwrap();
@@ -396,7 +479,7 @@ mod tests {
         j.append(&[entry(3)]).unwrap();
         drop(j);
         let bytes = std::fs::read(&path).unwrap();
-        let contents = decode_file(&path, &bytes).unwrap().unwrap();
+        let contents = decode_file(&path, &bytes, None).unwrap().unwrap();
         assert_eq!(contents.records, [entry(1), entry(3)]);
         assert_eq!(contents.cut, None, "no torn bytes were left behind");
     }
@@ -407,15 +490,18 @@ mod tests {
     fn a_second_opener_of_a_locked_journal_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let first = JournalFile::open(&path, false).unwrap();
-        let err = JournalFile::open(&path, false).err().unwrap();
+        let first = JournalFile::open(&path, false, None).unwrap();
+        let err = JournalFile::open(&path, false, None).err().unwrap();
         assert!(is_locked(&err), "{err}");
         assert!(
             err.to_string()
                 .contains("one journal file serves one process")
         );
         drop(first);
-        assert!(JournalFile::open(&path, false).is_ok(), "free once closed");
+        assert!(
+            JournalFile::open(&path, false, None).is_ok(),
+            "free once closed"
+        );
     }
 
     /// Fails on the first journal format, whose files took the umask's mode (world-readable
@@ -426,7 +512,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = JournalFile::open(&path, true).unwrap().file;
+        let mut j = JournalFile::open(&path, true, None).unwrap().file;
         j.rewrite(&Header::fresh(0, String::new()), &[entry(1)])
             .unwrap();
         for p in [path.clone(), sibling(&path, ".lock")] {
@@ -444,5 +530,73 @@ mod tests {
             assert_ne!(sibling(&p, ".rewrite"), p);
             assert_ne!(sibling(&p, ".lock"), p);
         }
+    }
+
+    /// A sealed journal: values unreadable on disk, records back with the key, a wrong or
+    /// missing key an error (never a journal of "damaged" records), damage to one record still
+    /// confined to it.
+    #[test]
+    fn a_sealed_journal_opens_only_with_its_key_and_damage_stays_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let key = JournalKey::from_bytes(&[9; 32]);
+        let header = Header::fresh(0, "cache:6379/0".into());
+        let mut j = JournalFile::open(&path, false, Some(key.clone()))
+            .unwrap()
+            .file;
+        j.rewrite(&header, &[entry(1)]).unwrap();
+        j.append(&[entry(2), entry(3)]).unwrap();
+        drop(j);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(MAGIC_SEALED));
+        assert!(
+            !bytes.windows(2).any(|w| w == b"k2") && !bytes.windows(8).any(|w| w == [7; 8]),
+            "no key or value in clear"
+        );
+        let contents = decode_file(&path, &bytes, Some(&key)).unwrap().unwrap();
+        assert_eq!(contents.records, [entry(1), entry(2), entry(3)]);
+        assert_eq!(contents.header, header);
+
+        let other = JournalKey::from_bytes(&[1; 32]);
+        let err = decode_file(&path, &bytes, Some(&other)).err().unwrap();
+        assert!(err.to_string().contains("another key"), "{err}");
+        let err = decode_file(&path, &bytes, None).err().unwrap();
+        assert!(err.to_string().contains("journal_key_file"), "{err}");
+        // Opening with the wrong key changes nothing on disk.
+        assert!(JournalFile::open(&path, false, Some(other)).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+        // One changed byte inside the second record: that record is dropped, its neighbours kept.
+        let mut damaged = bytes.clone();
+        let n = damaged.len();
+        let second_record_end = n - (n - MAGIC_SEALED.len()) / 100; // inside the last records
+        damaged[second_record_end - 30] ^= 0x40;
+        let contents = decode_file(&path, &damaged, Some(&key)).unwrap().unwrap();
+        assert!(contents.cut.is_some(), "the damage is reported");
+        assert!(contents.records.contains(&entry(1)));
+        assert_eq!(contents.records.len(), 2, "{:?}", contents.records);
+    }
+
+    /// A plain journal opened with a key: read as it is; the next rewrite (every store does
+    /// one when it opens) seals it.
+    #[test]
+    fn a_plain_journal_is_sealed_by_its_next_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let header = Header::fresh(0, String::new());
+        let mut j = JournalFile::open(&path, false, None).unwrap().file;
+        j.rewrite(&header, &[entry(1)]).unwrap();
+        drop(j);
+        let key = JournalKey::from_bytes(&[3; 32]);
+        let opened = JournalFile::open(&path, false, Some(key.clone())).unwrap();
+        let records = opened.contents.unwrap().records;
+        assert_eq!(records, [entry(1)]);
+        let mut j = opened.file;
+        j.rewrite(&header, &records).unwrap();
+        drop(j);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(MAGIC_SEALED));
+        let contents = decode_file(&path, &bytes, Some(&key)).unwrap().unwrap();
+        assert_eq!(contents.records, [entry(1)]);
     }
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod cipher;
 mod command;
 mod inspect;
 mod journal;
@@ -17,8 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use resilient_redis_config::ErrorKind;
 
+pub use cipher::JournalKey;
 pub use command::{Answer, FallbackStoreExt, ReadCmd, WriteCmd};
-pub use inspect::{JournalReport, inspect_journal};
+pub use inspect::{JournalReport, inspect_journal, inspect_journal_with_key};
 pub use journal::Cut;
 #[cfg(any(test, feature = "test-util"))]
 pub use model::{ModelTarget, ModelValue, Snapshot};

@@ -192,7 +192,13 @@ fn put_u64(out: &mut Vec<u8>, n: u64) {
 
 /// Appends the framed record to `out`, its checksum keyed with `key` (the journal instance), so
 /// that bytes inside a value can never pass for a record of this journal.
+#[cfg(test)]
 pub(crate) fn encode(record: &Record, key: Option<u128>, out: &mut Vec<u8>) {
+    frame(&payload(record), key, out);
+}
+
+/// A record's payload: its type byte, then its fields.
+pub(crate) fn payload(record: &Record) -> Vec<u8> {
     let mut p = Vec::with_capacity(64);
     match record {
         Record::Seal { last, ends } => {
@@ -218,7 +224,7 @@ pub(crate) fn encode(record: &Record, key: Option<u128>, out: &mut Vec<u8>) {
             put_entry(&mut p, e);
         }
     }
-    frame(&p, key, out);
+    p
 }
 
 /// The checksum of a payload: CRC-32 of the key's bytes (when keyed) and the payload.
@@ -455,18 +461,37 @@ pub(crate) struct Damage {
 /// resumes after it when its length still leads to a whole record (or the end), else at the
 /// next offset where a whole record checks out under this journal's key (which bytes inside a
 /// value cannot forge).
+#[cfg(test)]
 pub(crate) fn decode_all(buf: &[u8], v1: bool, key: Option<u128>) -> (Vec<Record>, Vec<Damage>) {
+    decode_all_with(buf, v1, key, None)
+}
+
+/// Turns a record's payload as stored into its plain payload (an encrypted journal's), or
+/// `None` when it does not open.
+pub(crate) type Open<'a> = &'a dyn Fn(&[u8]) -> Option<Vec<u8>>;
+
+/// [`decode_all`], each payload first opened by `open` when given.
+pub(crate) fn decode_all_with(
+    buf: &[u8],
+    v1: bool,
+    key: Option<u128>,
+    open: Option<Open<'_>>,
+) -> (Vec<Record>, Vec<Damage>) {
+    let decode = |payload: &[u8]| match open {
+        Some(open) => open(payload).and_then(|p| decode_payload(&p, v1)),
+        None => decode_payload(payload, v1),
+    };
     let whole = |q: usize| {
         q == buf.len()
             || (plausible(&buf[q..])
-                && matches!(unframe(&buf[q..], key), Ok(Some((payload, _))) if decode_payload(payload, v1).is_some()))
+                && matches!(unframe(&buf[q..], key), Ok(Some((payload, _))) if decode(payload).is_some()))
     };
     let mut records = Vec::new();
     let mut damage = Vec::new();
     let mut at = 0;
     while at < buf.len() {
         let stop = match unframe(&buf[at..], key) {
-            Ok(Some((payload, len))) => match decode_payload(payload, v1) {
+            Ok(Some((payload, len))) => match decode(payload) {
                 Some(record) => {
                     records.push(record);
                     at += len;

@@ -129,6 +129,7 @@ pub struct MemoryStoreBuilder {
     config: FallbackConfig,
     clock: Arc<dyn Clock>,
     server: String,
+    key: Option<crate::JournalKey>,
 }
 
 impl MemoryStoreBuilder {
@@ -146,6 +147,13 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// Seals the journal file with `key` (from a secret manager, say) instead of the one in
+    /// `fallback.journal_key_file`.
+    pub fn journal_key(mut self, key: crate::JournalKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
     /// Opens the store, restoring the journal file if one is configured and exists.
     ///
     /// # Errors
@@ -153,7 +161,7 @@ impl MemoryStoreBuilder {
     /// journal file; [`FallbackError::OtherServer`]; [`FallbackError::Journal`] when the file
     /// cannot be opened, read or repaired.
     pub fn build(self) -> Result<MemoryStore, FallbackError> {
-        MemoryStore::open(&self.config, self.clock, self.server)
+        MemoryStore::open(&self.config, self.clock, self.server, self.key)
     }
 }
 
@@ -225,6 +233,7 @@ impl MemoryStore {
             config: config.clone(),
             clock: Arc::new(SystemClock),
             server: String::new(),
+            key: None,
         }
     }
 

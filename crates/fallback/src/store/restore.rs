@@ -9,10 +9,16 @@ impl MemoryStore {
         config: &FallbackConfig,
         clock: Arc<dyn Clock>,
         server: String,
+        key: Option<crate::JournalKey>,
     ) -> Result<Self, FallbackError> {
         let mut whole = resilient_redis_config::RedisConfig::default();
         whole.fallback = config.clone();
         whole.validate()?;
+        let key = match (key, &config.journal_key_file) {
+            (Some(key), _) => Some(key),
+            (None, Some(file)) => Some(crate::JournalKey::from_file(file)?),
+            (None, None) => None,
+        };
         let shadow = config.shadow.then(|| {
             moka::sync::Cache::builder()
                 .max_capacity((config.max_memory_size / 2).max(1))
@@ -38,7 +44,7 @@ impl MemoryStore {
         };
         let mut cut = None;
         if let Some(path) = &config.journal_path {
-            let opened = JournalFile::open(path, config.journal_fsync).map_err(|source| {
+            let opened = JournalFile::open(path, config.journal_fsync, key).map_err(|source| {
                 if is_locked(&source) {
                     FallbackError::JournalInUse {
                         path: path.clone(),

@@ -133,7 +133,7 @@ fn a_second_seal_finishes_the_first() {
         ))
     };
     {
-        let mut f = JournalFile::open(&path, false).unwrap().file;
+        let mut f = JournalFile::open(&path, false, None).unwrap().file;
         f.rewrite(
             &header,
             &[
@@ -183,7 +183,7 @@ fn a_restored_replay_resumes_by_sequence_number_not_position() {
     });
     records.push(Record::Progress(1));
     {
-        let mut f = JournalFile::open(&path, false).unwrap().file;
+        let mut f = JournalFile::open(&path, false, None).unwrap().file;
         f.rewrite(&header, &records).unwrap();
     }
     let store = MemoryStore::new(&config(&path, 5)).unwrap();
@@ -193,4 +193,63 @@ fn a_restored_replay_resumes_by_sequence_number_not_position() {
     let expected: std::collections::BTreeSet<Vec<u8>> =
         (6..=10).map(|s| format!("k{s}").into_bytes()).collect();
     assert_eq!(keys, expected, "batch 1 is entries 6..=10");
+}
+
+/// A journal sealed with `fallback.journal_key_file`: restored by the next process with the
+/// same key (pending writes intact, then replayed); another key or none is an error at start
+/// that names the setting, and leaves the file as it was (nothing lost).
+#[test]
+fn a_sealed_journal_survives_a_restart_with_its_key_and_refuses_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    let key_file = dir.path().join("journal.key");
+    std::fs::write(&key_file, format!("{}\n", "5a".repeat(32))).unwrap();
+    let mut c = config(&path, 10);
+    c.journal_key_file = Some(key_file.clone());
+    c.persist_on_shutdown = true;
+    let store = MemoryStore::builder(&c).build().unwrap();
+    store.set(b"session:1", b"alice-secret", None).unwrap();
+    store.incr_by(b"visits", 3).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        !bytes.windows(12).any(|w| w == b"alice-secret"),
+        "values sealed"
+    );
+    assert!(!bytes.windows(9).any(|w| w == b"session:1"), "keys sealed");
+
+    // Another key: refused at start, the file untouched.
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, "00".repeat(32)).unwrap();
+    let mut wrong = c.clone();
+    wrong.journal_key_file = Some(other);
+    let err = MemoryStore::builder(&wrong)
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("another key"), "{err}");
+    // No key at all: refused, naming the setting.
+    let mut none = c.clone();
+    none.journal_key_file = None;
+    let err = MemoryStore::builder(&none)
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("journal_key_file"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing changed");
+
+    // The right key: everything pending comes back and replays.
+    let store = MemoryStore::builder(&c).build().unwrap();
+    assert_eq!(store.pending_writes(), 2);
+    let model = Arc::new(ModelTarget::new());
+    rt().block_on(store.replay(Arc::clone(&model) as Arc<dyn SyncTarget>))
+        .unwrap();
+    assert_eq!(counter(&model, b"visits"), Some(b"3".to_vec()));
+    assert_eq!(
+        counter(&model, b"session:1"),
+        Some(b"alice-secret".to_vec())
+    );
 }
