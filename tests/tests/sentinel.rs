@@ -138,6 +138,15 @@ async fn a_failover_is_followed_and_no_acknowledged_write_is_lost() {
     // After it: straight to the new primary.
     m.set(b"s:after", b"after", None).await.unwrap();
     acked.insert("s:after".into(), "after".into());
+    // (Journaled if the pool was still settling: then replayed before the check.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.is_fallback_mode() || m.journal().pending_writes() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the last write was never replayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let mut new_primary = conn(replica.port());
     let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut new_primary).unwrap();

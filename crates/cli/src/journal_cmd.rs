@@ -174,7 +174,10 @@ mod tests {
         let store = MemoryStore::builder(&c).build().unwrap();
         store.set(b"session:42", b"s3cret", None).unwrap();
         assert!(super::inspect(&path, false, Some(&key)));
-        assert!(!super::inspect(&path, false, None), "sealed: no key, no report");
+        assert!(
+            !super::inspect(&path, false, None),
+            "sealed: no key, no report"
+        );
         let wrong = dir.path().join("wrong.key");
         std::fs::write(&wrong, "00".repeat(32)).unwrap();
         assert!(!super::inspect(&path, false, Some(&wrong)));

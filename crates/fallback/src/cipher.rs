@@ -5,7 +5,12 @@
 //!
 //! A sealed payload is the record's type byte (in clear: restore needs it to find whole records
 //! after damage), a random 96-bit nonce, and the sealed plain payload with its 16-byte tag. The
-//! associated data binds it to its journal (the instance) and its type. The header of an
+//! associated data binds it to its journal (the instance), its type and its place in the file
+//! (its offset after the header), so a record copied, moved or replayed into another place
+//! does not open: it is reported as damage, never applied twice. What the key does not detect:
+//! records cut off the end of the file (as a crash would), and a whole file replaced by a plain
+//! journal (a store with a key accepts a plain journal so that existing ones can be sealed;
+//! whoever can write the file can also delete it). The header of an
 //! encrypted journal carries a key check (a tag over the header's fields), so a wrong key is
 //! an error at start rather than a journal of damaged records.
 
@@ -74,9 +79,9 @@ impl JournalKey {
     }
 
     /// Seals `plain` (a record's payload) for the journal `instance`.
-    pub(crate) fn seal_record(&self, instance: u128, plain: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal_record(&self, instance: u128, offset: u64, plain: &[u8]) -> Vec<u8> {
         let kind = plain.first().copied().unwrap_or(0);
-        let aad = record_aad(instance, kind);
+        let aad = record_aad(instance, kind, offset);
         let nonce = fresh_nonce();
         let sealed = self
             .0
@@ -97,12 +102,17 @@ impl JournalKey {
 
     /// Opens a sealed record payload of the journal `instance`; `None` when it does not open
     /// (changed, from another journal, or another key).
-    pub(crate) fn open_record(&self, instance: u128, sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open_record(
+        &self,
+        instance: u128,
+        offset: u64,
+        sealed: &[u8],
+    ) -> Option<Vec<u8>> {
         if sealed.len() < 1 + NONCE + TAG {
             return None;
         }
         let kind = sealed[0];
-        let aad = record_aad(instance, kind);
+        let aad = record_aad(instance, kind, offset);
         let plain = self
             .0
             .decrypt(
@@ -153,10 +163,11 @@ impl JournalKey {
 /// The length of a header's key check.
 pub(crate) const CHECK_LEN: usize = NONCE + TAG;
 
-fn record_aad(instance: u128, kind: u8) -> [u8; 17] {
-    let mut aad = [0u8; 17];
+fn record_aad(instance: u128, kind: u8, offset: u64) -> [u8; 25] {
+    let mut aad = [0u8; 25];
     aad[..16].copy_from_slice(&instance.to_le_bytes());
     aad[16] = kind;
+    aad[17..].copy_from_slice(&offset.to_le_bytes());
     aad
 }
 
@@ -177,28 +188,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_opens_only_with_its_key_its_journal_and_unchanged() {
+    fn a_record_opens_only_with_its_key_its_journal_its_place_and_unchanged() {
         let key = JournalKey::from_bytes(&[7; 32]);
         let plain = [1u8, 2, 3, 4];
-        let sealed = key.seal_record(42, &plain);
+        let sealed = key.seal_record(42, 100, &plain);
         assert_eq!(sealed[0], 1, "the type byte stays readable");
         assert!(
             !sealed.windows(3).any(|w| w == [2, 3, 4]),
             "the fields do not"
         );
-        assert_eq!(key.open_record(42, &sealed).as_deref(), Some(&plain[..]));
-        assert_eq!(key.open_record(43, &sealed), None, "another journal's");
         assert_eq!(
-            JournalKey::from_bytes(&[8; 32]).open_record(42, &sealed),
-            None
+            key.open_record(42, 100, &sealed).as_deref(),
+            Some(&plain[..])
         );
+        assert_eq!(key.open_record(43, 100, &sealed), None, "another journal's");
+        assert_eq!(key.open_record(42, 200, &sealed), None, "another place's");
+        let other = JournalKey::from_bytes(&[8; 32]);
+        assert_eq!(other.open_record(42, 100, &sealed), None);
         let mut changed = sealed.clone();
         *changed.last_mut().unwrap() ^= 1;
-        assert_eq!(key.open_record(42, &changed), None);
+        assert_eq!(key.open_record(42, 100, &changed), None);
         let mut retyped = sealed;
         retyped[0] = 2;
         assert_eq!(
-            key.open_record(42, &retyped),
+            key.open_record(42, 100, &retyped),
             None,
             "the type byte is bound"
         );

@@ -137,6 +137,8 @@ pub(crate) struct Contents {
     pub(crate) cut: Option<Cut>,
     /// Written by the first format (its replay markers are not this format's).
     pub(crate) v1: bool,
+    /// Where the records start (the header's length).
+    pub(crate) body_at: usize,
 }
 
 /// Reads and decodes a journal file's bytes. `Ok(None)` for an empty file. A sealed journal
@@ -193,13 +195,14 @@ pub(crate) fn decode_file(
         ));
     };
     let crc_key = (!v1).then_some(header.instance);
-    let open = opener.map(|(key, instance)| move |p: &[u8]| key.open_record(instance, p));
+    let open = opener
+        .map(|(key, instance)| move |at: usize, p: &[u8]| key.open_record(instance, at as u64, p));
     let (records, damage) = decode_all_with(
         &bytes[body_at..],
         v1,
         crc_key,
         open.as_ref()
-            .map(|f| f as &dyn Fn(&[u8]) -> Option<Vec<u8>>),
+            .map(|f| f as &dyn Fn(usize, &[u8]) -> Option<Vec<u8>>),
     );
     let cut = summarise(&damage, body_at);
     Ok(Some(Contents {
@@ -207,6 +210,7 @@ pub(crate) fn decode_file(
         records,
         cut,
         v1,
+        body_at,
     }))
 }
 
@@ -262,6 +266,8 @@ pub(crate) struct JournalFile {
     cipher: Option<JournalKey>,
     /// Bytes known to be whole records.
     good_len: u64,
+    /// Where the records start: a sealed record's place is its offset after this.
+    body_at: u64,
     /// An append failed and its bytes could not be cut off yet.
     torn: bool,
     /// Holds the exclusive lock for the store's life.
@@ -325,6 +331,7 @@ impl JournalFile {
             cipher,
             key: contents.as_ref().map_or(0, |c| c.header.instance),
             good_len: bytes.len() as u64,
+            body_at: contents.as_ref().map_or(0, |c| c.body_at as u64),
             torn: false,
             _lock: lock,
             #[cfg(test)]
@@ -359,8 +366,9 @@ impl JournalFile {
             self.cut_torn()?;
         }
         let mut buf = Vec::with_capacity(64 * records.len());
+        let base = self.good_len.saturating_sub(self.body_at);
         for r in records {
-            self.put(r, self.key, &mut buf);
+            self.put(r, self.key, base + buf.len() as u64, &mut buf);
         }
         if let Err(e) = self.write_bytes(&buf) {
             self.torn = true;
@@ -389,8 +397,9 @@ impl JournalFile {
         let tmp = sibling(&self.path, ".rewrite");
         let mut buf = Vec::new();
         header.encode(self.cipher.as_ref(), &mut buf);
+        let body_at = buf.len();
         for r in records {
-            self.put(r, header.instance, &mut buf);
+            self.put(r, header.instance, (buf.len() - body_at) as u64, &mut buf);
         }
         match std::fs::remove_file(&tmp) {
             Ok(()) => {}
@@ -407,6 +416,7 @@ impl JournalFile {
         std::fs::rename(&tmp, &self.path)?;
         self.file = f;
         self.key = header.instance;
+        self.body_at = body_at as u64;
         self.good_len = buf.len() as u64;
         self.torn = false;
         if self.fsync
@@ -421,11 +431,12 @@ impl JournalFile {
         Ok(())
     }
 
-    /// One record, framed (and sealed with the key, when there is one) for journal `instance`.
-    fn put(&self, record: &Record, instance: u128, out: &mut Vec<u8>) {
+    /// One record, framed (and sealed with the key, when there is one) for journal `instance`,
+    /// to be written at `offset` after the header.
+    fn put(&self, record: &Record, instance: u128, offset: u64, out: &mut Vec<u8>) {
         let p = payload(record);
         match &self.cipher {
-            Some(key) => frame(&key.seal_record(instance, &p), Some(instance), out),
+            Some(key) => frame(&key.seal_record(instance, offset, &p), Some(instance), out),
             None => frame(&p, Some(instance), out),
         }
     }
@@ -566,15 +577,28 @@ mod tests {
         assert!(JournalFile::open(&path, false, Some(other)).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
 
-        // One changed byte inside the second record: that record is dropped, its neighbours kept.
+        // One changed byte inside the second of three records: that record is dropped (and
+        // reported), the first and the third kept.
+        let (_, body_at, _) = Header::decode(&bytes).unwrap();
+        let frame_len =
+            |at: usize| 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let second = body_at + frame_len(body_at);
+        let third = second + frame_len(second);
         let mut damaged = bytes.clone();
-        let n = damaged.len();
-        let second_record_end = n - (n - MAGIC_SEALED.len()) / 100; // inside the last records
-        damaged[second_record_end - 30] ^= 0x40;
+        damaged[second + 20] ^= 0x40;
         let contents = decode_file(&path, &damaged, Some(&key)).unwrap().unwrap();
         assert!(contents.cut.is_some(), "the damage is reported");
-        assert!(contents.records.contains(&entry(1)));
-        assert_eq!(contents.records.len(), 2, "{:?}", contents.records);
+        assert_eq!(contents.records, [entry(1), entry(3)]);
+
+        // A sealed record copied over another place (a replayed INCRBY, say) does not open
+        // there: reported as damage, never applied twice.
+        let mut copied = bytes.clone();
+        let first = bytes[body_at..second].to_vec();
+        copied.truncate(third);
+        copied.extend_from_slice(&first);
+        let contents = decode_file(&path, &copied, Some(&key)).unwrap().unwrap();
+        assert_eq!(contents.records, [entry(1), entry(2)]);
+        assert!(contents.cut.is_some());
     }
 
     /// A plain journal opened with a key: read as it is; the next rewrite (every store does

@@ -466,9 +466,9 @@ pub(crate) fn decode_all(buf: &[u8], v1: bool, key: Option<u128>) -> (Vec<Record
     decode_all_with(buf, v1, key, None)
 }
 
-/// Turns a record's payload as stored into its plain payload (an encrypted journal's), or
-/// `None` when it does not open.
-pub(crate) type Open<'a> = &'a dyn Fn(&[u8]) -> Option<Vec<u8>>;
+/// Turns a record's payload as stored (at this offset of the decoded buffer) into its plain
+/// payload (an encrypted journal's), or `None` when it does not open.
+pub(crate) type Open<'a> = &'a dyn Fn(usize, &[u8]) -> Option<Vec<u8>>;
 
 /// [`decode_all`], each payload first opened by `open` when given.
 pub(crate) fn decode_all_with(
@@ -477,21 +477,21 @@ pub(crate) fn decode_all_with(
     key: Option<u128>,
     open: Option<Open<'_>>,
 ) -> (Vec<Record>, Vec<Damage>) {
-    let decode = |payload: &[u8]| match open {
-        Some(open) => open(payload).and_then(|p| decode_payload(&p, v1)),
+    let decode = |at: usize, payload: &[u8]| match open {
+        Some(open) => open(at, payload).and_then(|p| decode_payload(&p, v1)),
         None => decode_payload(payload, v1),
     };
     let whole = |q: usize| {
         q == buf.len()
             || (plausible(&buf[q..])
-                && matches!(unframe(&buf[q..], key), Ok(Some((payload, _))) if decode(payload).is_some()))
+                && matches!(unframe(&buf[q..], key), Ok(Some((payload, _))) if decode(q, payload).is_some()))
     };
     let mut records = Vec::new();
     let mut damage = Vec::new();
     let mut at = 0;
     while at < buf.len() {
         let stop = match unframe(&buf[at..], key) {
-            Ok(Some((payload, len))) => match decode(payload) {
+            Ok(Some((payload, len))) => match decode(at, payload) {
                 Some(record) => {
                     records.push(record);
                     at += len;

@@ -44,14 +44,27 @@ pub fn server_identity(url: &str) -> String {
 }
 
 /// What a journal records as its server: `host:port/db` of the URL, or, in sentinel mode,
-/// `sentinel:<master_name>/db` (a failover changes the primary's address, not the data set).
+/// `sentinel:<master_name>@<sentinels>/db`, the sentinels' `host:port` sorted (a failover
+/// changes the primary's address, not the data set; another set of sentinels watching a
+/// `mymaster` of its own is another data set).
 pub(crate) fn config_identity(config: &resilient_redis_config::RedisConfig) -> String {
     match config.mode {
-        resilient_redis_config::Mode::Sentinel => format!(
-            "sentinel:{}/{}",
-            config.master_name.as_deref().unwrap_or(""),
-            metrics_server(config.url.expose()).map_or(0, |s| s.namespace)
-        ),
+        resilient_redis_config::Mode::Sentinel => {
+            let mut sentinels: Vec<String> = config
+                .sentinels
+                .iter()
+                .filter_map(|s| metrics_server(s.expose()))
+                .map(|s| format!("{}:{}", s.address, s.port))
+                .collect();
+            sentinels.sort();
+            sentinels.dedup();
+            format!(
+                "sentinel:{}@{}/{}",
+                config.master_name.as_deref().unwrap_or(""),
+                sentinels.join(","),
+                metrics_server(config.url.expose()).map_or(0, |s| s.namespace)
+            )
+        }
         _ => server_identity(config.url.expose()),
     }
 }
@@ -122,5 +135,20 @@ mod tests {
             ("10.0.0.7", 7000, 5)
         );
         assert_eq!(server.pool_name_or_default(), "10.0.0.7:7000/5");
+
+        // Sentinel mode: the primary's name and the sentinels (in any order), never an address
+        // of the primary (a failover moves it) nor a password.
+        let mut config = resilient_redis_config::RedisConfig::default();
+        config.url = resilient_redis_config::RedisUrl::new("redis://:pw@ignored:1/2");
+        config.mode = resilient_redis_config::Mode::Sentinel;
+        config.master_name = Some("mymaster".into());
+        config.sentinels = vec![
+            resilient_redis_config::RedisUrl::new("redis://:s3cret@10.0.0.6:26379"),
+            resilient_redis_config::RedisUrl::new("redis://10.0.0.5:26379"),
+        ];
+        let a = super::config_identity(&config);
+        config.sentinels.reverse();
+        assert_eq!(a, super::config_identity(&config));
+        assert_eq!(a, "sentinel:mymaster@10.0.0.5:26379,10.0.0.6:26379/2");
     }
 }

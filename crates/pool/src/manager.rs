@@ -51,10 +51,61 @@ impl Drop for RawConn {
 pub(crate) enum Target {
     Fixed(redis::Client),
     Sentinel {
-        sentinel: Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+        recipe: Box<SentinelRecipe>,
         /// The primary found last (for the plain-text and greeting probes).
         last: std::sync::Mutex<Option<redis::Client>>,
     },
+}
+
+/// What a sentinel client is made of: the sentinels and how to reach them, the primary's name,
+/// and how to reach the primary.
+pub(crate) struct SentinelRecipe {
+    pub(crate) sentinels: Vec<redis::ConnectionAddr>,
+    pub(crate) name: String,
+    /// The first sentinel URL's user and password, for every sentinel.
+    pub(crate) sentinel_auth: (Option<String>, Option<String>),
+    pub(crate) sentinel_tls: Option<redis::TlsMode>,
+    pub(crate) db: i64,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) tls: Option<redis::TlsMode>,
+    pub(crate) certificates: Option<redis::TlsCertificates>,
+}
+
+impl SentinelRecipe {
+    fn client(&self) -> redis::RedisResult<redis::sentinel::SentinelClient> {
+        let mut b = redis::sentinel::SentinelClientBuilder::new(
+            self.sentinels.iter().cloned(),
+            &self.name,
+            redis::sentinel::SentinelServerType::Master,
+        )?
+        .set_client_to_redis_db(self.db);
+        if let Some(user) = &self.username {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &self.password {
+            b = b.set_client_to_redis_password(password);
+        }
+        if let Some(mode) = self.tls {
+            b = b.set_client_to_redis_tls_mode(mode);
+            if let Some(certs) = &self.certificates {
+                b = b.set_client_to_redis_certificates(certs.clone());
+            }
+        }
+        if let Some(user) = &self.sentinel_auth.0 {
+            b = b.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = &self.sentinel_auth.1 {
+            b = b.set_client_to_sentinel_password(password);
+        }
+        if let Some(mode) = self.sentinel_tls {
+            b = b.set_client_to_sentinel_tls_mode(mode);
+            if let Some(certs) = &self.certificates {
+                b = b.set_client_to_sentinel_certificates(certs.clone());
+            }
+        }
+        b.build()
+    }
 }
 
 pub(crate) struct RedisManager {
@@ -123,8 +174,9 @@ impl RedisManager {
     async fn client(&self) -> Result<redis::Client, redis::RedisError> {
         match &self.target {
             Target::Fixed(client) => Ok(client.clone()),
-            Target::Sentinel { sentinel, last } => {
-                let client = sentinel.lock().await.async_get_client().await?;
+            Target::Sentinel { recipe, last } => {
+                // A client of its own per connect: no lookup waits on another's.
+                let client = recipe.client()?.async_get_client().await?;
                 if let Ok(mut last) = last.lock() {
                     *last = Some(client.clone());
                 }

@@ -74,40 +74,55 @@ struct Inner {
 }
 
 /// The sentinels of `config`, and how to reach the primary they name: the URL's scheme (TLS),
-/// user, password and database, the `[tls]` certificates.
+/// user, password and database, the `[tls]` certificates (for the sentinels too, when their
+/// URLs are `rediss://`). A sentinel client is made from it at every connect, so connects never
+/// wait on one another's lookups.
 fn sentinel_target(config: &RedisConfig) -> Result<crate::manager::Target, PoolError> {
-    let fail = |kind: ErrorKind, message: String| PoolError::Connect {
-        kind,
+    let fail = |message: String| PoolError::Connect {
+        kind: ErrorKind::Validation,
         url: config.url.redacted(),
         message,
     };
     // The primary's settings come from the URL (its host and port are not used).
     let template = redis_client(config)?;
     let info = template.get_connection_info();
-    let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
-        .set_redis_connection_info(info.redis_settings().clone());
-    if let redis::ConnectionAddr::TcpTls { insecure, .. } = info.addr() {
-        node = node.set_tls_mode(if *insecure {
+    let tls_mode = |addr: &redis::ConnectionAddr| match addr {
+        redis::ConnectionAddr::TcpTls { insecure, .. } => Some(if *insecure {
             redis::TlsMode::Insecure
         } else {
             redis::TlsMode::Secure
-        });
+        }),
+        _ => None,
+    };
+    let mut sentinels = Vec::new();
+    let mut sentinel_auth = (None, None);
+    let mut sentinel_tls = None;
+    for url in &config.sentinels {
+        let parsed = redis::IntoConnectionInfo::into_connection_info(url.expose())
+            .map_err(|e| fail(format!("sentinel {}: {e}", url.redacted())))?;
+        if sentinel_auth.0.is_none() && sentinel_auth.1.is_none() {
+            let s = parsed.redis_settings();
+            sentinel_auth = (
+                s.username().map(str::to_owned),
+                s.password().map(str::to_owned),
+            );
+        }
+        sentinel_tls = sentinel_tls.or_else(|| tls_mode(parsed.addr()));
+        sentinels.push(parsed.addr().clone());
     }
-    let sentinels: Vec<String> = config
-        .sentinels
-        .iter()
-        .map(|s| s.expose().to_owned())
-        .collect();
-    let name = config.master_name.clone().unwrap_or_default();
-    let client = redis::sentinel::SentinelClient::build(
-        sentinels,
-        name,
-        Some(node),
-        redis::sentinel::SentinelServerType::Master,
-    )
-    .map_err(|e| fail(ErrorKind::Validation, format!("the sentinels: {e}")))?;
+    let redis = info.redis_settings();
     Ok(crate::manager::Target::Sentinel {
-        sentinel: Box::new(tokio::sync::Mutex::new(client)),
+        recipe: Box::new(crate::manager::SentinelRecipe {
+            sentinels,
+            name: config.master_name.clone().unwrap_or_default(),
+            sentinel_auth,
+            sentinel_tls,
+            db: redis.db(),
+            username: redis.username().map(str::to_owned),
+            password: redis.password().map(str::to_owned),
+            tls: tls_mode(info.addr()),
+            certificates: tls_certificates(config)?,
+        }),
         last: std::sync::Mutex::new(None),
     })
 }
@@ -149,9 +164,23 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
         settings = settings.set_password(password.expose());
     }
     let info = info.set_redis_settings(settings);
+    match tls_certificates(config)? {
+        None => redis::Client::open(info).map_err(|e| fail(ErrorKind::Validation, e.to_string())),
+        Some(certificates) => redis::Client::build_with_tls(info, certificates)
+            .map_err(|e| fail(ErrorKind::Tls, format!("the [tls] certificates: {e}"))),
+    }
+}
+
+/// The `[tls]` certificates for a `rediss://` URL, read and checked: `None` without any.
+fn tls_certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, PoolError> {
+    let fail = |kind: ErrorKind, message: String| PoolError::Connect {
+        kind,
+        url: config.url.redacted(),
+        message,
+    };
     let tls = &config.tls;
     if !(config.url.is_tls() && tls.is_set()) {
-        return redis::Client::open(info).map_err(|e| fail(ErrorKind::Validation, e.to_string()));
+        return Ok(None);
     }
     let read = |field: &str, path: &std::path::Path| {
         std::fs::read(path).map_err(|e| {
@@ -197,14 +226,10 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
         }
         _ => None,
     };
-    redis::Client::build_with_tls(
-        info,
-        redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| fail(ErrorKind::Tls, format!("the [tls] certificates: {e}")))
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 impl RedisPool {
@@ -221,6 +246,15 @@ impl RedisPool {
             resilient_redis_config::Mode::Sentinel => sentinel_target(config)?,
             _ => crate::manager::Target::Fixed(redis_client(config)?),
         };
+        // What errors name: the URL, or in sentinel mode the primary's name (the URL's host is
+        // not used then).
+        let shown = match config.mode {
+            resilient_redis_config::Mode::Sentinel => format!(
+                "the primary sentinels name `{}`",
+                config.master_name.as_deref().unwrap_or("")
+            ),
+            _ => config.url.redacted(),
+        };
         let counters = Arc::new(Counters::default());
         let last_error = Arc::new(LastError::default());
         let pool_config = config.pool.clone();
@@ -234,7 +268,7 @@ impl RedisPool {
             retry_count: pool_config.create_retry_count,
             retry_interval: pool_config.create_retry_interval,
             max_lifetime: pool_config.max_lifetime,
-            url: config.url.redacted(),
+            url: shown.clone(),
             tls: config.url.is_tls(),
             counters: Arc::clone(&counters),
             last_error: Arc::clone(&last_error),
@@ -252,7 +286,7 @@ impl RedisPool {
             counters,
             fence: crate::fence::Fence::default(),
             returned: Notify::new(),
-            manager_url: config.url.redacted(),
+            manager_url: shown,
         });
         let inner = Arc::new(Inner {
             mobc,
