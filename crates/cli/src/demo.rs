@@ -28,6 +28,11 @@ pub(crate) struct Args {
     /// Run without any Redis: everything is served from the in-memory fallback.
     #[arg(long, conflicts_with = "spawn_server")]
     no_redis: bool,
+    /// Start a primary, a replica and three Redis Sentinels of its own, and run in sentinel
+    /// mode; with --chaos the primary is killed partway (the sentinels promote the replica
+    /// and the manager follows it) and restarted later (it rejoins as a replica).
+    #[arg(long, conflicts_with = "no_redis")]
+    sentinel: bool,
     /// Serve /metrics (Prometheus), /live and /ready on this address while running, e.g.
     /// 127.0.0.1:9187.
     #[arg(long)]
@@ -87,7 +92,35 @@ pub(crate) async fn run(args: Args) -> bool {
         }
     };
     let mut server = None;
-    if args.spawn_server {
+    // In sentinel mode: the replica and the sentinels, alive for the whole run.
+    let mut others = Vec::new();
+    if args.sentinel {
+        match sentinel_setup().await {
+            Ok((primary, rest)) => {
+                config.mode = resilient_redis_config::Mode::Sentinel;
+                config.sentinels = rest[1..].iter().map(|s| RedisUrl::new(s.url())).collect();
+                config.master_name = Some("mymaster".into());
+                // Not used in sentinel mode but for its scheme, credentials and database.
+                config.url = RedisUrl::new("redis://127.0.0.1:1/0");
+                println!(
+                    "sentinel mode: primary 127.0.0.1:{}, replica 127.0.0.1:{}, sentinels on {}",
+                    primary.port(),
+                    rest[0].port(),
+                    rest[1..]
+                        .iter()
+                        .map(|s| s.port().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                server = Some(primary);
+                others = rest;
+            }
+            Err(e) => {
+                eprintln!("cannot start the sentinel setup: {e}");
+                return false;
+            }
+        }
+    } else if args.spawn_server {
         match RedisServer::builder().durable().try_start() {
             Ok(s) => {
                 config.url = RedisUrl::new(s.url());
@@ -115,11 +148,15 @@ pub(crate) async fn run(args: Args) -> bool {
         "demo: {} workers for {} against {}{}",
         args.workers,
         resilient_redis_config::units::format_duration(args.duration),
-        config.url,
-        if chaos {
-            ", killing Redis at 30 % and restarting it at 55 %"
+        if config.mode == resilient_redis_config::Mode::Sentinel {
+            "the primary the sentinels name `mymaster`".to_owned()
         } else {
-            ""
+            config.url.to_string()
+        },
+        match (chaos, args.sentinel) {
+            (true, true) => ", killing the primary at 30 % and restarting it at 55 %",
+            (true, false) => ", killing Redis at 30 % and restarting it at 55 %",
+            _ => "",
         }
     );
 
@@ -269,6 +306,7 @@ pub(crate) async fn run(args: Args) -> bool {
         eprintln!("close: {e}");
     }
     drop(server);
+    drop(others);
     ok
 }
 
@@ -408,7 +446,7 @@ async fn ledger_check(
         );
         return true;
     }
-    let client = match redis::Client::open(config.url.expose()) {
+    let client = match current_primary(config).await {
         Ok(c) => c,
         Err(e) => {
             println!("ledger: cannot open {}: {e}", config.url);
@@ -455,4 +493,80 @@ async fn ledger_check(
         println!("  missing or wrong: {key} -> {got}");
     }
     missing.is_empty() && counter_ok
+}
+
+/// The client for the server the ledger checks: the URL's, or the primary the sentinels name now.
+async fn current_primary(config: &RedisConfig) -> Result<redis::Client, redis::RedisError> {
+    if config.mode != resilient_redis_config::Mode::Sentinel {
+        return redis::Client::open(config.url.expose());
+    }
+    let sentinels: Vec<String> = config
+        .sentinels
+        .iter()
+        .map(|s| s.expose().to_owned())
+        .collect();
+    redis::sentinel::SentinelClient::build(
+        sentinels,
+        config.master_name.clone().unwrap_or_default(),
+        None,
+        redis::sentinel::SentinelServerType::Master,
+    )?
+    .async_get_client()
+    .await
+}
+
+/// A primary (durable), its replica, and three sentinels that agree on both: returns the
+/// primary, then the replica and the sentinels.
+async fn sentinel_setup() -> Result<(RedisServer, Vec<RedisServer>), String> {
+    let primary = RedisServer::builder()
+        .durable()
+        .config("repl-diskless-sync-delay", "0")
+        .try_start()?;
+    let replica = RedisServer::builder()
+        .durable()
+        .args(["--replicaof", "127.0.0.1", &primary.port().to_string()])
+        .try_start()?;
+    let mut rest = vec![replica];
+    for _ in 0..3 {
+        rest.push(
+            RedisServer::builder()
+                .sentinel("mymaster", primary.port(), 2)
+                .try_start()?,
+        );
+    }
+    // Until the replica has synced and every sentinel knows the other two and the replica.
+    let conn = |port: u16| {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let synced = conn(rest[0].port()).is_some_and(|mut c| {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut c)
+                .is_ok_and(|info| info.contains("master_link_status:up"))
+        });
+        let agreed = rest[1..].iter().all(|s| {
+            conn(s.port()).is_some_and(|mut c| {
+                let count = |c: &mut redis::Connection, what: &str| {
+                    redis::cmd("SENTINEL")
+                        .arg(what)
+                        .arg("mymaster")
+                        .query::<Vec<redis::Value>>(c)
+                        .map_or(0, |v| v.len())
+                };
+                count(&mut c, "SENTINELS") == 2 && count(&mut c, "REPLICAS") == 1
+            })
+        });
+        if synced && agreed {
+            return Ok((primary, rest));
+        }
+        if Instant::now() > deadline {
+            return Err("the replica and the sentinels did not come together within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

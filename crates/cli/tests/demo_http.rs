@@ -1,5 +1,6 @@
-//! The demo's HTTP endpoint over real HTTP: `/metrics` from the global meter provider the demo
-//! installs (as an application would), `/live` and `/ready` from the manager's health routes.
+//! The demo from outside: its HTTP endpoint over real HTTP (`/metrics` from the global meter
+//! provider the demo installs, as an application would; `/live` and `/ready` from the
+//! manager's health routes), and a run through a Redis Sentinel failover.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -78,4 +79,34 @@ fn metrics_live_and_ready_over_http_while_the_demo_runs_without_redis() {
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["verdict"], "degraded", "{report}");
     assert_eq!(report["fallback_mode"], true, "{report}");
+}
+
+/// `demo --sentinel`: a primary, a replica and three sentinels of its own; the primary killed
+/// partway, the replica promoted, the manager following it, and the ledger finding every
+/// acknowledged write on the new primary (the demo exits non-zero otherwise).
+#[test]
+fn the_demo_runs_through_a_sentinel_failover_and_loses_nothing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
+        .args(["demo", "--sentinel", "--duration", "8s", "--workers", "4"])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CONFIG_FILE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("sentinel mode: primary"), "{text}");
+    assert!(text.contains("redis-server killed"), "{text}");
+    let ledger = text
+        .lines()
+        .find(|l| l.starts_with("ledger:"))
+        .unwrap_or_else(|| panic!("no ledger line in {text}"));
+    // "ledger: N writes acknowledged, N found in Redis with the right values; ..."
+    let words: Vec<&str> = ledger.split_whitespace().collect();
+    assert_eq!(words[1], words[4], "{ledger}");
+    assert!(words[1].parse::<u64>().unwrap() > 0, "{ledger}");
+    assert!(ledger.contains("consistent"), "{ledger}");
 }
