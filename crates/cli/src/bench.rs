@@ -189,7 +189,9 @@ fn micros(d: Duration) -> String {
 async fn raw_connection(
     config: &resilient_redis_config::RedisConfig,
 ) -> Result<redis::aio::MultiplexedConnection, String> {
-    let client = resilient_redis_pool::redis_client(config).map_err(|e| e.to_string())?;
+    let client = resilient_redis_pool::primary_client(config)
+        .await
+        .map_err(|e| e.to_string())?;
     client
         .get_multiplexed_async_connection_with_config(
             &redis::AsyncConnectionConfig::new()

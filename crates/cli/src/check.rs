@@ -131,6 +131,29 @@ async fn check(url: Option<String>) -> Findings {
         }
     }
     f.server = config.url.to_string();
+    if config.mode == resilient_redis_config::Mode::Sentinel {
+        // The URL names no server in sentinel mode: say which primary the sentinels name.
+        f.server = match resilient_redis_pool::primary_client(&config).await {
+            Ok(client) => match client.get_connection_info().addr() {
+                redis::ConnectionAddr::Tcp(h, p)
+                | redis::ConnectionAddr::TcpTls {
+                    host: h, port: p, ..
+                } => {
+                    format!(
+                        "{h}:{p} (the primary {} sentinels name `{}`)",
+                        config.sentinels.len(),
+                        config.master_name.as_deref().unwrap_or("")
+                    )
+                }
+                other => other.to_string(),
+            },
+            Err(e) => {
+                let (code, name) = classify(&e);
+                f.fail(code, name, e.to_string());
+                return f;
+            }
+        };
+    }
     f.tls = config.url.is_tls();
     f.credentials_sent = config.password.is_some() || config.url.has_credentials();
     let pool = match RedisPool::new(&config).await {

@@ -446,7 +446,7 @@ async fn ledger_check(
         );
         return true;
     }
-    let client = match current_primary(config).await {
+    let client = match resilient_redis_pool::primary_client(config).await {
         Ok(c) => c,
         Err(e) => {
             println!("ledger: cannot open {}: {e}", config.url);
@@ -493,26 +493,6 @@ async fn ledger_check(
         println!("  missing or wrong: {key} -> {got}");
     }
     missing.is_empty() && counter_ok
-}
-
-/// The client for the server the ledger checks: the URL's, or the primary the sentinels name now.
-async fn current_primary(config: &RedisConfig) -> Result<redis::Client, redis::RedisError> {
-    if config.mode != resilient_redis_config::Mode::Sentinel {
-        return redis::Client::open(config.url.expose());
-    }
-    let sentinels: Vec<String> = config
-        .sentinels
-        .iter()
-        .map(|s| s.expose().to_owned())
-        .collect();
-    redis::sentinel::SentinelClient::build(
-        sentinels,
-        config.master_name.clone().unwrap_or_default(),
-        None,
-        redis::sentinel::SentinelServerType::Master,
-    )?
-    .async_get_client()
-    .await
 }
 
 /// A primary (durable), its replica, and three sentinels that agree on both: returns the

@@ -142,3 +142,31 @@ fn bench_compares_both_clients_and_cleans_up() {
     let left: u64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
     assert_eq!(left, 0, "bench keys left behind");
 }
+
+/// In sentinel mode `check` goes to the primary the sentinels name, and says which it is.
+#[test]
+fn check_in_sentinel_mode_reports_the_primary_the_sentinels_name() {
+    let primary = RedisServer::start();
+    let sentinel = RedisServer::builder()
+        .sentinel("mymaster", primary.port(), 1)
+        .start();
+    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
+        .args(["check", "--json"])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CONFIG_FILE")
+        .env("REDIS_MODE", "sentinel")
+        .env("REDIS_SENTINELS", sentinel.url())
+        .env("REDIS_MASTER_NAME", "mymaster")
+        .output()
+        .expect("run the CLI");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(out.status.code(), Some(0), "{f:#}");
+    let server = f["server"].as_str().unwrap();
+    assert!(
+        server.starts_with(&format!("127.0.0.1:{} (the primary", primary.port())),
+        "{server}"
+    );
+    assert_eq!(f["role"], "master", "{f:#}");
+}

@@ -73,7 +73,7 @@ pub(crate) struct SentinelRecipe {
 }
 
 impl SentinelRecipe {
-    fn client(&self) -> redis::RedisResult<redis::sentinel::SentinelClient> {
+    pub(crate) fn client(&self) -> redis::RedisResult<redis::sentinel::SentinelClient> {
         let mut b = redis::sentinel::SentinelClientBuilder::new(
             self.sentinels.iter().cloned(),
             &self.name,

@@ -73,6 +73,39 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The redis-rs client for the server `config` names now: [`redis_client`] in standalone mode;
+/// in sentinel mode the primary the sentinels name at this moment (asked now, with the same
+/// credentials and certificates the pool uses). For tools that want a plain redis-rs
+/// connection beside the manager (a benchmark's baseline, an independent check).
+///
+/// # Errors
+/// As [`redis_client`]; in sentinel mode [`PoolError::Connect`] when no sentinel names a
+/// primary that answers as one.
+pub async fn primary_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
+    match config.mode {
+        resilient_redis_config::Mode::Sentinel => {
+            let crate::manager::Target::Sentinel { recipe, .. } = sentinel_target(config)? else {
+                unreachable!("sentinel_target makes a sentinel target");
+            };
+            let fail = |e: redis::RedisError| PoolError::Connect {
+                kind: crate::classify(&e),
+                url: format!(
+                    "the primary sentinels name `{}`",
+                    config.master_name.as_deref().unwrap_or("")
+                ),
+                message: e.to_string(),
+            };
+            recipe
+                .client()
+                .map_err(fail)?
+                .async_get_client()
+                .await
+                .map_err(fail)
+        }
+        _ => redis_client(config),
+    }
+}
+
 /// The sentinels of `config`, and how to reach the primary they name: the URL's scheme (TLS),
 /// user, password and database, the `[tls]` certificates (for the sentinels too, when their
 /// URLs are `rediss://`). A sentinel client is made from it at every connect, so connects never
