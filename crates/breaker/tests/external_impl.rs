@@ -5,27 +5,13 @@
 use resilient_redis_breaker::{BreakerState, CircuitBreaker};
 use resilient_redis_config::{ErrorKind, RedisConfig};
 use resilient_redis_manager::RedisManager;
-use resilient_redis_pool::{MockConnectionPool, PoolError};
+use resilient_redis_pool::MockConnectionPool;
 use std::sync::Arc;
 
 #[path = "../examples/consecutive_breaker.rs"]
 #[allow(dead_code, reason = "the example's main is not called here")]
 mod example;
 use example::Consecutive;
-
-fn refusing_pool() -> MockConnectionPool {
-    let mut pool = MockConnectionPool::new();
-    pool.expect_shared().returning(|| {
-        Err(PoolError::Connect {
-            kind: ErrorKind::Connection,
-            url: "redis://127.0.0.1:1".into(),
-            message: "connection refused".into(),
-        })
-    });
-    pool.expect_status().returning(Default::default);
-    pool.expect_close().return_const(());
-    pool
-}
 
 #[tokio::test]
 async fn a_breaker_written_outside_its_crate_guards_the_request_path() {
@@ -34,7 +20,7 @@ async fn a_breaker_written_outside_its_crate_guards_the_request_path() {
     config.max_retries = 0;
     config.fallback.enabled = false;
     let m = RedisManager::builder(config)
-        .pool(Arc::new(refusing_pool()))
+        .pool(Arc::new(MockConnectionPool::refusing()))
         .breaker(breaker.clone())
         .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))
         .background_tasks(false)

@@ -9,26 +9,12 @@ use std::time::Duration;
 use resilient_redis_config::{ErrorKind, RedisConfig};
 use resilient_redis_fallback::{FallbackError, FallbackStore, NoJournal};
 use resilient_redis_manager::{Error, RedisManager};
-use resilient_redis_pool::{MockConnectionPool, PoolError};
+use resilient_redis_pool::MockConnectionPool;
 
 #[path = "../examples/read_only_cache.rs"]
 #[allow(dead_code, reason = "the example's main is not called here")]
 mod example;
 use example::ReadOnlyCache;
-
-fn unreachable_redis() -> MockConnectionPool {
-    let mut pool = MockConnectionPool::new();
-    pool.expect_shared().returning(|| {
-        Err(PoolError::Connect {
-            kind: ErrorKind::Connection,
-            url: "redis://127.0.0.1:1".into(),
-            message: "connection refused".into(),
-        })
-    });
-    pool.expect_status().returning(Default::default);
-    pool.expect_close().return_const(());
-    pool
-}
 
 #[tokio::test]
 async fn a_read_only_cache_serves_reads_and_refuses_writes_during_an_outage() {
@@ -40,7 +26,7 @@ async fn a_read_only_cache_serves_reads_and_refuses_writes_during_an_outage() {
     let mut config = RedisConfig::default();
     config.max_retries = 0;
     let m = RedisManager::builder(config)
-        .pool(Arc::new(unreachable_redis()))
+        .pool(Arc::new(MockConnectionPool::refusing()))
         .fallback_parts(cache.clone(), Arc::new(NoJournal))
         .breaker(Arc::new(resilient_redis_breaker::NoopBreaker::new()))
         .metrics(Arc::new(resilient_redis_metrics::NoopMetrics))

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use resilient_redis_breaker::{Breaker, BreakerState, CircuitBreaker};
-use resilient_redis_config::{ErrorKind, RedisConfig};
+use resilient_redis_config::RedisConfig;
 use resilient_redis_health::{HealthError, HealthMonitor, HealthStatus};
 use resilient_redis_manager::RedisManager;
-use resilient_redis_pool::{MockConnectionPool, PoolError};
+use resilient_redis_pool::MockConnectionPool;
 use tokio::sync::watch;
 
 /// Health as the application sees it (say, from its own load balancer's checks).
@@ -36,20 +36,6 @@ impl HealthMonitor for Signal {
     }
 }
 
-fn refusing_pool() -> MockConnectionPool {
-    let mut pool = MockConnectionPool::new();
-    pool.expect_shared().returning(|| {
-        Err(PoolError::Connect {
-            kind: ErrorKind::Connection,
-            url: "redis://127.0.0.1:1".into(),
-            message: "connection refused".into(),
-        })
-    });
-    pool.expect_status().returning(Default::default);
-    pool.expect_close().return_const(());
-    pool
-}
-
 #[tokio::test]
 async fn a_health_monitor_written_outside_its_crate_drives_fallback_mode() {
     let signal = Arc::new(Signal {
@@ -57,7 +43,7 @@ async fn a_health_monitor_written_outside_its_crate_drives_fallback_mode() {
         probes: Mutex::new(0),
     });
     let m = RedisManager::builder(RedisConfig::default())
-        .pool(Arc::new(refusing_pool()))
+        .pool(Arc::new(MockConnectionPool::refusing()))
         .health(signal.clone())
         .breaker(Arc::new(
             Breaker::from_config(&RedisConfig::default().circuit_breaker).unwrap(),

@@ -87,3 +87,25 @@ const _: fn() = || {
     fn assert_send_sync<T: Send + Sync + ?Sized>() {}
     assert_send_sync::<dyn ConnectionPool>();
 };
+
+#[cfg(feature = "mock")]
+impl MockConnectionPool {
+    /// A mock pool that behaves as a Redis refusing every connection: `shared()` and `get()`
+    /// fail with a `connection_error`, `status()` is empty, `close()` returns at once. For
+    /// tests of parts written outside these crates (a breaker, a health monitor, a store)
+    /// driven through the manager during an outage.
+    #[must_use]
+    pub fn refusing() -> Self {
+        let refused = || PoolError::Connect {
+            kind: resilient_redis_config::ErrorKind::Connection,
+            url: "redis://127.0.0.1:1".into(),
+            message: "connection refused".into(),
+        };
+        let mut pool = Self::new();
+        pool.expect_shared().returning(move || Err(refused()));
+        pool.expect_get().returning(move || Err(refused()));
+        pool.expect_status().returning(PoolStatus::default);
+        pool.expect_close().return_const(());
+        pool
+    }
+}
