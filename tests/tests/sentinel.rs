@@ -159,5 +159,11 @@ async fn a_failover_is_followed_and_no_acknowledged_write_is_lost() {
             "{k} after a failover of {followed:?}"
         );
     }
+    // The health report names the deployment, not an address a failover moves.
+    let server = m.health_report().server;
+    assert!(
+        server.starts_with("sentinel:mymaster@127.0.0.1:"),
+        "{server}"
+    );
     m.close(Duration::from_secs(2)).await.unwrap();
 }

@@ -256,6 +256,7 @@ impl RedisManager {
         };
         HealthReport {
             verdict,
+            server: crate::adapters::config_identity(&inner.config),
             redis_reachable: reachable,
             latency: probe.response_time,
             error: probe.error,

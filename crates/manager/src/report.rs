@@ -37,6 +37,9 @@ pub enum Verdict {
 pub struct HealthReport {
     /// The verdict.
     pub verdict: Verdict,
+    /// The server it is about, never with a password: `host:port/db`, or in sentinel mode
+    /// `sentinel:<master_name>@<sentinels>/<db>` (the probe goes to the primary they name).
+    pub server: String,
     /// Whether the PING succeeded: one made just now ([`RedisManager::health_check`]), or the
     /// health monitor's last ([`RedisManager::health_report`]).
     ///

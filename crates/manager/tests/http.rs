@@ -64,6 +64,7 @@ async fn ready_reports_the_cached_state_as_json_without_a_ping() {
     assert_eq!(report["verdict"], "healthy");
     assert_eq!(report["latency_ms"], 1.5, "milliseconds: {body}");
     assert_eq!(report["pool"]["max_size"], 7, "the pool as fields: {body}");
+    assert_eq!(report["server"], "127.0.0.1:6379/0", "which server: {body}");
     assert_eq!(
         get(&m, "/live").await,
         (StatusCode::OK, "live\n".to_owned())
