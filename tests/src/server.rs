@@ -396,71 +396,44 @@ fn tls_args(dir: &Path, port: u16, client_auth: bool) -> Vec<String> {
         "-out",
         "ca.crt",
     ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write ext.cnf");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.crt",
-    ]);
-    // A client certificate from the same CA, for mutual TLS (X.509 v3: rustls takes no other).
-    std::fs::write(
-        dir.join("client.cnf"),
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
-    )
-    .expect("write client.cnf");
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
+    // A certificate signed by the CA: `<name>.key`, `<name>.crt`, with these X.509 v3
+    // extensions (rustls takes no other version).
+    let issue = |name: &str, subject: &str, extensions: &str| {
+        let (key, csr, crt, cnf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.cnf"),
+        );
+        std::fs::write(dir.join(&cnf), extensions).expect("write the extensions");
+        run(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &cnf,
+            "-out",
+            &crt,
+        ]);
+    };
+    issue("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\n");
+    // For mutual TLS.
+    issue(
+        "client",
         "/CN=resilient-redis-test-client",
-        "-keyout",
-        "client.key",
-        "-out",
-        "client.csr",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "client.cnf",
-        "-out",
-        "client.crt",
-    ]);
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    );
     let path = |f: &str| dir.join(f).display().to_string();
     vec![
         "--tls-port".into(),

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use resilient_redis_config::{ConfigLoader, RedisUrl};
 use resilient_redis_manager::RedisManager;
 
 /// Arguments of `bench`.
@@ -71,20 +70,13 @@ impl Client {
 }
 
 pub(crate) async fn run(args: Args) -> bool {
-    let mut config = match ConfigLoader::from_process_env().load() {
+    let mut config = match crate::load_config(args.url.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return false;
         }
     };
-    if let Some(u) = args.url.clone() {
-        config.url = RedisUrl::new(u);
-    }
-    if let Err(e) = config.validate() {
-        eprintln!("{e}");
-        return false;
-    }
     if args.tasks == 0 || args.keys == 0 {
         eprintln!("--tasks and --keys must be at least 1");
         return false;

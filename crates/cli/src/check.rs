@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use resilient_redis_config::{ConfigLoader, ErrorKind, RedisUrl};
+use resilient_redis_config::ErrorKind;
 use resilient_redis_pool::{ConnectionPool, PoolError, RedisPool, SharedConnection};
 use serde::Serialize;
 
@@ -116,20 +116,13 @@ async fn check(url: Option<String>) -> Findings {
         ok: true,
         ..Findings::default()
     };
-    let mut config = match ConfigLoader::from_process_env().load() {
+    let config = match crate::load_config(url) {
         Ok(c) => c,
         Err(e) => {
-            f.fail(exit::CONFIG, "config", e.to_string());
+            f.fail(exit::CONFIG, "config", e);
             return f;
         }
     };
-    if let Some(u) = url {
-        config.url = RedisUrl::new(u);
-        if let Err(e) = config.validate() {
-            f.fail(exit::CONFIG, "config", e.to_string());
-            return f;
-        }
-    }
     f.server = config.url.to_string();
     if config.mode == resilient_redis_config::Mode::Sentinel {
         // The URL names no server in sentinel mode: say which primary the sentinels name.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use resilient_redis_config::{ConfigLoader, RedisConfig, RedisUrl};
+use resilient_redis_config::{RedisConfig, RedisUrl};
 use resilient_redis_manager::{Error, RedisManager, ServedBy};
 use resilient_redis_metrics::PrometheusExporter;
 
@@ -84,7 +84,7 @@ fn demo_config(mut c: RedisConfig) -> RedisConfig {
 }
 
 pub(crate) async fn run(args: Args) -> bool {
-    let mut config = match ConfigLoader::from_process_env().load() {
+    let mut config = match crate::load_config(None) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

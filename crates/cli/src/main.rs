@@ -91,6 +91,21 @@ enum JournalCommand {
     },
 }
 
+/// The configuration from the environment (and `REDIS_CONFIG_FILE`), with `url` in place of
+/// the configured URL when given; every problem in words.
+pub(crate) fn load_config(
+    url: Option<String>,
+) -> Result<resilient_redis_config::RedisConfig, String> {
+    let mut config = resilient_redis_config::ConfigLoader::from_process_env()
+        .load()
+        .map_err(|e| e.to_string())?;
+    if let Some(u) = url {
+        config.url = resilient_redis_config::RedisUrl::new(u);
+        config.validate().map_err(|e| e.to_string())?;
+    }
+    Ok(config)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
