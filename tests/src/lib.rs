@@ -5,8 +5,10 @@
 //! [`RedisServer`].
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod proxy;
 mod server;
 
+pub use cluster::RedisCluster;
 pub use proxy::{Fault, FaultProxy};
 pub use server::{RedisServer, RedisServerBuilder, free_port};

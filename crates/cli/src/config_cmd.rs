@@ -197,7 +197,7 @@ const FIELDS: &[Field] = &[
         path: "mode",
         kind: Kind::Plain,
         env: &["REDIS_MODE"],
-        help: "`\"standalone\"` (one Redis at `url`) or `\"sentinel\"` (the primary Redis Sentinel names, asked at every new connection, so a failover is followed)",
+        help: "`\"standalone\"` (one Redis at `url`), `\"sentinel\"` (the primary Redis Sentinel names, asked at every new connection, so a failover is followed) or `\"cluster\"` (a Redis Cluster found from `nodes`)",
     },
     Field {
         path: "sentinels",
@@ -210,6 +210,18 @@ const FIELDS: &[Field] = &[
         kind: Kind::Plain,
         env: &["REDIS_MASTER_NAME"],
         help: "with `mode = \"sentinel\"`: the name the sentinels monitor the primary by; required then, refused otherwise",
+    },
+    Field {
+        path: "nodes",
+        kind: Kind::Plain,
+        env: &["REDIS_NODES"],
+        help: "with `mode = \"cluster\"`: some of the cluster's nodes (a list in TOML, comma-separated in the variable), database 0, the same scheme as `url`; required then, refused otherwise",
+    },
+    Field {
+        path: "read_from_replicas",
+        kind: Kind::Plain,
+        env: &["REDIS_READ_FROM_REPLICAS"],
+        help: "with `mode = \"cluster\"`: read-only commands may go to replicas (a read may lag a write); refused in other modes",
     },
     Field {
         path: "username",

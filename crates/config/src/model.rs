@@ -22,11 +22,13 @@ use crate::units;
 #[non_exhaustive]
 pub struct RedisConfig {
     /// Server address. Default `redis://127.0.0.1:6379`. Env `REDIS_URL`. With
-    /// `mode = "sentinel"` its host and port are not used: its scheme (`rediss` for TLS), user,
-    /// password and database apply to the primary the sentinels name.
+    /// `mode = "sentinel"` or `"cluster"` its host and port are not used: its scheme (`rediss`
+    /// for TLS), user, password and database apply to the primary the sentinels name, or to
+    /// every cluster node (a cluster has only database 0).
     pub url: RedisUrl,
-    /// One Redis at `url` (`"standalone"`, the default), or the primary that Redis Sentinel
-    /// names (`"sentinel"`, with `sentinels` and `master_name`). Env `REDIS_MODE`.
+    /// One Redis at `url` (`"standalone"`, the default), the primary that Redis Sentinel
+    /// names (`"sentinel"`, with `sentinels` and `master_name`), or a Redis Cluster
+    /// (`"cluster"`, with `nodes`). Env `REDIS_MODE`.
     pub mode: Mode,
     /// With `mode = "sentinel"`: the sentinels' URLs (`redis://host:26379`, a password if they
     /// need one). Env `REDIS_SENTINELS`, comma-separated.
@@ -35,6 +37,14 @@ pub struct RedisConfig {
     /// With `mode = "sentinel"`: the name the sentinels monitor the primary by (`mymaster`).
     /// Env `REDIS_MASTER_NAME`.
     pub master_name: Option<String>,
+    /// With `mode = "cluster"`: some of the cluster's nodes (`redis://host:7000`), from which
+    /// redis-rs discovers the rest and the slot map. Env `REDIS_NODES`, comma-separated.
+    #[serde(with = "units::url_list")]
+    pub nodes: Vec<RedisUrl>,
+    /// With `mode = "cluster"`: send read-only commands to replicas as well as primaries
+    /// (a read may then see a write a moment late). Default `false`.
+    /// Env `REDIS_READ_FROM_REPLICAS`.
+    pub read_from_replicas: bool,
     /// ACL user name; overrides one in the URL. Env `REDIS_USERNAME`.
     pub username: Option<String>,
     /// Password; overrides one in the URL. Env `REDIS_PASSWORD`.
@@ -77,6 +87,8 @@ impl Default for RedisConfig {
             mode: Mode::default(),
             sentinels: Vec::new(),
             master_name: None,
+            nodes: Vec::new(),
+            read_from_replicas: false,
             username: None,
             password: None,
             password_file: None,
@@ -247,6 +259,9 @@ pub enum Mode {
     /// The primary Redis Sentinel names: asked of the sentinels at every new connection, so a
     /// failover is followed as soon as the old primary's connections break.
     Sentinel,
+    /// A Redis Cluster: redis-rs discovers the nodes and slots from `nodes`, follows MOVED and
+    /// ASK redirects and a failover's new slot map; each command goes to its key's primary.
+    Cluster,
 }
 
 /// What the fallback answers for a key it knows nothing about (`fallback.unknown_keys`).

@@ -123,6 +123,24 @@ impl RedisUrl {
         })
     }
 
+    /// The database the URL names: the path of `redis://host:6379/3`, the `db` query parameter
+    /// of a Unix socket URL; 0 when it names none or does not parse.
+    #[must_use]
+    pub fn db(&self) -> i64 {
+        let Ok(u) = url::Url::parse(&self.0) else {
+            return 0;
+        };
+        let text = match u.scheme() {
+            "redis" | "rediss" => u.path().trim_start_matches('/').to_owned(),
+            _ => u
+                .query_pairs()
+                .find(|(k, _)| k == "db")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default(),
+        };
+        text.parse().unwrap_or(0)
+    }
+
     /// Whether the URL asks for TLS (`rediss://`).
     #[must_use]
     pub fn is_tls(&self) -> bool {

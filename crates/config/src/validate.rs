@@ -117,8 +117,66 @@ fn durations(c: &RedisConfig) -> [(&'static str, Duration); 21] {
     ]
 }
 
-/// Sentinel mode needs its sentinels and the primary's name; standalone mode uses neither.
+/// Sentinel mode needs its sentinels and the primary's name, cluster mode its nodes (and
+/// database 0); each mode's settings are problems in another mode.
 fn check_mode(c: &mut Checker, config: &RedisConfig) {
+    let mode = match config.mode {
+        crate::Mode::Sentinel => "sentinel",
+        crate::Mode::Cluster => "cluster",
+        _ => "standalone",
+    };
+    if config.mode == crate::Mode::Cluster {
+        if config.nodes.is_empty() {
+            c.fail(
+                "nodes",
+                None,
+                "is empty: mode = \"cluster\" needs some of the cluster's nodes (redis://host:7000)",
+            );
+        }
+        for (i, n) in config.nodes.iter().enumerate() {
+            if let Err(why) = n.check() {
+                c.fail(&format!("nodes[{i}]"), Some(n.redacted()), why);
+            } else if n.is_tls() != config.url.is_tls() {
+                c.fail(
+                    &format!("nodes[{i}]"),
+                    Some(n.redacted()),
+                    "has another scheme than url: url's scheme (rediss:// for TLS) decides TLS \
+                     for every node",
+                );
+            } else if n.db() != 0 {
+                c.fail(
+                    &format!("nodes[{i}]"),
+                    Some(n.redacted()),
+                    "names a database other than 0: a Redis Cluster has only database 0",
+                );
+            }
+        }
+        if config.url.check().is_ok() && config.url.db() != 0 {
+            c.fail(
+                "url",
+                Some(config.url.redacted()),
+                "names a database other than 0: a Redis Cluster has only database 0",
+            );
+        }
+    } else {
+        if !config.nodes.is_empty() {
+            c.fail(
+                "nodes",
+                Some(format!("{} URLs", config.nodes.len())),
+                &format!("is set but mode is \"{mode}\": set mode = \"cluster\" (REDIS_MODE)"),
+            );
+        }
+        if config.read_from_replicas {
+            c.fail(
+                "read_from_replicas",
+                Some("true".into()),
+                &format!(
+                    "is only for mode = \"cluster\" (mode is \"{mode}\"): reads from a \
+                     sentinel's replicas are not supported"
+                ),
+            );
+        }
+    }
     match config.mode {
         crate::Mode::Sentinel => {
             if config.sentinels.is_empty() {
@@ -147,14 +205,14 @@ fn check_mode(c: &mut Checker, config: &RedisConfig) {
                 c.fail(
                     "sentinels",
                     Some(format!("{} URLs", config.sentinels.len())),
-                    "is set but mode is \"standalone\": set mode = \"sentinel\" (REDIS_MODE)",
+                    &format!("is set but mode is \"{mode}\": set mode = \"sentinel\" (REDIS_MODE)"),
                 );
             }
             if let Some(name) = &config.master_name {
                 c.fail(
                     "master_name",
                     Some(name.clone()),
-                    "is set but mode is \"standalone\": set mode = \"sentinel\" (REDIS_MODE)",
+                    &format!("is set but mode is \"{mode}\": set mode = \"sentinel\" (REDIS_MODE)"),
                 );
             }
         }
@@ -709,5 +767,37 @@ mod tests {
         let problems = c.problems();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].message.contains("REDIS_MODE"));
+    }
+
+    #[test]
+    fn cluster_mode_needs_its_nodes_and_database_0() {
+        let mut c = RedisConfig::default();
+        c.mode = crate::Mode::Cluster;
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["nodes"]);
+        c.nodes = vec![
+            crate::RedisUrl::new("redis://127.0.0.1:7000"),
+            crate::RedisUrl::new("redis://127.0.0.1:7001/2"),
+            crate::RedisUrl::new("http://x"),
+            crate::RedisUrl::new("rediss://127.0.0.1:7002"),
+        ];
+        c.url = crate::RedisUrl::new("redis://127.0.0.1:6379/1");
+        c.read_from_replicas = true;
+        let problems = c.problems();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["nodes[1]", "nodes[2]", "nodes[3]", "url"],
+            "{problems:?}"
+        );
+        assert!(problems[2].message.contains("TLS"), "{problems:?}");
+        assert!(problems[0].message.contains("database 0"), "{problems:?}");
+        // Cluster settings in another mode: a forgotten REDIS_MODE, said so.
+        c.mode = crate::Mode::Standalone;
+        c.nodes.truncate(1);
+        let problems = c.problems();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["nodes", "read_from_replicas"], "{problems:?}");
+        assert!(problems[0].message.contains("REDIS_MODE"), "{problems:?}");
     }
 }

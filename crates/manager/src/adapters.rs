@@ -43,10 +43,11 @@ pub fn server_identity(url: &str) -> String {
     })
 }
 
-/// What a journal records as its server: `host:port/db` of the URL, or, in sentinel mode,
+/// What a journal records as its server: `host:port/db` of the URL; in sentinel mode
 /// `sentinel:<master_name>@<sentinels>/db`, the sentinels' `host:port` sorted (a failover
 /// changes the primary's address, not the data set; another set of sentinels watching a
-/// `mymaster` of its own is another data set).
+/// `mymaster` of its own is another data set); in cluster mode `cluster:<nodes>/0`, the seed
+/// nodes' `host:port` sorted.
 pub(crate) fn config_identity(config: &resilient_redis_config::RedisConfig) -> String {
     match config.mode {
         resilient_redis_config::Mode::Sentinel => {
@@ -65,16 +66,35 @@ pub(crate) fn config_identity(config: &resilient_redis_config::RedisConfig) -> S
                 metrics_server(config.url.expose()).map_or(0, |s| s.namespace)
             )
         }
+        resilient_redis_config::Mode::Cluster => format!("cluster:{}/0", cluster_nodes(config)),
         _ => server_identity(config.url.expose()),
     }
 }
 
-/// The server the metrics name: the URL's, or in sentinel mode the primary's name (port 0).
+/// A cluster's seed nodes as `host:port`, sorted and deduplicated, comma-separated.
+fn cluster_nodes(config: &resilient_redis_config::RedisConfig) -> String {
+    let mut nodes: Vec<String> = config
+        .nodes
+        .iter()
+        .filter_map(|s| metrics_server(s.expose()))
+        .map(|s| format!("{}:{}", s.address, s.port))
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes.join(",")
+}
+
+/// The server the metrics name: the URL's, in sentinel mode the primary's name (port 0), in
+/// cluster mode the first seed node (the pool name lists them all).
 pub(crate) fn config_server(
     config: &resilient_redis_config::RedisConfig,
 ) -> Option<resilient_redis_metrics::Server> {
     let server = metrics_server(config.url.expose())?;
     match config.mode {
+        resilient_redis_config::Mode::Cluster => {
+            let first = metrics_server(config.nodes.first()?.expose())?;
+            Some(first.pool_name(format!("cluster:{}", cluster_nodes(config))))
+        }
         resilient_redis_config::Mode::Sentinel => Some(
             resilient_redis_metrics::Server::new(config.master_name.clone().unwrap_or_default(), 0)
                 .namespace(server.namespace),

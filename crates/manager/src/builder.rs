@@ -8,7 +8,7 @@ use resilient_redis_config::{ErrorKind, RedisConfig};
 use resilient_redis_fallback::{FallbackStore, Journal, MemoryStore, SyncTarget};
 use resilient_redis_health::{HealthMonitor, Monitor};
 use resilient_redis_metrics::{Collector, MetricsCollector, NoopMetrics};
-use resilient_redis_pool::{ConnectionPool, RedisPool};
+use resilient_redis_pool::{ClusterPool, ConnectionPool, RedisPool};
 
 use crate::Error;
 use crate::adapters::PoolProbe;
@@ -93,17 +93,24 @@ impl RedisManagerBuilder {
         config.validate().map_err(Error::Config)?;
         let pool: Arc<dyn ConnectionPool> = match self.pool {
             Some(p) => p,
-            None => Arc::new(RedisPool::new(&config).await.map_err(|e| {
-                if e.kind() == ErrorKind::Tls {
-                    Error::Unavailable {
-                        kind: ErrorKind::Tls,
-                        message: e.to_string(),
-                        source: Some(Box::new(e)),
+            None => {
+                let failed = |e: resilient_redis_pool::PoolError| {
+                    if e.kind() == ErrorKind::Tls {
+                        Error::Unavailable {
+                            kind: ErrorKind::Tls,
+                            message: e.to_string(),
+                            source: Some(Box::new(e)),
+                        }
+                    } else {
+                        Error::Build(e.to_string())
                     }
+                };
+                if config.mode == resilient_redis_config::Mode::Cluster {
+                    Arc::new(ClusterPool::new(&config).await.map_err(failed)?)
                 } else {
-                    Error::Build(e.to_string())
+                    Arc::new(RedisPool::new(&config).await.map_err(failed)?)
                 }
-            })?),
+            }
         };
         let health: Arc<dyn HealthMonitor> = match self.health {
             Some(h) => h,
@@ -143,9 +150,14 @@ impl RedisManagerBuilder {
             }
             None => Arc::new(NoopMetrics),
         };
-        let target: Arc<dyn SyncTarget> = self
-            .target
-            .unwrap_or_else(|| Arc::new(RedisSyncTarget::new(Arc::clone(&pool))));
+        let target: Arc<dyn SyncTarget> = self.target.unwrap_or_else(|| {
+            let target = RedisSyncTarget::new(Arc::clone(&pool));
+            Arc::new(if config.mode == resilient_redis_config::Mode::Cluster {
+                target.per_slot()
+            } else {
+                target
+            })
+        });
         let inner = Arc::new(Inner {
             fallback_enabled: config.fallback.enabled,
             shadow: config.fallback.enabled && config.fallback.shadow,

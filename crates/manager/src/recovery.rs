@@ -95,6 +95,9 @@ pub(crate) async fn supervise(
     }
 }
 
+/// Replays run back to back, at most, when writes keep arriving during them.
+const CATCH_UP_ROUNDS: usize = 8;
+
 /// Redis answers: half-open the breaker, replay the journal, leave fallback mode when drained.
 pub(crate) async fn recover(inner: &Inner) {
     if !inner.is_fallback_mode() && inner.journal.pending_writes() == 0 {
@@ -103,27 +106,41 @@ pub(crate) async fn recover(inner: &Inner) {
     if matches!(inner.breaker.state(), BreakerState::Open) {
         let _ = inner.breaker.transition_to(BreakerState::HalfOpen);
     }
-    match inner.journal.replay(Arc::clone(&inner.target)).await {
-        Ok(report) => {
-            if report.entries_applied > 0 || report.rejected > 0 {
-                crate::audit::replay_end(&report, inner.journal.pending_writes(), false);
-            }
-            inner
-                .replayed
-                .fetch_add(report.entries_applied, std::sync::atomic::Ordering::Relaxed);
-            inner.count_dead_letters(&report);
-            {
-                // No append is in flight while the write guard is held, so "drained" holds.
-                let _gate = inner.gate.write().unwrap_or_else(PoisonError::into_inner);
-                if inner.journal.pending_writes() == 0 && inner.is_fallback_mode() {
-                    inner.deactivate();
+    // Writes answered from memory while a replay ran are replayed at once, a few rounds at
+    // most: under steady writes each round is shorter, and fallback mode ends when one leaves
+    // nothing behind (rather than chasing the writes once per sync interval).
+    for _ in 0..=CATCH_UP_ROUNDS {
+        match inner.journal.replay(Arc::clone(&inner.target)).await {
+            Ok(report) => {
+                if report.entries_applied > 0 || report.rejected > 0 {
+                    crate::audit::replay_end(&report, inner.journal.pending_writes(), false);
+                }
+                inner
+                    .replayed
+                    .fetch_add(report.entries_applied, std::sync::atomic::Ordering::Relaxed);
+                inner.count_dead_letters(&report);
+                {
+                    // No append is in flight while the write guard is held, so "drained" holds.
+                    let _gate = inner.gate.write().unwrap_or_else(PoisonError::into_inner);
+                    if inner.journal.pending_writes() == 0 && inner.is_fallback_mode() {
+                        inner.deactivate();
+                    }
+                }
+                inner.metrics.record_fallback(inner.fallback_gauge());
+                if report.entries_applied == 0 || inner.journal.pending_writes() == 0 {
+                    return;
                 }
             }
-            inner.metrics.record_fallback(inner.fallback_gauge());
+            // Redis answered a probe but the pool is still reconnecting: the next probe retries.
+            Err(e) if e.kind().is_transient() => {
+                tracing::debug!(error = %e, "replay not possible yet");
+                return;
+            }
+            Err(e) => {
+                crate::audit::replay_failed(&e, inner.journal.pending_writes(), false);
+                return;
+            }
         }
-        // Redis answered a probe but the pool is still reconnecting: the next probe retries.
-        Err(e) if e.kind().is_transient() => tracing::debug!(error = %e, "replay not possible yet"),
-        Err(e) => crate::audit::replay_failed(&e, inner.journal.pending_writes(), false),
     }
 }
 

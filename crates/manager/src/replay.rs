@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use resilient_redis_config::ErrorKind;
-use resilient_redis_fallback::{Batch, BatchOutcome, Op, Rejection, SyncError, SyncTarget};
+use resilient_redis_fallback::{Batch, BatchOutcome, Entry, Op, Rejection, SyncError, SyncTarget};
 use resilient_redis_pool::ConnectionPool;
 
 /// How long the marker of a drained journal instance is kept once the next instance has begun
@@ -29,42 +29,306 @@ pub fn deadlines_key(instance: u128) -> String {
     format!("resilient-redis:journal:{instance:032x}:deadlines")
 }
 
+/// The marker hash of a journal instance in one Redis Cluster slot (its hash tag puts it
+/// there).
+#[must_use]
+pub fn slot_marker_key(instance: u128, slot: u16) -> String {
+    format!(
+        "resilient-redis:journal:{{{}}}:{instance:032x}",
+        resilient_redis_pool::slot_tag(slot)
+    )
+}
+
+/// The virtual deadlines hash of a journal instance in one Redis Cluster slot.
+#[must_use]
+pub fn slot_deadlines_key(instance: u128, slot: u16) -> String {
+    format!("{}:deadlines", slot_marker_key(instance, slot))
+}
+
+/// The set of Redis Cluster slots a journal instance has replayed into (so that its last batch
+/// can settle every slot's virtual deadlines, and the next instance can retire its markers).
+#[must_use]
+pub fn slots_key(instance: u128) -> String {
+    format!("resilient-redis:journal:{instance:032x}:slots")
+}
+
+/// The set of Redis Cluster slots where a journal instance's replay may have left virtual
+/// deadlines (a write whose deadline had passed by the time it was replayed): the slots its
+/// last batch settles.
+#[must_use]
+pub fn deadline_slots_key(instance: u128) -> String {
+    format!("resilient-redis:journal:{instance:032x}:deadline-slots")
+}
+
 /// Replays fallback batches into Redis with [`REPLAY_SCRIPT`], over the pool's shared
 /// connection.
+///
+/// Against a Redis Cluster ([`RedisSyncTarget::per_slot`]) a batch is cut by key slot: each
+/// slot's part runs as one script call on that slot's primary with a marker of its own in the
+/// same slot, so no script touches two slots. A batch is then no longer applied all at once,
+/// but each part at most once: a batch that fails part-way is retried, and the parts whose
+/// markers cover it are skipped.
 pub struct RedisSyncTarget {
     pool: Arc<dyn ConnectionPool>,
     script: redis::Script,
+    per_slot: bool,
 }
 
 impl RedisSyncTarget {
-    /// A target over `pool`.
+    /// A target over `pool`, for one Redis (standalone or a Sentinel's primary).
     #[must_use]
     pub fn new(pool: Arc<dyn ConnectionPool>) -> Self {
         Self {
             pool,
             script: redis::Script::new(REPLAY_SCRIPT),
+            per_slot: false,
         }
     }
-}
 
-#[async_trait::async_trait]
-impl SyncTarget for RedisSyncTarget {
-    async fn apply(&self, batch: &Batch<'_>) -> Result<BatchOutcome, SyncError> {
-        let mut conn = self
-            .pool
+    /// Cuts every batch by Redis Cluster key slot (for a pool of a Redis Cluster).
+    #[must_use]
+    pub fn per_slot(mut self) -> Self {
+        self.per_slot = true;
+        self
+    }
+
+    fn conn(&self) -> Result<resilient_redis_pool::SharedConnection, SyncError> {
+        self.pool
             .shared()
-            .map_err(|e| SyncError::new(e.kind(), e.to_string()))?;
+            .map_err(|e| SyncError::new(e.kind(), e.to_string()))
+    }
+
+    /// Runs the script over `args`, with `key` as its one declared key (the slot it runs in).
+    async fn invoke(&self, key: &str, args: Vec<Vec<u8>>) -> Result<BatchOutcome, SyncError> {
+        let mut conn = self.conn()?;
         let mut invocation = self.script.prepare_invoke();
-        for arg in script_args(batch) {
+        invocation.key(key);
+        for arg in args {
             invocation.arg(arg);
         }
         let reply: Vec<String> = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| SyncError::new(resilient_redis_pool::classify(&e), e.to_string()))?;
+            .map_err(command_failed)?;
         outcome_of(&reply)
     }
+
+    /// A cluster batch: retire the previous instance's markers, record the slots, apply each
+    /// slot's part, and after the last batch settle every slot's virtual deadlines.
+    async fn apply_per_slot(&self, batch: &Batch<'_>) -> Result<BatchOutcome, SyncError> {
+        let instance = batch.id.instance;
+        if let Some(retired) = batch.retire {
+            self.retire_slots(retired).await?;
+        }
+        let parts = split_by_slot(batch.entries);
+        // Recorded before the parts run, so a crash part-way cannot leave a slot unknown.
+        if !parts.is_empty() {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(slots_key(instance));
+            for part in &parts {
+                sadd.arg(part.slot);
+            }
+            self.query::<i64>(&sadd).await?;
+        }
+        let expired: Vec<u16> = parts
+            .iter()
+            .filter(|p| {
+                p.entries
+                    .iter()
+                    .any(|e| expired_on_replay(&e.op, batch.now))
+            })
+            .map(|p| p.slot)
+            .collect();
+        if !expired.is_empty() {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(deadline_slots_key(instance)).arg(&expired);
+            self.query::<i64>(&sadd).await?;
+        }
+        let mut applied_now = false;
+        let mut rejected = Vec::new();
+        for part in &parts {
+            let sub = Batch::new(batch.id, batch.now, false, &part.entries);
+            let marker = slot_marker_key(instance, part.slot);
+            let vd = slot_deadlines_key(instance, part.slot);
+            let outcome = self
+                .invoke(&marker, script_args(&sub, &marker, &vd, None))
+                .await?;
+            let (part_rejected, now) = match outcome {
+                BatchOutcome::Applied { rejected } => (rejected, true),
+                BatchOutcome::AlreadyApplied { rejected } => (rejected, false),
+                other => {
+                    return Err(SyncError::new(
+                        ErrorKind::Server,
+                        format!("unexpected replay outcome {other:?}"),
+                    ));
+                }
+            };
+            applied_now |= now;
+            for r in part_rejected {
+                let original = part.origin.get(r.index).copied().ok_or_else(|| {
+                    SyncError::new(ErrorKind::Server, "replay script refused an unknown entry")
+                })?;
+                rejected.push(Rejection::new(original, r.reason));
+            }
+        }
+        if batch.last {
+            let slots: Vec<u16> = self
+                .query(redis::cmd("SMEMBERS").arg(deadline_slots_key(instance)))
+                .await?;
+            let settle = redis::Script::new(SETTLE_SCRIPT);
+            for slot in slots {
+                let mut conn = self.conn()?;
+                let _: i64 = settle
+                    .key(slot_deadlines_key(instance, slot))
+                    .arg(padded(batch.now))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(command_failed)?;
+            }
+        }
+        rejected.sort_by_key(|r| r.index);
+        rejected.dedup_by_key(|r| r.index);
+        Ok(if applied_now {
+            BatchOutcome::Applied { rejected }
+        } else {
+            BatchOutcome::AlreadyApplied { rejected }
+        })
+    }
+
+    /// Lets a fully replayed instance's per-slot markers expire (after a day) and drops its
+    /// virtual deadlines.
+    async fn retire_slots(&self, retired: u128) -> Result<(), SyncError> {
+        let slots: Vec<u16> = self
+            .query(redis::cmd("SMEMBERS").arg(slots_key(retired)))
+            .await?;
+        for slot in slots {
+            self.query::<i64>(
+                redis::cmd("PEXPIRE")
+                    .arg(slot_marker_key(retired, slot))
+                    .arg(RETIRED_MARKER_TTL_MS),
+            )
+            .await?;
+            self.query::<i64>(redis::cmd("DEL").arg(slot_deadlines_key(retired, slot)))
+                .await?;
+        }
+        for key in [slots_key(retired), deadline_slots_key(retired)] {
+            self.query::<i64>(redis::cmd("PEXPIRE").arg(key).arg(RETIRED_MARKER_TTL_MS))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, SyncError> {
+        self.conn()?
+            .query(cmd)
+            .await
+            .map_err(|e| SyncError::new(e.kind(), e.to_string()))
+    }
 }
+
+/// Whether replaying `op` at `now` may leave a virtual deadline (its deadline has passed).
+fn expired_on_replay(op: &Op, now: u64) -> bool {
+    match op {
+        Op::Set {
+            expire_at: Some(at),
+            ..
+        }
+        | Op::ExpireAt { at, .. } => *at <= now,
+        _ => false,
+    }
+}
+
+fn command_failed(e: redis::RedisError) -> SyncError {
+    SyncError::new(resilient_redis_pool::classify(&e), e.to_string())
+}
+
+/// One slot's part of a batch: its entries in order, and each one's index in the batch.
+struct SlotPart {
+    slot: u16,
+    entries: Vec<Entry>,
+    origin: Vec<usize>,
+}
+
+/// Cuts `entries` by key slot, keeping their order within each slot; a `DEL` of keys in
+/// several slots becomes one `DEL` per slot. Parts come in the order of their first entry.
+fn split_by_slot(entries: &[Entry]) -> Vec<SlotPart> {
+    let mut parts: Vec<SlotPart> = Vec::new();
+    let mut part_of = std::collections::HashMap::new();
+    let mut push = |slot: u16, entry: Entry, index: usize| {
+        let at = *part_of.entry(slot).or_insert_with(|| {
+            parts.push(SlotPart {
+                slot,
+                entries: Vec::new(),
+                origin: Vec::new(),
+            });
+            parts.len() - 1
+        });
+        parts[at].entries.push(entry);
+        parts[at].origin.push(index);
+    };
+    for (index, e) in entries.iter().enumerate() {
+        match &e.op {
+            Op::Del { keys } => {
+                let mut by_slot: Vec<(u16, Vec<Vec<u8>>)> = Vec::new();
+                for key in keys {
+                    let slot = resilient_redis_pool::key_slot(key);
+                    match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                        Some((_, ks)) => ks.push(key.clone()),
+                        None => by_slot.push((slot, vec![key.clone()])),
+                    }
+                }
+                for (slot, keys) in by_slot {
+                    push(slot, Entry::new(e.seq, e.at, Op::Del { keys }), index);
+                }
+            }
+            op => {
+                let slot = op
+                    .keys()
+                    .first()
+                    .map_or(0, |k| resilient_redis_pool::key_slot(k));
+                push(slot, e.clone(), index);
+            }
+        }
+    }
+    parts
+}
+
+#[async_trait::async_trait]
+impl SyncTarget for RedisSyncTarget {
+    async fn apply(&self, batch: &Batch<'_>) -> Result<BatchOutcome, SyncError> {
+        if self.per_slot {
+            return self.apply_per_slot(batch).await;
+        }
+        let marker = marker_key(batch.id.instance);
+        let vd = deadlines_key(batch.id.instance);
+        let retire = batch.retire.map(|r| (marker_key(r), deadlines_key(r)));
+        let args = script_args(batch, &marker, &vd, retire);
+        self.invoke(&marker, args).await
+    }
+}
+
+/// Settles one slot's virtual deadlines at the end of a cluster replay (`KEYS[1]` the
+/// deadlines hash, `ARGV[1]` now as 20 digits): what [`REPLAY_SCRIPT`] does for its last batch.
+pub const SETTLE_SCRIPT: &str = r"
+local vdkey, now = KEYS[1], ARGV[1]
+local function cmp(a, b)
+  local x, y = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
+  if x == y then x, y = tonumber(string.sub(a, 11)), tonumber(string.sub(b, 11)) end
+  if x < y then return -1 elseif x > y then return 1 end
+  return 0
+end
+local function int(s)
+  local r = string.gsub(s, '^0+', '')
+  if r == '' then return '0' end
+  return r
+end
+local vd = redis.call('HGETALL', vdkey)
+for j = 1, #vd, 2 do
+  if cmp(vd[j + 1], now) <= 0 then redis.call('DEL', vd[j]) else redis.call('PEXPIREAT', vd[j], int(vd[j + 1])) end
+end
+redis.call('DEL', vdkey)
+return #vd / 2
+";
 
 /// The outcome from [`REPLAY_SCRIPT`]'s reply: `["1", index, reason, ...]` when the batch ran
 /// now, `["0", index, reason, ...]` when its marker showed it had run before (indexes of
@@ -253,13 +517,18 @@ fn padded(n: u64) -> Vec<u8> {
 /// The `ARGV` of [`REPLAY_SCRIPT`] for `batch`: marker, deadlines hash, seal, index, now, last
 /// flag, the retired instance's marker and deadlines hash (or empty), then each entry as
 /// `code, time, ...`.
-fn script_args(batch: &Batch<'_>) -> Vec<Vec<u8>> {
-    let (retire, retire_vd) = batch.retire.map_or((Vec::new(), Vec::new()), |r| {
-        (marker_key(r).into_bytes(), deadlines_key(r).into_bytes())
+fn script_args(
+    batch: &Batch<'_>,
+    marker: &str,
+    deadlines: &str,
+    retire: Option<(String, String)>,
+) -> Vec<Vec<u8>> {
+    let (retire, retire_vd) = retire.map_or((Vec::new(), Vec::new()), |(m, d)| {
+        (m.into_bytes(), d.into_bytes())
     });
     let mut argv: Vec<Vec<u8>> = vec![
-        marker_key(batch.id.instance).into_bytes(),
-        deadlines_key(batch.id.instance).into_bytes(),
+        marker.as_bytes().to_vec(),
+        deadlines.as_bytes().to_vec(),
         batch.id.seal.to_string().into_bytes(),
         batch.id.index.to_string().into_bytes(),
         padded(batch.now),

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod cluster;
 mod conn;
 mod error;
 mod fence;
@@ -12,6 +13,7 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cluster::{CLUSTER_SLOTS, ClusterPool, cluster_client, key_slot, slot_tag};
 pub use conn::{PooledConnection, SharedConnection};
 pub use error::{PoolError, classify};
 pub use pool::{RedisPool, primary_client, redis_client};

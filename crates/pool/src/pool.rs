@@ -205,7 +205,9 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
 }
 
 /// The `[tls]` certificates for a `rediss://` URL, read and checked: `None` without any.
-fn tls_certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, PoolError> {
+pub(crate) fn tls_certificates(
+    config: &RedisConfig,
+) -> Result<Option<redis::TlsCertificates>, PoolError> {
     let fail = |kind: ErrorKind, message: String| PoolError::Connect {
         kind,
         url: config.url.redacted(),
