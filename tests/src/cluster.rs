@@ -10,7 +10,9 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 /// A Redis Cluster: `primaries` primaries, each with `replicas` replicas, made with
 /// `redis-cli --cluster create`. Nodes declare a primary failed after 1 s without an answer
 /// (`cluster-node-timeout 1000`), so a replica takes over a killed primary within a few
-/// seconds. Every node is killed when this is dropped.
+/// seconds. Every node keeps each acknowledged write on disk (`appendfsync always`), so a node
+/// killed and restarted before its replica took over comes back with its data. Every node is
+/// killed when this is dropped.
 ///
 /// ```no_run
 /// let mut cluster = resilient_redis_tests::RedisCluster::start(3, 1);
@@ -54,6 +56,7 @@ impl RedisCluster {
                     // The bus port is chosen free too (the default, port + 10000, may not be).
                     .config("cluster-port", free_port().to_string())
                     .config("repl-diskless-sync-delay", "0")
+                    .durable()
                     .try_start()?,
             );
         }
@@ -135,6 +138,19 @@ impl RedisCluster {
             .find(|n| n.port() == port)
             .unwrap_or_else(|| panic!("no node on port {port}"))
             .kill();
+    }
+
+    /// Starts the node on `port` again (after [`RedisCluster::kill`]) with its data directory
+    /// and cluster state: a primary replaced meanwhile rejoins as a replica.
+    ///
+    /// # Errors
+    /// When no node has that port or it does not come up.
+    pub fn restart(&mut self, port: u16) -> Result<(), String> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .ok_or_else(|| format!("no node on port {port}"))?
+            .try_restart()
     }
 
     /// Waits until every running node reports `cluster_state:ok`.

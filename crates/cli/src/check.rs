@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use resilient_redis_config::ErrorKind;
-use resilient_redis_pool::{ConnectionPool, PoolError, RedisPool, SharedConnection};
+use resilient_redis_pool::{ClusterPool, ConnectionPool, PoolError, RedisPool, SharedConnection};
 use serde::Serialize;
 
 /// Exit codes, one per kind of failure (documented in `--help` and docs/operations.md).
@@ -46,6 +46,10 @@ struct Findings {
     mode: Option<String>,
     /// `master`, `slave` or `sentinel` (`ROLE`).
     role: Option<String>,
+    /// In cluster mode: the cluster's state, primaries and slots served.
+    cluster: Option<String>,
+    #[serde(skip)]
+    cluster_configured: bool,
     used_memory: Option<String>,
     maxmemory: Option<String>,
     maxmemory_policy: Option<String>,
@@ -147,9 +151,24 @@ async fn check(url: Option<String>) -> Findings {
             }
         };
     }
+    let cluster = config.mode == resilient_redis_config::Mode::Cluster;
+    f.cluster_configured = cluster;
+    if cluster {
+        let nodes: Vec<String> = config.nodes.iter().map(|n| n.redacted()).collect();
+        f.server = format!("cluster {}", nodes.join(","));
+    }
     f.tls = config.url.is_tls();
     f.credentials_sent = config.password.is_some() || config.url.has_credentials();
-    let pool = match RedisPool::new(&config).await {
+    let pool: Result<Box<dyn ConnectionPool>, PoolError> = if cluster {
+        ClusterPool::new(&config)
+            .await
+            .map(|p| Box::new(p) as Box<dyn ConnectionPool>)
+    } else {
+        RedisPool::new(&config)
+            .await
+            .map(|p| Box::new(p) as Box<dyn ConnectionPool>)
+    };
+    let pool = match pool {
         Ok(p) => p,
         Err(e) => {
             let (code, name) = classify(&e);
@@ -190,6 +209,9 @@ async fn check(url: Option<String>) -> Findings {
         });
     }
     server_facts(&mut conn, &mut f).await;
+    if cluster {
+        cluster_facts(&mut conn, &mut f).await;
+    }
     permissions(&mut conn, &mut f).await;
     if f.ok && f.permissions.iter().any(|p| !p.allowed) {
         let denied: Vec<&str> = f
@@ -208,8 +230,44 @@ async fn check(url: Option<String>) -> Findings {
     f
 }
 
+/// `INFO <section>` as text: one server's, or in a cluster the first primary's of the map of
+/// every primary's answers.
+async fn info(conn: &mut SharedConnection, section: &str) -> Option<String> {
+    match conn
+        .query::<redis::Value>(redis::cmd("INFO").arg(section))
+        .await
+        .ok()?
+    {
+        redis::Value::Map(answers) => answers
+            .into_iter()
+            .find_map(|(_, v)| redis::from_redis_value::<String>(v).ok()),
+        other => redis::from_redis_value::<String>(other).ok(),
+    }
+}
+
+/// The cluster's state as one node sees it: ok or not, slots served, primaries.
+async fn cluster_facts(conn: &mut SharedConnection, f: &mut Findings) {
+    let Ok(info) = conn
+        .query::<String>(redis::cmd("CLUSTER").arg("INFO"))
+        .await
+    else {
+        return;
+    };
+    let state = field(&info, "cluster_state").unwrap_or("unknown");
+    f.cluster = Some(format!(
+        "{state}, {} primaries, {} of 16384 slots served",
+        field(&info, "cluster_size").unwrap_or("?"),
+        field(&info, "cluster_slots_ok").unwrap_or("?")
+    ));
+    if state != "ok" {
+        f.warnings.push(format!(
+            "the cluster's state is {state}: commands for some or all slots are refused"
+        ));
+    }
+}
+
 async fn server_facts(conn: &mut SharedConnection, f: &mut Findings) {
-    if let Ok(info) = conn.query::<String>(redis::cmd("INFO").arg("server")).await {
+    if let Some(info) = info(conn, "server").await {
         f.version = field(&info, "redis_version").map(str::to_owned);
         f.mode = field(&info, "redis_mode").map(str::to_owned);
     }
@@ -218,7 +276,7 @@ async fn server_facts(conn: &mut SharedConnection, f: &mut Findings) {
             .first()
             .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
     }
-    if let Ok(info) = conn.query::<String>(redis::cmd("INFO").arg("memory")).await {
+    if let Some(info) = info(conn, "memory").await {
         f.used_memory = field(&info, "used_memory_human").map(str::to_owned);
         f.maxmemory = field(&info, "maxmemory_human").map(str::to_owned);
         f.maxmemory_policy = field(&info, "maxmemory_policy").map(str::to_owned);
@@ -231,12 +289,22 @@ async fn server_facts(conn: &mut SharedConnection, f: &mut Findings) {
              batches from applying twice: prefer noeviction or a volatile-* policy"
         ));
     }
+    let expected = if f.cluster_configured {
+        "cluster"
+    } else {
+        "standalone"
+    };
     if let Some(mode) = f.mode.as_deref()
-        && mode != "standalone"
+        && mode != expected
     {
         f.warnings.push(format!(
-            "the server runs in {mode} mode: this version of the library serves a standalone \
-             Redis (or a primary directly)"
+            "the server runs in {mode} mode but the configuration expects {expected}: set \
+             mode = \"{}\" (REDIS_MODE) and list the nodes",
+            if mode == "cluster" {
+                "cluster"
+            } else {
+                "standalone"
+            }
         ));
     }
     if f.role.as_deref() == Some("slave") {
@@ -346,6 +414,9 @@ fn print_words(f: &Findings) {
     println!("version        {}", or_unknown(&f.version));
     println!("mode           {}", or_unknown(&f.mode));
     println!("role           {}", or_unknown(&f.role));
+    if let Some(cluster) = &f.cluster {
+        println!("cluster        {cluster}");
+    }
     println!(
         "memory         {} used, maxmemory {} ({})",
         or_unknown(&f.used_memory),

@@ -12,7 +12,8 @@ use resilient_redis_config::{RedisConfig, RedisUrl};
 use resilient_redis_manager::{Error, RedisManager, ServedBy};
 use resilient_redis_metrics::PrometheusExporter;
 
-use resilient_redis_tests::RedisServer;
+use resilient_redis_pool::SharedConnection;
+use resilient_redis_tests::{RedisCluster, RedisServer};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -33,6 +34,12 @@ pub(crate) struct Args {
     /// and the manager follows it) and restarted later (it rejoins as a replica).
     #[arg(long, conflicts_with = "no_redis")]
     sentinel: bool,
+    /// Start a Redis Cluster of its own (3 primaries with a replica each; needs redis-cli),
+    /// and run in cluster mode; with --chaos the primary of the demo's counter is killed
+    /// partway (its replica takes over its slots) and restarted later (it rejoins as a
+    /// replica).
+    #[arg(long, conflicts_with_all = ["no_redis", "sentinel"])]
+    cluster: bool,
     /// Serve /metrics (Prometheus), /live and /ready on this address while running, e.g.
     /// 127.0.0.1:9187.
     #[arg(long)]
@@ -94,7 +101,31 @@ pub(crate) async fn run(args: Args) -> bool {
     let mut server = None;
     // In sentinel mode: the replica and the sentinels, alive for the whole run.
     let mut others = Vec::new();
-    if args.sentinel {
+    // In cluster mode: the cluster, alive for the whole run.
+    let mut cluster = None;
+    if args.cluster {
+        match tokio::task::block_in_place(|| RedisCluster::try_start(3, 1)) {
+            Ok(c) => {
+                config.mode = resilient_redis_config::Mode::Cluster;
+                config.nodes = c.urls().into_iter().map(RedisUrl::new).collect();
+                // Not used in cluster mode but for its scheme and credentials.
+                config.url = RedisUrl::new("redis://127.0.0.1:1");
+                println!(
+                    "cluster mode: 3 primaries and 3 replicas on ports {}",
+                    c.running_ports()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                cluster = Some(c);
+            }
+            Err(e) => {
+                eprintln!("cannot start the cluster: {e}");
+                return false;
+            }
+        }
+    } else if args.sentinel {
         match sentinel_setup().await {
             Ok((primary, rest)) => {
                 config.mode = resilient_redis_config::Mode::Sentinel;
@@ -143,18 +174,19 @@ pub(crate) async fn run(args: Args) -> bool {
         );
     }
     let config = demo_config(config);
-    let chaos = server.is_some() && args.chaos;
+    let chaos = (server.is_some() || cluster.is_some()) && args.chaos;
     println!(
         "demo: {} workers for {} against {}{}",
         args.workers,
         resilient_redis_config::units::format_duration(args.duration),
-        if config.mode == resilient_redis_config::Mode::Sentinel {
-            "the primary the sentinels name `mymaster`".to_owned()
-        } else {
-            config.url.to_string()
+        match config.mode {
+            resilient_redis_config::Mode::Sentinel =>
+                "the primary the sentinels name `mymaster`".to_owned(),
+            resilient_redis_config::Mode::Cluster => "the cluster".to_owned(),
+            _ => config.url.to_string(),
         },
-        match (chaos, args.sentinel) {
-            (true, true) => ", killing the primary at 30 % and restarting it at 55 %",
+        match (chaos, args.sentinel || args.cluster) {
+            (true, true) => ", killing a primary at 30 % and restarting it at 55 %",
             (true, false) => ", killing Redis at 30 % and restarting it at 55 %",
             _ => "",
         }
@@ -214,6 +246,7 @@ pub(crate) async fn run(args: Args) -> bool {
     let started = Instant::now();
     let (kill_at, restart_at) = (args.duration.mul_f64(0.30), args.duration.mul_f64(0.55));
     let (mut killed, mut restarted) = (false, false);
+    let mut victim = None;
     let (mut last_ops, mut last_second_ops, mut last_errors) = (0, 0, 0);
     let mut timeline = crate::plot::Timeline::default();
     let mut last_sample = Instant::now();
@@ -225,6 +258,36 @@ pub(crate) async fn run(args: Args) -> bool {
         tick.tick().await;
         ticks += 1;
         let t = started.elapsed();
+        if let Some(c) = cluster.as_mut().filter(|_| chaos) {
+            let counter = format!("demo:{run}:counter");
+            if !killed && t >= kill_at {
+                let slot = resilient_redis_pool::key_slot(counter.as_bytes());
+                victim = tokio::task::block_in_place(|| c.primary_of_slot(slot));
+                if let Some(port) = victim {
+                    c.kill(port);
+                    println!(
+                        "\n*** chaos: redis-server killed (SIGKILL) at {:.0} s: the primary on port \
+                         {port}, serving the counter's slot {slot}",
+                        t.as_secs_f64()
+                    );
+                }
+                killed = true;
+                timeline.kill = Some(t.as_secs_f64());
+            } else if killed && !restarted && t >= restart_at {
+                timeline.restart = Some(t.as_secs_f64());
+                if let Some(port) = victim {
+                    match c.restart(port) {
+                        Ok(()) => println!(
+                            "\n*** chaos: redis-server on port {port} restarted at {:.0} s (a \
+                             replica now, if its replica took over meanwhile)",
+                            t.as_secs_f64()
+                        ),
+                        Err(e) => println!("\n*** chaos: restart failed: {e}"),
+                    }
+                }
+                restarted = true;
+            }
+        }
         if let Some(s) = server.as_mut().filter(|_| chaos) {
             if !killed && t >= kill_at {
                 s.kill();
@@ -307,6 +370,7 @@ pub(crate) async fn run(args: Args) -> bool {
     }
     drop(server);
     drop(others);
+    drop(cluster);
     ok
 }
 
@@ -446,14 +510,7 @@ async fn ledger_check(
         );
         return true;
     }
-    let client = match resilient_redis_pool::primary_client(config).await {
-        Ok(c) => c,
-        Err(e) => {
-            println!("ledger: cannot open {}: {e}", config.url);
-            return false;
-        }
-    };
-    let mut conn = match client.get_multiplexed_async_connection().await {
+    let mut conn = match checker(config).await {
         Ok(c) => c,
         Err(e) => {
             println!("ledger: cannot reach Redis to check: {e}");
@@ -493,6 +550,27 @@ async fn ledger_check(
         println!("  missing or wrong: {key} -> {got}");
     }
     missing.is_empty() && counter_ok
+}
+
+/// A plain redis-rs connection to what `config` names now (the primary the sentinels name, or
+/// the cluster), for the ledger's check.
+async fn checker(config: &RedisConfig) -> Result<SharedConnection, String> {
+    if config.mode == resilient_redis_config::Mode::Cluster {
+        let client = resilient_redis_pool::cluster_client(config).map_err(|e| e.to_string())?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(SharedConnection::from_connection(conn));
+    }
+    let client = resilient_redis_pool::primary_client(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(SharedConnection::from_connection(conn))
 }
 
 /// A primary (durable), its replica, and three sentinels that agree on both: returns the

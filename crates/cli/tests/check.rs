@@ -170,3 +170,41 @@ fn check_in_sentinel_mode_reports_the_primary_the_sentinels_name() {
     );
     assert_eq!(f["role"], "master", "{f:#}");
 }
+
+/// In cluster mode `check` reports the cluster's state and the permissions, with no warning
+/// about the server's mode; a standalone configuration pointed at a cluster node is warned.
+#[test]
+fn check_in_cluster_mode_reports_the_cluster() {
+    let cluster = resilient_redis_tests::RedisCluster::start(3, 0);
+    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
+        .args(["check", "--json"])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CONFIG_FILE")
+        .env("REDIS_MODE", "cluster")
+        .env("REDIS_NODES", cluster.urls().join(","))
+        .output()
+        .expect("run the CLI");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(out.status.code(), Some(0), "{f:#}");
+    assert_eq!(f["mode"], "cluster", "{f:#}");
+    assert_eq!(
+        f["cluster"], "ok, 3 primaries, 16384 of 16384 slots served",
+        "{f:#}"
+    );
+    assert!(
+        f["server"]
+            .as_str()
+            .unwrap()
+            .starts_with("cluster redis://")
+    );
+    assert!(f["warnings"].as_array().unwrap().is_empty(), "{f:#}");
+    let permissions = f["permissions"].as_array().unwrap();
+    assert!(permissions.iter().all(|p| p["allowed"] == true), "{f:#}");
+
+    let (code, f) = check(&cluster.urls()[0]);
+    assert_eq!(code, Some(0), "{f:#}");
+    let warnings = f["warnings"].to_string();
+    assert!(warnings.contains("runs in cluster mode"), "{f:#}");
+}

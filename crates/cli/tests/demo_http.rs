@@ -110,3 +110,33 @@ fn the_demo_runs_through_a_sentinel_failover_and_loses_nothing() {
     assert!(words[1].parse::<u64>().unwrap() > 0, "{ledger}");
     assert!(ledger.contains("consistent"), "{ledger}");
 }
+
+/// `demo --cluster`: a 3-primary cluster with a replica each; the primary of the demo's counter
+/// killed partway and its replica taking over its slots; the ledger finding every acknowledged
+/// write and the counter in the cluster (the demo exits non-zero otherwise).
+#[test]
+fn the_demo_runs_through_a_cluster_failover_and_loses_nothing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
+        .args(["demo", "--cluster", "--duration", "8s", "--workers", "4"])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CONFIG_FILE")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("cluster mode: 3 primaries"), "{text}");
+    assert!(text.contains("redis-server killed"), "{text}");
+    let ledger = text
+        .lines()
+        .find(|l| l.starts_with("ledger:"))
+        .unwrap_or_else(|| panic!("no ledger line in {text}"));
+    let words: Vec<&str> = ledger.split_whitespace().collect();
+    assert_eq!(words[1], words[4], "{ledger}");
+    assert!(words[1].parse::<u64>().unwrap() > 0, "{ledger}");
+    assert!(ledger.contains("consistent"), "{ledger}");
+    assert!(!ledger.contains("INCONSISTENT"), "{ledger}");
+}
