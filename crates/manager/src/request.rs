@@ -401,14 +401,15 @@ impl CallOptions {
 }
 
 /// LOADING (a restarting server reading its data), MASTERDOWN and READONLY (a failover in
-/// progress) and TRYAGAIN say the server is not ready: they are handled like a lost connection
-/// (retried when safe, counted against the breaker, served from the fallback). Other error
-/// replies (WRONGTYPE, NOSCRIPT, OOM, ...) are the caller's to handle.
+/// progress), TRYAGAIN, and CLUSTERDOWN (a cluster refusing commands until a replica takes over
+/// a failed primary's slots) say the server is not ready: they are handled like a lost
+/// connection (retried when safe, counted against the breaker, served from the fallback).
+/// Other error replies (WRONGTYPE, NOSCRIPT, OOM, ...) are the caller's to handle.
 pub(crate) fn effective_kind(err: &PoolError) -> ErrorKind {
     if let PoolError::Command { source, .. } = err
         && matches!(
             source.code(),
-            Some("LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN")
+            Some("LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN")
         )
     {
         return ErrorKind::Connection;

@@ -121,3 +121,20 @@ async fn a_server_still_loading_its_data_is_not_ready_and_retried() {
     assert_eq!(m.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
     assert!(conn.is_empty());
 }
+
+#[tokio::test]
+async fn a_cluster_down_during_a_failover_is_not_ready_and_retried() {
+    let down =
+        redis::make_extension_error("CLUSTERDOWN".into(), Some("The cluster is down".into()));
+    let script = vec![
+        MockCmd::new(get("k"), Err::<Value, _>(down)),
+        MockCmd::new(get("k"), Ok("v")),
+    ];
+    let (m, conn) = manager(script, |c| {
+        c.max_retries = 1;
+        c.fallback.enabled = false;
+    })
+    .await;
+    assert_eq!(m.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(conn.is_empty(), "retried, not handed to the caller");
+}
