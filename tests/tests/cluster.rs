@@ -251,9 +251,15 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
     let mut i = 0;
     let mut journaled = 0;
     let mut recovered = false;
+    let mut named = false;
     while !recovered || i < 100 {
         i += 1;
         journaled = journaled.max(m.journal().pending_writes());
+        // The health report names the primary that is down, and its slots.
+        named |= m
+            .health_report()
+            .error
+            .is_some_and(|e| e.contains(&format!("primary 127.0.0.1:{victim} (slots ")));
         let (k, v) = (format!("c:{}", i % 150), format!("during-{i}"));
         if m.set(k.as_bytes(), v.as_bytes(), None).await.is_ok() {
             acked.insert(k, v);
@@ -273,6 +279,7 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
         );
     }
     assert!(journaled > 0, "no write was journaled during the failover");
+    assert!(named, "the health report never named the primary that was down");
     m.set(b"c:after", b"after", None).await.unwrap();
     acked.insert("c:after".into(), "after".into());
     let deadline = Instant::now() + Duration::from_secs(10);

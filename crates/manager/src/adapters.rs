@@ -30,6 +30,52 @@ impl Probe for PoolProbe {
     }
 }
 
+/// In cluster mode: the slot map, then a PING to every primary on its own. A failure names
+/// each primary that did not answer and the slots it serves (or the slots no primary serves),
+/// so the health report says which node is down.
+pub struct ClusterProbe {
+    pool: Arc<resilient_redis_pool::ClusterPool>,
+}
+
+impl ClusterProbe {
+    /// A probe over `pool`.
+    #[must_use]
+    pub fn new(pool: Arc<resilient_redis_pool::ClusterPool>) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait::async_trait]
+impl Probe for ClusterProbe {
+    async fn probe(&self) -> Result<(), ProbeError> {
+        let primaries = self
+            .pool
+            .primaries()
+            .await
+            .map_err(|e| ProbeError(e.to_string()))?;
+        let failing: Vec<String> = primaries
+            .iter()
+            .filter(|p| p.error.is_some())
+            .map(ToString::to_string)
+            .collect();
+        if !failing.is_empty() {
+            return Err(ProbeError(failing.join("; ")));
+        }
+        let served: u32 = primaries
+            .iter()
+            .flat_map(|p| &p.slots)
+            .map(|(a, b)| u32::from(b.saturating_sub(*a)) + 1)
+            .sum();
+        if served < u32::from(resilient_redis_pool::CLUSTER_SLOTS) {
+            return Err(ProbeError(format!(
+                "only {served} of {} slots have a primary",
+                resilient_redis_pool::CLUSTER_SLOTS
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The server a configuration points at, as `host:port/db` (`unix:PATH/db` for a socket),
 /// never with a password: what a fallback journal records as its server.
 #[must_use]

@@ -11,7 +11,7 @@ use resilient_redis_metrics::{Collector, MetricsCollector, NoopMetrics};
 use resilient_redis_pool::{ClusterPool, ConnectionPool, RedisPool};
 
 use crate::Error;
-use crate::adapters::PoolProbe;
+use crate::adapters::{ClusterProbe, PoolProbe};
 use crate::manager::{Inner, RedisManager};
 use crate::recovery::supervise;
 use crate::replay::RedisSyncTarget;
@@ -91,6 +91,7 @@ impl RedisManagerBuilder {
     pub async fn build(self) -> Result<RedisManager, Error> {
         let config = self.config;
         config.validate().map_err(Error::Config)?;
+        let mut cluster_pool = None;
         let pool: Arc<dyn ConnectionPool> = match self.pool {
             Some(p) => p,
             None => {
@@ -106,7 +107,9 @@ impl RedisManagerBuilder {
                     }
                 };
                 if config.mode == resilient_redis_config::Mode::Cluster {
-                    Arc::new(ClusterPool::new(&config).await.map_err(failed)?)
+                    let pool = Arc::new(ClusterPool::new(&config).await.map_err(failed)?);
+                    cluster_pool = Some(Arc::clone(&pool));
+                    pool
                 } else {
                     Arc::new(RedisPool::new(&config).await.map_err(failed)?)
                 }
@@ -115,8 +118,15 @@ impl RedisManagerBuilder {
         let health: Arc<dyn HealthMonitor> = match self.health {
             Some(h) => h,
             None => Arc::new(
-                Monitor::new(Arc::new(PoolProbe::new(Arc::clone(&pool))), &config.health)
-                    .map_err(|e| Error::Build(e.to_string()))?,
+                match cluster_pool {
+                    Some(cluster) => {
+                        Monitor::new(Arc::new(ClusterProbe::new(cluster)), &config.health)
+                    }
+                    None => {
+                        Monitor::new(Arc::new(PoolProbe::new(Arc::clone(&pool))), &config.health)
+                    }
+                }
+                .map_err(|e| Error::Build(e.to_string()))?,
             ),
         };
         let breaker: Arc<dyn CircuitBreaker> = match self.breaker {

@@ -16,7 +16,7 @@ pub mod replay;
 mod report;
 mod request;
 
-pub use adapters::{PoolProbe, server_identity};
+pub use adapters::{ClusterProbe, PoolProbe, server_identity};
 pub use api::{RedisApi, RedisApiExt, Served, ServedBy};
 pub use builder::RedisManagerBuilder;
 pub use compat::ManagedConnection;

@@ -218,6 +218,131 @@ impl ClusterPool {
     }
 }
 
+/// A primary of the cluster as [`ClusterPool::primaries`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PrimaryStatus {
+    /// `host:port`.
+    pub address: String,
+    /// The slot ranges it serves (inclusive).
+    pub slots: Vec<(u16, u16)>,
+    /// Why its PING failed; `None` when it answered.
+    pub error: Option<String>,
+}
+
+impl std::fmt::Display for PrimaryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranges: Vec<String> = self
+            .slots
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        write!(f, "primary {} (slots {})", self.address, ranges.join(","))?;
+        match &self.error {
+            Some(e) => write!(f, ": {e}"),
+            None => f.write_str(": ok"),
+        }
+    }
+}
+
+impl ClusterPool {
+    /// The cluster's primaries and whether each answers: the slot map as a node reports it
+    /// (`CLUSTER SLOTS`, asked of up to three nodes in turn), then a PING to every primary at
+    /// once, each bounded by the socket timeout. For a health probe that names the node that
+    /// fails.
+    ///
+    /// # Errors
+    /// As [`ConnectionPool::shared`] when not connected; [`PoolError::Command`] when no node
+    /// gave the slot map.
+    pub async fn primaries(&self) -> Result<Vec<PrimaryStatus>, PoolError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let conn = self
+            .inner
+            .conn
+            .load_full()
+            .ok_or_else(|| self.shared().err().unwrap_or(PoolError::Closed))?;
+        let mut map = Err(PoolError::Closed);
+        for _ in 0..3 {
+            let mut c = ClusterConnection::clone(&conn);
+            map = c
+                .route_command(
+                    redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                )
+                .await
+                .map_err(|e| PoolError::Command {
+                    kind: classify(&e),
+                    source: e,
+                });
+            if map.is_ok() {
+                break;
+            }
+        }
+        let mut primaries: Vec<PrimaryStatus> = Vec::new();
+        if let Value::Array(ranges) = map? {
+            for range in ranges {
+                let Value::Array(items) = range else { continue };
+                let (Some(Value::Int(from)), Some(Value::Int(to)), Some(Value::Array(node))) =
+                    (items.first(), items.get(1), items.get(2))
+                else {
+                    continue;
+                };
+                let host = match node.first() {
+                    Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+                    Some(Value::SimpleString(h)) => h.clone(),
+                    _ => continue,
+                };
+                let Some(Value::Int(port)) = node.get(1) else {
+                    continue;
+                };
+                let address = format!("{host}:{port}");
+                let (Ok(from), Ok(to)) = (u16::try_from(*from), u16::try_from(*to)) else {
+                    continue;
+                };
+                match primaries.iter_mut().find(|p| p.address == address) {
+                    Some(p) => p.slots.push((from, to)),
+                    None => primaries.push(PrimaryStatus {
+                        address,
+                        slots: vec![(from, to)],
+                        error: None,
+                    }),
+                }
+            }
+        }
+        let mut pings = tokio::task::JoinSet::new();
+        for (i, p) in primaries.iter().enumerate() {
+            let mut c = ClusterConnection::clone(&conn);
+            let (host, port) = p
+                .address
+                .rsplit_once(':')
+                .map(|(h, port)| (h.to_owned(), port.parse().unwrap_or(0)))
+                .unwrap_or_default();
+            pings.spawn(async move {
+                let answer = c
+                    .route_command(
+                        redis::cmd("PING").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
+                    )
+                    .await;
+                (i, answer.err().map(|e| e.to_string()))
+            });
+        }
+        while let Some(done) = pings.join_next().await {
+            if let Ok((i, error)) = done {
+                primaries[i].error = error;
+            }
+        }
+        primaries.sort_by_key(|p| p.slots.first().copied());
+        Ok(primaries)
+    }
+}
+
 impl Inner {
     /// Opens a cluster connection within the connect timeout, recording why it failed.
     async fn open(&self) -> Result<ClusterConnection, PoolError> {

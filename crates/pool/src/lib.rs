@@ -13,7 +13,7 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cluster::{CLUSTER_SLOTS, ClusterPool, cluster_client, key_slot, slot_tag};
+pub use cluster::{CLUSTER_SLOTS, ClusterPool, PrimaryStatus, cluster_client, key_slot, slot_tag};
 pub use conn::{PooledConnection, SharedConnection};
 pub use error::{PoolError, classify};
 pub use pool::{RedisPool, primary_client, redis_client};
