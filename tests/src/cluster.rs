@@ -10,7 +10,8 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(30);
 /// A Redis Cluster: `primaries` primaries, each with `replicas` replicas, made with
 /// `redis-cli --cluster create`. Nodes declare a primary failed after 1 s without an answer
 /// (`cluster-node-timeout 1000`), so a replica takes over a killed primary within a few
-/// seconds. Every node keeps each acknowledged write on disk (`appendfsync always`), so a node
+/// seconds, and the other primaries keep serving their slots meanwhile
+/// (`cluster-require-full-coverage no`). Every node keeps each acknowledged write on disk (`appendfsync always`), so a node
 /// killed and restarted before its replica took over comes back with its data. Every node is
 /// killed when this is dropped.
 ///
@@ -56,6 +57,8 @@ impl RedisCluster {
                     // The bus port is chosen free too (the default, port + 10000, may not be).
                     .config("cluster-port", free_port().to_string())
                     .config("repl-diskless-sync-delay", "0")
+                    // The other primaries keep serving their slots while one is down.
+                    .config("cluster-require-full-coverage", "no")
                     .durable()
                     .try_start()?,
             );

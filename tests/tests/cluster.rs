@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::AsyncCommands;
 use resilient_redis_config::{Mode, RedisConfig, RedisUrl};
 use resilient_redis_fallback::{Batch, BatchId, BatchOutcome, Entry, Op, SyncTarget};
-use resilient_redis_manager::RedisManager;
 use resilient_redis_manager::replay::{RedisSyncTarget, slot_marker_key};
-use resilient_redis_pool::{ClusterPool, key_slot};
+use resilient_redis_manager::{RedisManager, ServedBy};
+use resilient_redis_pool::{CLUSTER_SLOTS, ClusterPool, key_slot};
 use resilient_redis_tests::RedisCluster;
 
 fn cluster_config(cluster: &RedisCluster) -> RedisConfig {
@@ -246,15 +246,33 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
     });
 
     let victim = cluster.primary_of_slot(key_slot(b"c:0")).unwrap();
+    // A key another primary serves.
+    let other = (0..)
+        .map(|i| format!("c:{i}"))
+        .find(|k| cluster.primary_of_slot(key_slot(k.as_bytes())) != Some(victim))
+        .unwrap();
     cluster.kill(victim);
     let killed = Instant::now();
     let mut i = 0;
     let mut journaled = 0;
     let mut recovered = false;
     let mut named = false;
+    let mut partial = false;
     while !recovered || i < 100 {
         i += 1;
         journaled = journaled.max(m.journal().pending_writes());
+        // Only the failed primary's keys go to memory: the others are Redis's to answer.
+        let report = m.health_report();
+        if report
+            .fallback_slots
+            .is_some_and(|n| n > 0 && n < CLUSTER_SLOTS.into())
+            && m.fallback_covers(b"c:0")
+            && !m.fallback_covers(other.as_bytes())
+        {
+            let mine = m.get_with_source(b"c:0").await.unwrap();
+            let theirs = m.get_with_source(other.as_bytes()).await.unwrap();
+            partial |= mine.by != ServedBy::Redis && theirs.by == ServedBy::Redis;
+        }
         // The health report names the primary that is down, and its slots.
         named |= m
             .health_report()
@@ -279,7 +297,14 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
         );
     }
     assert!(journaled > 0, "no write was journaled during the failover");
-    assert!(named, "the health report never named the primary that was down");
+    assert!(
+        named,
+        "the health report never named the primary that was down"
+    );
+    assert!(
+        partial,
+        "the other primaries' keys were never served by Redis while one primary was down"
+    );
     m.set(b"c:after", b"after", None).await.unwrap();
     acked.insert("c:after".into(), "after".into());
     let deadline = Instant::now() + Duration::from_secs(10);

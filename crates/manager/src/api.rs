@@ -7,7 +7,7 @@ use redis::{Cmd, FromRedisValue, Pipeline, ToRedisArgs, Value};
 use resilient_redis_fallback::{Fields, Ttl};
 
 use crate::compat::{Memory, slice_pairs, slices};
-use crate::request::{Kind, Request};
+use crate::request::{Kind, Request, Scope};
 use crate::{Error, RedisManager};
 use resilient_redis_fallback::{FallbackStore, FallbackStoreExt};
 
@@ -304,6 +304,7 @@ impl RedisManager {
         self.call(
             "get",
             Kind::Read,
+            Scope::Key(key),
             Request::Cmd(&cmd),
             from_redis,
             Some(&|s| {
@@ -329,6 +330,7 @@ impl RedisManager {
         self.call(
             "incrby",
             Kind::NonIdempotentWrite,
+            Scope::Key(key),
             Request::Cmd(&cmd),
             from_redis,
             Some(&|s| {

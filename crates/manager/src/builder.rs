@@ -118,10 +118,11 @@ impl RedisManagerBuilder {
         let health: Arc<dyn HealthMonitor> = match self.health {
             Some(h) => h,
             None => Arc::new(
-                match cluster_pool {
-                    Some(cluster) => {
-                        Monitor::new(Arc::new(ClusterProbe::new(cluster)), &config.health)
-                    }
+                match &cluster_pool {
+                    Some(cluster) => Monitor::new(
+                        Arc::new(ClusterProbe::new(Arc::clone(cluster))),
+                        &config.health,
+                    ),
                     None => {
                         Monitor::new(Arc::new(PoolProbe::new(Arc::clone(&pool))), &config.health)
                     }
@@ -168,6 +169,7 @@ impl RedisManagerBuilder {
                 target
             })
         });
+        let by_slot = config.mode == resilient_redis_config::Mode::Cluster;
         let inner = Arc::new(Inner {
             fallback_enabled: config.fallback.enabled,
             shadow: config.fallback.enabled && config.fallback.shadow,
@@ -181,6 +183,8 @@ impl RedisManagerBuilder {
             target,
             closed: AtomicBool::new(false),
             fallback_mode: AtomicBool::new(false),
+            slots: by_slot.then(crate::slots::SlotSet::new),
+            cluster: cluster_pool,
             gate: RwLock::new(()),
             activated: Arc::new(tokio::sync::Notify::new()),
             dead_letters: std::sync::atomic::AtomicU64::new(0),

@@ -16,7 +16,7 @@ use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
 
 use resilient_redis_fallback::{Answer, FallbackError, FallbackStore, ReadCmd, WriteCmd};
 
-use crate::request::{Kind, Request};
+use crate::request::{Kind, Request, Scope};
 use crate::{Error, RedisManager, Ttl};
 
 /// A command's name, upper case.
@@ -385,6 +385,24 @@ impl<'a> Memory<'a> {
         })
     }
 
+    /// Calls `f` with each key the command touches.
+    pub(crate) fn each_key(&self, mut f: impl FnMut(&[u8])) {
+        match self {
+            Memory::Get(k)
+            | Memory::Set(k, ..)
+            | Memory::Exists(k)
+            | Memory::Expire(k, _)
+            | Memory::Ttl(k, _)
+            | Memory::IncrBy(k, _)
+            | Memory::HGet(k, _)
+            | Memory::HSet(k, _)
+            | Memory::HDel(k, _)
+            | Memory::HGetAll(k) => f(k),
+            Memory::Del(ks) | Memory::MGet(ks) => ks.iter().for_each(|k| f(k)),
+            Memory::MSet(kv) => kv.iter().for_each(|(k, _)| f(k)),
+        }
+    }
+
     /// Whether a store's answer is the kind this command expects (a custom store may err).
     fn fits(&self, answer: &Answer) -> bool {
         match (self, answer) {
@@ -447,6 +465,7 @@ impl RedisManager {
         self.call(
             op,
             kind,
+            Scope::Plan(memory),
             Request::Cmd(cmd),
             &decode,
             Some(&|s| {
@@ -509,6 +528,7 @@ impl RedisManager {
         self.call(
             static_name(name),
             kind,
+            Scope::All,
             Request::Cmd(cmd),
             Ok,
             None,
@@ -547,6 +567,7 @@ impl RedisManager {
         self.call(
             "pipeline",
             kind,
+            Scope::All,
             Request::Pipeline(pipeline, offset, count),
             decode,
             None,

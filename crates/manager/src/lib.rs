@@ -15,6 +15,7 @@ mod recovery;
 pub mod replay;
 mod report;
 mod request;
+mod slots;
 
 pub use adapters::{ClusterProbe, PoolProbe, server_identity};
 pub use api::{RedisApi, RedisApiExt, Served, ServedBy};

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::report::{HealthReport, Verdict};
-use crate::request::{CallOptions, overtake_error, unavailable};
+use crate::request::{CallOptions, Scope, overtake_error, unavailable};
 
 /// How long `close` waits between replay attempts while Redis is unreachable.
 const CLOSE_RETRY: Duration = Duration::from_millis(50);
@@ -38,6 +38,14 @@ pub(crate) struct Inner {
     /// to Redis. Turned on by a call that finds Redis unreachable, a health verdict or a
     /// restored journal; off once Redis answers and the journal has drained.
     pub(crate) fallback_mode: AtomicBool,
+    /// In cluster mode, the slots whose keys fallback mode covers: a key is answered from
+    /// memory only when fallback mode is on and its slot is in the set. Every slot with a
+    /// journaled write stays in it until fallback mode ends (the journal drained). `None`
+    /// outside cluster mode: fallback mode covers every key.
+    pub(crate) slots: Option<crate::slots::SlotSet>,
+    /// The cluster pool, when the manager built one: its last slot map says which primary
+    /// serves which slots (to put a failed primary's slots in fallback mode at once).
+    pub(crate) cluster: Option<Arc<resilient_redis_pool::ClusterPool>>,
     /// Orders fallback-mode changes against journal appends: every answer from the fallback
     /// store (and so every journal append) happens under a read guard, after checking the mode
     /// and `closed`; leaving fallback mode and closing take the write guard. So fallback mode
@@ -60,8 +68,60 @@ impl Inner {
         self.fallback_mode.load(Ordering::Acquire)
     }
 
-    /// Turns fallback mode on (for `reason`, an audit field); whether it was off.
+    /// Whether a call touching `scope` is answered from memory: fallback mode is on and, in
+    /// cluster mode, one of its keys' slots is covered.
+    pub(crate) fn in_fallback(&self, scope: Scope<'_>) -> bool {
+        if !self.is_fallback_mode() {
+            return false;
+        }
+        match &self.slots {
+            None => true,
+            Some(set) => {
+                let mut any = false;
+                scope.each_slot(|slot| any |= slot.is_none_or(|s| set.contains(s)));
+                any
+            }
+        }
+    }
+
+    /// Covers `scope`'s slots (cluster mode): a call answered from memory puts every slot it
+    /// touches in fallback mode, so that no key with a journaled write is sent to Redis before
+    /// its replay.
+    pub(crate) fn cover(&self, scope: Scope<'_>) {
+        if let Some(set) = &self.slots {
+            scope.each_slot(|slot| match slot {
+                Some(s) => set.insert(s),
+                None => set.insert_all(),
+            });
+        }
+    }
+
+    /// Turns fallback mode on for every key (for `reason`, an audit field); whether it was off.
     pub(crate) fn activate(&self, reason: &'static str) -> bool {
+        self.activate_for(reason, Scope::All)
+    }
+
+    /// Turns fallback mode on for `scope` (for `reason`, an audit field); whether it was off.
+    /// In cluster mode a failed key's whole primary is covered, as the last slot map shows it:
+    /// its other keys then go to memory without each waiting for a timeout.
+    pub(crate) fn activate_for(&self, reason: &'static str, scope: Scope<'_>) -> bool {
+        self.cover(scope);
+        if let (Some(set), Some(primaries)) = (
+            &self.slots,
+            self.cluster.as_ref().and_then(|c| c.last_primaries()),
+        ) {
+            scope.each_slot(|slot| {
+                let Some(slot) = slot else { return };
+                if let Some(p) = primaries
+                    .iter()
+                    .find(|p| p.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+                {
+                    for (a, b) in &p.slots {
+                        set.insert_range(*a, *b);
+                    }
+                }
+            });
+        }
         let turned = !self.fallback_mode.swap(true, Ordering::AcqRel);
         if turned {
             crate::audit::fallback_on(reason, self.journal.pending_writes());
@@ -69,10 +129,48 @@ impl Inner {
         turned
     }
 
+    /// After an unhealthy probe in cluster mode: covers the slots of the primaries that did not
+    /// answer, and says whether that was all (`false`: the whole cluster is down, or nothing is
+    /// known of it, and fallback mode must cover every key).
+    pub(crate) fn activate_failing_primaries(&self) -> bool {
+        let (Some(set), Some(primaries)) = (
+            &self.slots,
+            self.cluster.as_ref().and_then(|c| c.last_primaries()),
+        ) else {
+            return false;
+        };
+        let failing: Vec<_> = primaries.iter().filter(|p| p.error.is_some()).collect();
+        if failing.is_empty() || failing.len() == primaries.len() {
+            return false;
+        }
+        for p in failing {
+            for (a, b) in &p.slots {
+                set.insert_range(*a, *b);
+            }
+        }
+        if !self.fallback_mode.swap(true, Ordering::AcqRel) {
+            crate::audit::fallback_on("primary_unreachable", self.journal.pending_writes());
+        }
+        true
+    }
+
+    /// Slots in fallback mode (cluster mode): `None` outside cluster mode.
+    pub(crate) fn fallback_slots(&self) -> Option<u32> {
+        let set = self.slots.as_ref()?;
+        Some(if self.is_fallback_mode() {
+            set.len()
+        } else {
+            0
+        })
+    }
+
     /// Turns fallback mode off and lets the store drop what it kept only to answer.
     pub(crate) fn deactivate(&self) {
         if self.fallback_mode.swap(false, Ordering::AcqRel) {
             crate::audit::fallback_off(self.journal.pending_writes());
+        }
+        if let Some(set) = &self.slots {
+            set.clear();
         }
         self.store.settle();
     }
@@ -171,10 +269,18 @@ impl RedisManager {
     }
 
     /// Whether calls are being answered from memory (Redis unreachable, or journaled writes
-    /// still to replay).
+    /// still to replay). In cluster mode: for some keys at least (see
+    /// [`RedisManager::fallback_covers`]).
     #[must_use]
     pub fn is_fallback_mode(&self) -> bool {
         self.inner.is_fallback_mode()
+    }
+
+    /// Whether a call on `key` would be answered from memory now: fallback mode is on and, in
+    /// cluster mode, covers the key's slot (its primary failed, or it has journaled writes).
+    #[must_use]
+    pub fn fallback_covers(&self, key: &[u8]) -> bool {
+        self.inner.in_fallback(crate::request::Scope::Key(key))
     }
 
     /// Whether fallback mode is off and nothing journaled waits: Redis answers every call.
@@ -263,6 +369,7 @@ impl RedisManager {
             breaker: breaker.as_str(),
             pool: inner.pool.status(),
             fallback_mode,
+            fallback_slots: inner.fallback_slots(),
             pending_writes: inner.journal.pending_writes(),
             dead_letters: inner.dead_letters.load(Ordering::Relaxed),
             error_rate: snapshot.error_rate,

@@ -25,6 +25,8 @@ pub(crate) async fn supervise(
     let activated = Arc::clone(&first.activated);
     drop(first);
     let mut was_healthy = true;
+    // Whether the last unhealthy verdict was an outage of all of Redis (not of some primaries).
+    let mut was_total = false;
     health_rx.mark_changed();
     let mut sync = tokio::time::interval(sync_every);
     let mut gauges = tokio::time::interval(gauges_every);
@@ -53,20 +55,35 @@ pub(crate) async fn supervise(
                 }
                 was_healthy = status.healthy;
                 if !status.healthy {
+                    // In a cluster where some primaries still answer, only the slots of those
+                    // that do not go to memory; the rest is served by Redis.
+                    let partial = m.fallback_enabled
+                        && status.error.is_some()
+                        && m.activate_failing_primaries();
                     // The breaker hears of an outage even when no call reaches Redis (fallback
-                    // mode answers them all): the verdict turning unhealthy opens it once, so
-                    // its state and trips count outages, whatever the traffic.
-                    if turned_unhealthy
+                    // mode answers them all): the outage of all of Redis (of every primary)
+                    // opens it once, so its state and trips count outages, whatever the
+                    // traffic.
+                    let total = !partial;
+                    if total
+                        && (turned_unhealthy || !was_total)
                         && matches!(m.breaker.state(), BreakerState::Closed | BreakerState::HalfOpen)
                     {
                         let _ = m.breaker.transition_to(BreakerState::Open);
                     }
+                    was_total = total;
                     // A good probe short of the success threshold (no error) is no reason to go
-                    // back to memory right after a recovery.
-                    if m.fallback_enabled && status.error.is_some() && !m.is_fallback_mode() {
+                    // back to memory right after a recovery. (In a cluster, a partial outage
+                    // that became total widens fallback mode to every key.)
+                    if total
+                        && m.fallback_enabled
+                        && status.error.is_some()
+                        && (m.slots.is_some() || !m.is_fallback_mode())
+                    {
                         m.activate("unhealthy");
                     }
                 } else if status.healthy && status.error.is_none() {
+                    was_total = false;
                     recover(&m).await;
                 }
             }

@@ -57,6 +57,9 @@ pub struct HealthReport {
     pub pool: PoolStatus,
     /// Whether the fallback serves.
     pub fallback_mode: bool,
+    /// In cluster mode, how many of the 16384 slots the fallback serves (the slots of the
+    /// primaries that failed, or all); `None` outside cluster mode.
+    pub fallback_slots: Option<u32>,
     /// Journaled writes waiting for replay.
     pub pending_writes: u64,
     /// Acknowledged writes Redis refused at replay since the start, kept as dead letters in the

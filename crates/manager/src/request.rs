@@ -26,7 +26,28 @@ pub(crate) enum Request<'r> {
     Pipeline(&'r redis::Pipeline, usize, usize),
 }
 
-/// How the fallback store answers an operation.
+/// Which keys a call touches, for fallback mode by slot in a Redis Cluster.
+#[derive(Clone, Copy)]
+pub(crate) enum Scope<'a> {
+    /// Unknown keys (a command the fallback cannot answer, a pipeline): every slot.
+    All,
+    /// One key.
+    Key(&'a [u8]),
+    /// The keys of a command the fallback can answer.
+    Plan(&'a crate::compat::Memory<'a>),
+}
+
+impl Scope<'_> {
+    /// Calls `f` with each key's slot (`None`: every slot).
+    pub(crate) fn each_slot(self, mut f: impl FnMut(Option<u16>)) {
+        match self {
+            Scope::All => f(None),
+            Scope::Key(k) => f(Some(resilient_redis_pool::key_slot(k))),
+            Scope::Plan(m) => m.each_key(|k| f(Some(resilient_redis_pool::key_slot(k)))),
+        }
+    }
+}
+
 /// How the fallback store answers an operation (decoded as Redis's answer would be).
 pub(crate) type Serve<'a, T> = dyn Fn(&dyn FallbackStore) -> Result<T, Error> + Sync + 'a;
 
@@ -65,6 +86,7 @@ impl RedisManager {
         &self,
         op: &'static str,
         kind: Kind,
+        scope: Scope<'_>,
         cmd: Request<'_>,
         decode: impl FnOnce(Value) -> Result<T, Error>,
         fallback: Option<&Serve<'_, T>>,
@@ -77,7 +99,7 @@ impl RedisManager {
             retries: 0,
         };
         let (result, outcome) = self
-            .attempt(kind, cmd, decode, fallback, observe, &mut timing)
+            .attempt(kind, scope, cmd, decode, fallback, observe, &mut timing)
             .instrument(span.clone())
             .await;
         let ended = timing.ended.unwrap_or_else(Instant::now);
@@ -118,9 +140,14 @@ impl RedisManager {
     }
 
     /// The request path proper: the answer and the outcome to record.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call's parts, passed through from `call` without a struct to build"
+    )]
     async fn attempt<T>(
         &self,
         kind: Kind,
+        scope: Scope<'_>,
         cmd: Request<'_>,
         decode: impl FnOnce(Value) -> Result<T, Error>,
         fallback: Option<&Serve<'_, T>>,
@@ -144,8 +171,8 @@ impl RedisManager {
         }
         let fallback = fallback.filter(|_| inner.fallback_enabled && opts.fallback);
         if let Some(serve) = fallback
-            && inner.is_fallback_mode()
-            && let Some(answer) = self.serve(serve, false)
+            && inner.in_fallback(scope)
+            && let Some(answer) = self.serve(serve, scope, false)
         {
             return answer;
         }
@@ -157,7 +184,8 @@ impl RedisManager {
             Ok(p) => PermitGuard::new(inner.breaker.as_ref(), p),
             Err(rejected) => {
                 if let Some(serve) = fallback {
-                    return self.serve_activating(serve);
+                    // An open breaker stands for the whole of Redis (the whole cluster).
+                    return self.serve_activating(serve, Scope::All);
                 }
                 return failed(Error::Unavailable {
                     kind: ErrorKind::CircuitBreaker,
@@ -277,7 +305,11 @@ impl RedisManager {
             permit.success(started.elapsed());
             return failed(server_error(failure));
         }
-        if err_kind.is_transient() {
+        // In a cluster, a key the fallback can answer puts its primary's slots in fallback
+        // mode: the breaker, which stands for the whole cluster, is not told of one node's
+        // failure (the health probe opens it when every primary fails).
+        let by_slot = inner.slots.is_some() && fallback.is_some() && !matches!(scope, Scope::All);
+        if err_kind.is_transient() && !by_slot {
             permit.error(started.elapsed());
         } else {
             permit.release();
@@ -296,7 +328,7 @@ impl RedisManager {
         if let Some(serve) = fallback
             && err_kind.is_transient()
         {
-            return self.serve_activating(serve);
+            return self.serve_activating(serve, scope);
         }
         failed(Error::Unavailable {
             kind: err_kind,
@@ -310,17 +342,23 @@ impl RedisManager {
         self.inner.is_fallback_mode() && self.inner.journal.pending_writes() > 0
     }
 
-    /// Enters fallback mode and answers from the fallback store.
-    fn serve_activating<T>(&self, serve: &Serve<'_, T>) -> (Result<T, Error>, Outcome) {
-        self.serve(serve, true)
+    /// Enters fallback mode (for `scope`) and answers from the fallback store.
+    fn serve_activating<T>(
+        &self,
+        serve: &Serve<'_, T>,
+        scope: Scope<'_>,
+    ) -> (Result<T, Error>, Outcome) {
+        self.serve(serve, scope, true)
             .unwrap_or((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)))
     }
 
     /// Answers from the fallback store under the mode gate: `None` when fallback mode ended
-    /// meanwhile (the caller goes to Redis), unless `activate` turns it on.
+    /// meanwhile or does not cover `scope` (the caller goes to Redis), unless `activate` turns
+    /// it on.
     fn serve<T>(
         &self,
         serve: &Serve<'_, T>,
+        scope: Scope<'_>,
         activate: bool,
     ) -> Option<(Result<T, Error>, Outcome)> {
         let inner = &*self.inner;
@@ -335,9 +373,12 @@ impl RedisManager {
                 // not keep every caller on memory for longer than it takes to see Redis again.
                 inner.activated.notify_one();
             }
-            inner.activate("call_failed");
-        } else if !inner.is_fallback_mode() {
+            inner.activate_for("call_failed", scope);
+        } else if !inner.in_fallback(scope) {
             return None;
+        } else {
+            // Every slot the call touches stays in fallback mode until the journal drains.
+            inner.cover(scope);
         }
         let result = serve(inner.store.as_ref());
         let outcome = match &result {

@@ -82,6 +82,8 @@ pub struct ClusterPool {
 struct Inner {
     client: redis::cluster::ClusterClient,
     conn: ArcSwapOption<ClusterConnection>,
+    /// What [`ClusterPool::primaries`] found last.
+    primaries: ArcSwapOption<Vec<PrimaryStatus>>,
     last_error: Mutex<Option<(ErrorKind, String)>>,
     shown: String,
     connect_timeout: Duration,
@@ -193,6 +195,7 @@ impl ClusterPool {
         let inner = Arc::new(Inner {
             client,
             conn: ArcSwapOption::empty(),
+            primaries: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
             shown: nodes_shown(config),
             connect_timeout: config.connect_timeout,
@@ -284,8 +287,16 @@ impl ClusterPool {
                 break;
             }
         }
+        let map = match map {
+            Ok(map) => map,
+            Err(e) => {
+                // No slot map: nothing is known of which primaries answer.
+                self.inner.primaries.store(None);
+                return Err(e);
+            }
+        };
         let mut primaries: Vec<PrimaryStatus> = Vec::new();
-        if let Value::Array(ranges) = map? {
+        if let Value::Array(ranges) = map {
             for range in ranges {
                 let Value::Array(items) = range else { continue };
                 let (Some(Value::Int(from)), Some(Value::Int(to)), Some(Value::Array(node))) =
@@ -339,7 +350,17 @@ impl ClusterPool {
             }
         }
         primaries.sort_by_key(|p| p.slots.first().copied());
+        self.inner
+            .primaries
+            .store(Some(Arc::new(primaries.clone())));
         Ok(primaries)
+    }
+
+    /// What [`ClusterPool::primaries`] found the last time it ran (no I/O): the slot map and
+    /// which primaries answered then.
+    #[must_use]
+    pub fn last_primaries(&self) -> Option<Arc<Vec<PrimaryStatus>>> {
+        self.inner.primaries.load_full()
     }
 }
 
