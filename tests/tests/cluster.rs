@@ -66,8 +66,11 @@ fn keys_in_distinct_slots(prefix: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replay_is_cut_by_slot_and_each_part_applies_at_most_once() {
-    let cluster = tokio::task::block_in_place(|| RedisCluster::start(3, 0));
-    let config = cluster_config(&cluster);
+    let cluster = tokio::task::block_in_place(|| RedisCluster::start(3, 1));
+    let mut config = cluster_config(&cluster);
+    // Reads may go to replicas: the replay's own records must still be read on primaries (a
+    // replica a moment behind would hide the slots to settle).
+    config.read_from_replicas = true;
     let pool = Arc::new(ClusterPool::new(&config).await.unwrap());
     let target = RedisSyncTarget::new(pool).per_slot();
     let mut check = tokio::task::block_in_place(|| raw(&cluster));
@@ -324,5 +327,16 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
         }
     });
     assert!(m.health_report().server.starts_with("cluster:127.0.0.1:"));
+    // A transaction cannot span a cluster connection's nodes: refused, never half-run.
+    let mut conn = m.connection().await.unwrap();
+    let err = redis::cmd("MULTI")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("transactions are not supported"),
+        "{err}"
+    );
+    drop(conn);
     m.close(Duration::from_secs(2)).await.unwrap();
 }

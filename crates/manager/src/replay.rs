@@ -6,7 +6,8 @@
 //! is skipped. The marker has no TTL while the journal may need it; the first batch of the next
 //! instance gives it [`RETIRED_MARKER_TTL_MS`].
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError};
 
 use resilient_redis_config::ErrorKind;
 use resilient_redis_fallback::{Batch, BatchOutcome, Entry, Op, Rejection, SyncError, SyncTarget};
@@ -63,16 +64,29 @@ pub fn deadline_slots_key(instance: u128) -> String {
 /// Replays fallback batches into Redis with [`REPLAY_SCRIPT`], over the pool's shared
 /// connection.
 ///
-/// Against a Redis Cluster ([`RedisSyncTarget::per_slot`]) a batch is cut by key slot: each
-/// slot's part runs as one script call on that slot's primary with a marker of its own in the
-/// same slot, so no script touches two slots. A batch is then no longer applied all at once,
-/// but each part at most once: a batch that fails part-way is retried, and the parts whose
+/// Against a Redis Cluster ([`RedisSyncTarget::per_slot`]) a batch is cut into runs of
+/// consecutive entries whose keys share a slot: each run is one script call on that slot's
+/// primary, declaring all its keys (so a slot being migrated is refused before anything runs),
+/// with a marker of its own in the same slot, so no script touches two slots. Runs are applied
+/// one after another, in the journal's order. A batch is then no longer applied all at once,
+/// but each run at most once: a batch that fails part-way is retried, and the runs whose
 /// markers cover it are skipped.
 pub struct RedisSyncTarget {
     pool: Arc<dyn ConnectionPool>,
     script: redis::Script,
     per_slot: bool,
+    /// Cluster mode: the slots where each journal instance may have left virtual deadlines,
+    /// as this process recorded them (merged with Redis's record before settling, in case
+    /// that was lost to a failover).
+    deadline_slots: std::sync::Mutex<std::collections::HashMap<u128, BTreeSet<u16>>>,
 }
+
+/// Runs of a batch are numbered within it: a run's marker position is
+/// `index * RUNS_PER_BATCH + run`.
+const RUNS_PER_BATCH: u64 = 1 << 20;
+
+/// Cluster requests sent at once by the settling and retiring steps.
+const CONCURRENT_REQUESTS: usize = 64;
 
 impl RedisSyncTarget {
     /// A target over `pool`, for one Redis (standalone or a Sentinel's primary).
@@ -82,6 +96,7 @@ impl RedisSyncTarget {
             pool,
             script: redis::Script::new(REPLAY_SCRIPT),
             per_slot: false,
+            deadline_slots: std::sync::Mutex::default(),
         }
     }
 
@@ -98,11 +113,13 @@ impl RedisSyncTarget {
             .map_err(|e| SyncError::new(e.kind(), e.to_string()))
     }
 
-    /// Runs the script over `args`, with `key` as its one declared key (the slot it runs in).
-    async fn invoke(&self, key: &str, args: Vec<Vec<u8>>) -> Result<BatchOutcome, SyncError> {
+    /// Runs the script over `args`, declaring `keys` (the first one routes it).
+    async fn invoke(&self, keys: &[&[u8]], args: Vec<Vec<u8>>) -> Result<BatchOutcome, SyncError> {
         let mut conn = self.conn()?;
         let mut invocation = self.script.prepare_invoke();
-        invocation.key(key);
+        for key in keys {
+            invocation.key(*key);
+        }
         for arg in args {
             invocation.arg(arg);
         }
@@ -114,46 +131,57 @@ impl RedisSyncTarget {
     }
 
     /// A cluster batch: retire the previous instance's markers, record the slots, apply each
-    /// slot's part, and after the last batch settle every slot's virtual deadlines.
+    /// run in order, and after the last batch settle every slot's virtual deadlines.
     async fn apply_per_slot(&self, batch: &Batch<'_>) -> Result<BatchOutcome, SyncError> {
         let instance = batch.id.instance;
         if let Some(retired) = batch.retire {
             self.retire_slots(retired).await?;
         }
-        let parts = split_by_slot(batch.entries);
-        // Recorded before the parts run, so a crash part-way cannot leave a slot unknown.
-        if !parts.is_empty() {
+        let runs = split_into_runs(batch.entries);
+        // Recorded before the runs, so a crash part-way cannot leave a slot unknown.
+        let slots: BTreeSet<u16> = runs.iter().map(|r| r.slot).collect();
+        if !slots.is_empty() {
             let mut sadd = redis::cmd("SADD");
-            sadd.arg(slots_key(instance));
-            for part in &parts {
-                sadd.arg(part.slot);
-            }
+            sadd.arg(slots_key(instance))
+                .arg(slots.iter().collect::<Vec<_>>());
             self.query::<i64>(&sadd).await?;
         }
-        let expired: Vec<u16> = parts
+        let expired: BTreeSet<u16> = runs
             .iter()
-            .filter(|p| {
-                p.entries
+            .filter(|r| {
+                r.entries
                     .iter()
                     .any(|e| expired_on_replay(&e.op, batch.now))
             })
-            .map(|p| p.slot)
+            .map(|r| r.slot)
             .collect();
         if !expired.is_empty() {
+            self.deadline_slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(instance)
+                .or_default()
+                .extend(expired.iter().copied());
             let mut sadd = redis::cmd("SADD");
-            sadd.arg(deadline_slots_key(instance)).arg(&expired);
+            sadd.arg(deadline_slots_key(instance))
+                .arg(expired.iter().collect::<Vec<_>>());
             self.query::<i64>(&sadd).await?;
         }
         let mut applied_now = false;
         let mut rejected = Vec::new();
-        for part in &parts {
-            let sub = Batch::new(batch.id, batch.now, false, &part.entries);
-            let marker = slot_marker_key(instance, part.slot);
-            let vd = slot_deadlines_key(instance, part.slot);
+        for (n, run) in runs.iter().enumerate() {
+            let sub = Batch::new(batch.id, batch.now, false, &run.entries);
+            let marker = slot_marker_key(instance, run.slot);
+            let vd = slot_deadlines_key(instance, run.slot);
+            let position = u64::from(batch.id.index) * RUNS_PER_BATCH + n as u64;
+            let mut keys: Vec<&[u8]> = vec![marker.as_bytes(), vd.as_bytes()];
+            for e in &run.entries {
+                keys.extend(e.op.keys());
+            }
             let outcome = self
-                .invoke(&marker, script_args(&sub, &marker, &vd, None))
+                .invoke(&keys, script_args(&sub, position, &marker, &vd, None))
                 .await?;
-            let (part_rejected, now) = match outcome {
+            let (run_rejected, now) = match outcome {
                 BatchOutcome::Applied { rejected } => (rejected, true),
                 BatchOutcome::AlreadyApplied { rejected } => (rejected, false),
                 other => {
@@ -164,27 +192,15 @@ impl RedisSyncTarget {
                 }
             };
             applied_now |= now;
-            for r in part_rejected {
-                let original = part.origin.get(r.index).copied().ok_or_else(|| {
+            for r in run_rejected {
+                let original = run.origin.get(r.index).copied().ok_or_else(|| {
                     SyncError::new(ErrorKind::Server, "replay script refused an unknown entry")
                 })?;
                 rejected.push(Rejection::new(original, r.reason));
             }
         }
         if batch.last {
-            let slots: Vec<u16> = self
-                .query(redis::cmd("SMEMBERS").arg(deadline_slots_key(instance)))
-                .await?;
-            let settle = redis::Script::new(SETTLE_SCRIPT);
-            for slot in slots {
-                let mut conn = self.conn()?;
-                let _: i64 = settle
-                    .key(slot_deadlines_key(instance, slot))
-                    .arg(padded(batch.now))
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(command_failed)?;
-            }
+            self.settle_slots(instance, batch.now).await?;
         }
         rejected.sort_by_key(|r| r.index);
         rejected.dedup_by_key(|r| r.index);
@@ -195,22 +211,71 @@ impl RedisSyncTarget {
         })
     }
 
+    /// After an instance's last batch: settles the virtual deadlines of every slot that may
+    /// hold some (Redis's record, read on its primary, and this process's), then forgets them.
+    async fn settle_slots(&self, instance: u128, now: u64) -> Result<(), SyncError> {
+        let mut slots: BTreeSet<u16> = self
+            .query::<Vec<u16>>(
+                redis::cmd("EVAL")
+                    .arg(SMEMBERS_ON_PRIMARY)
+                    .arg(1)
+                    .arg(deadline_slots_key(instance)),
+            )
+            .await?
+            .into_iter()
+            .collect();
+        slots.extend(
+            self.deadline_slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&instance)
+                .into_iter()
+                .flatten(),
+        );
+        let now = padded(now);
+        self.each_concurrently(slots.iter().map(|&slot| {
+            let mut c = redis::cmd("EVAL");
+            c.arg(SETTLE_SCRIPT)
+                .arg(1)
+                .arg(slot_deadlines_key(instance, slot))
+                .arg(&now);
+            c
+        }))
+        .await?;
+        if !slots.is_empty() {
+            let mut srem = redis::cmd("SREM");
+            srem.arg(deadline_slots_key(instance))
+                .arg(slots.iter().collect::<Vec<_>>());
+            self.query::<i64>(&srem).await?;
+        }
+        self.deadline_slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&instance);
+        Ok(())
+    }
+
     /// Lets a fully replayed instance's per-slot markers expire (after a day) and drops its
     /// virtual deadlines.
     async fn retire_slots(&self, retired: u128) -> Result<(), SyncError> {
         let slots: Vec<u16> = self
-            .query(redis::cmd("SMEMBERS").arg(slots_key(retired)))
-            .await?;
-        for slot in slots {
-            self.query::<i64>(
-                redis::cmd("PEXPIRE")
-                    .arg(slot_marker_key(retired, slot))
-                    .arg(RETIRED_MARKER_TTL_MS),
+            .query(
+                redis::cmd("EVAL")
+                    .arg(SMEMBERS_ON_PRIMARY)
+                    .arg(1)
+                    .arg(slots_key(retired)),
             )
             .await?;
-            self.query::<i64>(redis::cmd("DEL").arg(slot_deadlines_key(retired, slot)))
-                .await?;
-        }
+        self.each_concurrently(slots.iter().map(|&slot| {
+            let mut c = redis::cmd("EVAL");
+            c.arg("redis.call('PEXPIRE', KEYS[1], ARGV[1]) redis.call('DEL', KEYS[2]) return 1")
+                .arg(2)
+                .arg(slot_marker_key(retired, slot))
+                .arg(slot_deadlines_key(retired, slot))
+                .arg(RETIRED_MARKER_TTL_MS);
+            c
+        }))
+        .await?;
         for key in [slots_key(retired), deadline_slots_key(retired)] {
             self.query::<i64>(redis::cmd("PEXPIRE").arg(key).arg(RETIRED_MARKER_TTL_MS))
                 .await?;
@@ -218,13 +283,38 @@ impl RedisSyncTarget {
         Ok(())
     }
 
+    /// Sends `cmds` (each to its own slot), a few dozen at once; fails with the first failure.
+    async fn each_concurrently(
+        &self,
+        cmds: impl Iterator<Item = redis::Cmd>,
+    ) -> Result<(), SyncError> {
+        let cmds: Vec<redis::Cmd> = cmds.collect();
+        for chunk in cmds.chunks(CONCURRENT_REQUESTS) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for cmd in chunk {
+                let mut conn = self.conn()?;
+                let cmd = cmd.clone();
+                tasks.spawn(async move { conn.query::<redis::Value>(&cmd).await });
+            }
+            while let Some(done) = tasks.join_next().await {
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(pool_failed(e)),
+                    Err(e) => return Err(SyncError::new(ErrorKind::Connection, e.to_string())),
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, SyncError> {
-        self.conn()?
-            .query(cmd)
-            .await
-            .map_err(|e| SyncError::new(e.kind(), e.to_string()))
+        self.conn()?.query(cmd).await.map_err(pool_failed)
     }
 }
+
+/// A set's members read on its primary (a script is never sent to a replica, even with
+/// `read_from_replicas`): the replay's records must be current.
+const SMEMBERS_ON_PRIMARY: &str = "return redis.call('SMEMBERS', KEYS[1])";
 
 /// Whether replaying `op` at `now` may leave a virtual deadline (its deadline has passed).
 fn expired_on_replay(op: &Op, now: u64) -> bool {
@@ -238,33 +328,53 @@ fn expired_on_replay(op: &Op, now: u64) -> bool {
     }
 }
 
-fn command_failed(e: redis::RedisError) -> SyncError {
-    SyncError::new(resilient_redis_pool::classify(&e), e.to_string())
+/// Error replies that say a node or slot is not ready (a failover, a migration): transient,
+/// retried at the next sync, never a failure of the journal.
+fn not_ready(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN" | "MOVED" | "ASK")
+    )
 }
 
-/// One slot's part of a batch: its entries in order, and each one's index in the batch.
-struct SlotPart {
+fn command_failed(e: redis::RedisError) -> SyncError {
+    let kind = if not_ready(e.code()) {
+        ErrorKind::Connection
+    } else {
+        resilient_redis_pool::classify(&e)
+    };
+    SyncError::new(kind, e.to_string())
+}
+
+fn pool_failed(e: resilient_redis_pool::PoolError) -> SyncError {
+    match e {
+        resilient_redis_pool::PoolError::Command { source, .. } => command_failed(source),
+        other => SyncError::new(other.kind(), other.to_string()),
+    }
+}
+
+/// A run of consecutive entries of a batch whose keys share a slot, and each one's index in
+/// the batch.
+struct SlotRun {
     slot: u16,
     entries: Vec<Entry>,
     origin: Vec<usize>,
 }
 
-/// Cuts `entries` by key slot, keeping their order within each slot; a `DEL` of keys in
-/// several slots becomes one `DEL` per slot. Parts come in the order of their first entry.
-fn split_by_slot(entries: &[Entry]) -> Vec<SlotPart> {
-    let mut parts: Vec<SlotPart> = Vec::new();
-    let mut part_of = std::collections::HashMap::new();
-    let mut push = |slot: u16, entry: Entry, index: usize| {
-        let at = *part_of.entry(slot).or_insert_with(|| {
-            parts.push(SlotPart {
-                slot,
-                entries: Vec::new(),
-                origin: Vec::new(),
-            });
-            parts.len() - 1
-        });
-        parts[at].entries.push(entry);
-        parts[at].origin.push(index);
+/// Cuts `entries` into runs of consecutive entries whose keys share a slot, in order; a `DEL`
+/// of keys in several slots becomes one `DEL` per slot, in place.
+fn split_into_runs(entries: &[Entry]) -> Vec<SlotRun> {
+    let mut runs: Vec<SlotRun> = Vec::new();
+    let mut push = |slot: u16, entry: Entry, index: usize| match runs.last_mut() {
+        Some(run) if run.slot == slot => {
+            run.entries.push(entry);
+            run.origin.push(index);
+        }
+        _ => runs.push(SlotRun {
+            slot,
+            entries: vec![entry],
+            origin: vec![index],
+        }),
     };
     for (index, e) in entries.iter().enumerate() {
         match &e.op {
@@ -290,7 +400,7 @@ fn split_by_slot(entries: &[Entry]) -> Vec<SlotPart> {
             }
         }
     }
-    parts
+    runs
 }
 
 #[async_trait::async_trait]
@@ -302,8 +412,8 @@ impl SyncTarget for RedisSyncTarget {
         let marker = marker_key(batch.id.instance);
         let vd = deadlines_key(batch.id.instance);
         let retire = batch.retire.map(|r| (marker_key(r), deadlines_key(r)));
-        let args = script_args(batch, &marker, &vd, retire);
-        self.invoke(&marker, args).await
+        let args = script_args(batch, u64::from(batch.id.index), &marker, &vd, retire);
+        self.invoke(&[marker.as_bytes()], args).await
     }
 }
 
@@ -519,6 +629,7 @@ fn padded(n: u64) -> Vec<u8> {
 /// `code, time, ...`.
 fn script_args(
     batch: &Batch<'_>,
+    position: u64,
     marker: &str,
     deadlines: &str,
     retire: Option<(String, String)>,
@@ -530,7 +641,7 @@ fn script_args(
         marker.as_bytes().to_vec(),
         deadlines.as_bytes().to_vec(),
         batch.id.seal.to_string().into_bytes(),
-        batch.id.index.to_string().into_bytes(),
+        position.to_string().into_bytes(),
         padded(batch.now),
         if batch.last {
             b"1".to_vec()
@@ -597,6 +708,54 @@ fn script_args(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_batch_is_cut_into_runs_in_journal_order() {
+        // Keys of two slots, interleaved: B, A, B, then a DEL over both.
+        let (a, b) = (b"{a}x".to_vec(), b"{b}x".to_vec());
+        assert_ne!(
+            resilient_redis_pool::key_slot(&a),
+            resilient_redis_pool::key_slot(&b)
+        );
+        let set = |k: &[u8]| Op::Set {
+            key: k.to_vec(),
+            value: b"v".to_vec(),
+            expire_at: None,
+        };
+        let entries = vec![
+            Entry::new(1, 1, set(&b)),
+            Entry::new(2, 1, set(&a)),
+            Entry::new(3, 1, set(&b)),
+            Entry::new(
+                4,
+                1,
+                Op::Del {
+                    keys: vec![b.clone(), a.clone(), b"{b}y".to_vec()],
+                },
+            ),
+        ];
+        let runs = split_into_runs(&entries);
+        let shape: Vec<(u16, Vec<usize>)> =
+            runs.iter().map(|r| (r.slot, r.origin.clone())).collect();
+        let (sa, sb) = (
+            resilient_redis_pool::key_slot(&a),
+            resilient_redis_pool::key_slot(&b),
+        );
+        // The DEL's B keys join the run before it; its A key follows, as in the journal.
+        assert_eq!(
+            shape,
+            [
+                (sb, vec![0]),
+                (sa, vec![1]),
+                (sb, vec![2, 3]),
+                (sa, vec![3])
+            ]
+        );
+        let Op::Del { keys } = &runs[2].entries[1].op else {
+            panic!("{:?}", runs[2].entries)
+        };
+        assert_eq!(keys, &[b.clone(), b"{b}y".to_vec()]);
+    }
 
     #[test]
     fn script_replies_of_another_shape_are_errors_not_outcomes() {

@@ -207,7 +207,12 @@ impl RedisManager {
             let mut delay = cfg.retry_delay;
             let mut attempts = 0;
             loop {
-                let (err, sent) = match inner.pool.shared() {
+                // In a cluster, only reads go through the client that resends by itself.
+                let shared = match &inner.cluster {
+                    Some(cluster) if kind != Kind::Read => cluster.shared_at_most_once(),
+                    _ => inner.pool.shared(),
+                };
+                let (err, sent) = match shared {
                     Err(e) => (e, false),
                     // Awaited here, not through a helper `async fn`: each async layer is one
                     // more copy of the request's state on every call.
@@ -442,15 +447,25 @@ impl CallOptions {
 }
 
 /// LOADING (a restarting server reading its data), MASTERDOWN and READONLY (a failover in
-/// progress), TRYAGAIN, and CLUSTERDOWN (a cluster refusing commands until a replica takes over
-/// a failed primary's slots) say the server is not ready: they are handled like a lost
-/// connection (retried when safe, counted against the breaker, served from the fallback).
-/// Other error replies (WRONGTYPE, NOSCRIPT, OOM, ...) are the caller's to handle.
+/// progress), TRYAGAIN, CLUSTERDOWN (a cluster refusing commands until a replica takes over
+/// a failed primary's slots), and MOVED and ASK (a slot that moved, as the cluster connection
+/// that does not follow redirects reports it) say the server is not ready: they are handled
+/// like a lost connection (retried when safe, counted against the breaker, served from the
+/// fallback). Each proves the command did not run. Other error replies (WRONGTYPE, NOSCRIPT,
+/// OOM, ...) are the caller's to handle.
 pub(crate) fn effective_kind(err: &PoolError) -> ErrorKind {
     if let PoolError::Command { source, .. } = err
         && matches!(
             source.code(),
-            Some("LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN")
+            Some(
+                "LOADING"
+                    | "MASTERDOWN"
+                    | "READONLY"
+                    | "TRYAGAIN"
+                    | "CLUSTERDOWN"
+                    | "MOVED"
+                    | "ASK"
+            )
         )
     {
         return ErrorKind::Connection;

@@ -65,23 +65,29 @@ pub fn slot_tag(slot: u16) -> &'static str {
 /// read to a replica), follows MOVED and ASK redirects, and refreshes the map when a failover
 /// moves slots.
 ///
-/// - [`ConnectionPool::shared`] hands out the one cluster connection, multiplexed over one
-///   connection per node; it takes no lock and does no I/O. A keeper task opens it in the
+/// - [`ConnectionPool::shared`] hands out the cluster connection, multiplexed over one
+///   connection per node; it takes no lock and does no I/O.
+///   [`ClusterPool::shared_at_most_once`] hands out a second one whose client never resends a
+///   request by itself, for writes that must not apply twice. A keeper task opens it in the
 ///   background (Redis need not be up to build the pool) and retries every
 ///   `pool.create_retry_interval` until it succeeds.
 /// - Each request is bounded by `socket_timeout`, redirects and redis-rs's own retries
 ///   included.
 /// - [`ConnectionPool::get`] opens a dedicated cluster connection for the caller (for blocking
 ///   commands), at most `pool.max_size` at once, waiting up to `pool.acquire_timeout` for a
-///   turn; it is closed when dropped, never reused. Transactions (MULTI/EXEC) are not
-///   supported across a cluster.
+///   turn; it is closed when dropped, never reused, and never resends a request. Transactions
+///   (MULTI/EXEC, WATCH, atomic pipelines) are refused: a cluster connection would send their
+///   commands to nodes at random.
 pub struct ClusterPool {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     client: redis::cluster::ClusterClient,
+    /// The same cluster through a client that never resends a request by itself.
+    once_client: redis::cluster::ClusterClient,
     conn: ArcSwapOption<ClusterConnection>,
+    once: ArcSwapOption<ClusterConnection>,
     /// What [`ClusterPool::primaries`] found last.
     primaries: ArcSwapOption<Vec<PrimaryStatus>>,
     last_error: Mutex<Option<(ErrorKind, String)>>,
@@ -117,6 +123,15 @@ impl std::fmt::Debug for ClusterPool {
 /// [`PoolError::Connect`] of kind `Validation` when a node URL does not parse or the client
 /// cannot be built, of kind `Tls` for unreadable certificates.
 pub fn cluster_client(config: &RedisConfig) -> Result<redis::cluster::ClusterClient, PoolError> {
+    cluster_client_with(config, 3)
+}
+
+/// As [`cluster_client`], with `retries` resends by redis-rs itself (redirects, and requests
+/// whose connection broke: 0 for what must not apply twice).
+fn cluster_client_with(
+    config: &RedisConfig,
+    retries: u32,
+) -> Result<redis::cluster::ClusterClient, PoolError> {
     let shown = nodes_shown(config);
     let fail = |kind: ErrorKind, message: String| PoolError::Connect {
         kind,
@@ -137,7 +152,7 @@ pub fn cluster_client(config: &RedisConfig) -> Result<redis::cluster::ClusterCli
         .response_timeout(config.socket_timeout)
         // redis-rs follows redirects and retries within the response timeout; the manager's
         // own retries, with backoff, are on top, so keep these few and quick.
-        .retries(3)
+        .retries(retries)
         .min_retry_wait(10)
         .max_retry_wait(100);
     if let Some(user) = settings.username() {
@@ -192,9 +207,12 @@ impl ClusterPool {
             });
         }
         let client = cluster_client(config)?;
+        let once_client = cluster_client_with(config, 0)?;
         let inner = Arc::new(Inner {
             client,
+            once_client,
             conn: ArcSwapOption::empty(),
+            once: ArcSwapOption::empty(),
             primaries: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
             shown: nodes_shown(config),
@@ -212,9 +230,7 @@ impl ClusterPool {
             keeper: Mutex::new(None),
         });
         // The first attempt runs now, so a cluster that is up serves from the first call.
-        if let Ok(conn) = inner.open().await {
-            inner.conn.store(Some(Arc::new(conn)));
-        }
+        inner.connect_both().await;
         let keeper = tokio::spawn(keep(Arc::downgrade(&inner)));
         *inner.keeper.lock().unwrap_or_else(PoisonError::into_inner) = Some(keeper);
         Ok(Self { inner })
@@ -356,6 +372,30 @@ impl ClusterPool {
         Ok(primaries)
     }
 
+    /// A shared connection to the cluster whose client never sends a request twice by itself
+    /// (redis-rs otherwise resends a request whose connection broke, and follows redirects):
+    /// for writes that must not apply twice (`INCRBY`, a script, a pipeline with writes). A
+    /// redirect (`MOVED`, `ASK`) or `TRYAGAIN` comes back as that error reply, which proves
+    /// the command did not run (redis-rs refreshes its slot map on `MOVED`): the caller may
+    /// send it again.
+    ///
+    /// # Errors
+    /// As [`ConnectionPool::shared`].
+    pub fn shared_at_most_once(&self) -> Result<SharedConnection, PoolError> {
+        if let Some(conn) = &*self.inner.once.load()
+            && !self.inner.closed.load(Ordering::Acquire)
+        {
+            return Ok(SharedConnection::from_connection(ClusterConnection::clone(
+                conn,
+            )));
+        }
+        self.shared().and(Err(PoolError::Connect {
+            kind: ErrorKind::Connection,
+            url: self.inner.shown.clone(),
+            message: "not connected to the cluster yet".into(),
+        }))
+    }
+
     /// What [`ClusterPool::primaries`] found the last time it ran (no I/O): the slot map and
     /// which primaries answered then.
     #[must_use]
@@ -365,12 +405,28 @@ impl ClusterPool {
 }
 
 impl Inner {
+    /// Opens whichever of the two shared connections is not open yet; whether both are.
+    async fn connect_both(&self) -> bool {
+        if self.conn.load().is_none()
+            && let Ok(conn) = self.open(&self.client).await
+        {
+            self.conn.store(Some(Arc::new(conn)));
+        }
+        if self.once.load().is_none()
+            && let Ok(conn) = self.open(&self.once_client).await
+        {
+            self.once.store(Some(Arc::new(conn)));
+        }
+        self.conn.load().is_some() && self.once.load().is_some()
+    }
+
     /// Opens a cluster connection within the connect timeout, recording why it failed.
-    async fn open(&self) -> Result<ClusterConnection, PoolError> {
+    async fn open(
+        &self,
+        client: &redis::cluster::ClusterClient,
+    ) -> Result<ClusterConnection, PoolError> {
         let result =
-            match tokio::time::timeout(self.connect_timeout, self.client.get_async_connection())
-                .await
-            {
+            match tokio::time::timeout(self.connect_timeout, client.get_async_connection()).await {
                 Ok(Ok(conn)) => Ok(conn),
                 Ok(Err(e)) => Err((classify(&e), e.to_string())),
                 Err(_) => Err((
@@ -405,7 +461,10 @@ impl Inner {
 /// Opens the shared cluster connection when there is none, retrying until the pool closes.
 /// Once open, redis-rs keeps it: it reconnects to nodes and refreshes the slot map itself.
 async fn keep(inner: std::sync::Weak<Inner>) {
-    if inner.upgrade().is_some_and(|i| i.conn.load().is_some()) {
+    if inner
+        .upgrade()
+        .is_some_and(|i| i.conn.load().is_some() && i.once.load().is_some())
+    {
         return;
     }
     loop {
@@ -413,8 +472,7 @@ async fn keep(inner: std::sync::Weak<Inner>) {
         if i.closed.load(Ordering::Acquire) {
             return;
         }
-        if let Ok(conn) = i.open().await {
-            i.conn.store(Some(Arc::new(conn)));
+        if i.connect_both().await {
             return;
         }
         let wait = i.retry_interval;
@@ -439,8 +497,33 @@ impl Drop for Dedicated {
     }
 }
 
+/// Whether `cmd` is part of a transaction, which a cluster connection would send to nodes at
+/// random (the commands of one transaction must reach one node on one connection).
+fn is_transaction(cmd: &Cmd) -> bool {
+    matches!(
+        cmd.args_iter().next(),
+        Some(redis::Arg::Simple(name))
+            if [&b"MULTI"[..], b"EXEC", b"WATCH", b"UNWATCH", b"DISCARD"]
+                .iter()
+                .any(|t| name.eq_ignore_ascii_case(t))
+    )
+}
+
+fn no_transactions() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "transactions are not supported in cluster mode",
+        "MULTI, EXEC, WATCH and atomic pipelines need one node; use a Lua script on keys of one \
+         slot instead"
+            .to_owned(),
+    ))
+}
+
 impl ConnectionLike for Dedicated {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        if is_transaction(cmd) {
+            return Box::pin(async { Err(no_transactions()) });
+        }
         self.conn.req_packed_command(cmd)
     }
 
@@ -450,6 +533,9 @@ impl ConnectionLike for Dedicated {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        if pipeline.is_transaction() || pipeline.cmd_iter().any(is_transaction) {
+            return Box::pin(async { Err(no_transactions()) });
+        }
         self.conn.req_packed_commands(pipeline, offset, count)
     }
 
@@ -506,7 +592,8 @@ impl ConnectionPool for ClusterPool {
                 });
             }
         };
-        let conn = i.open().await?;
+        // A blocking command or a transaction is never resent by the client.
+        let conn = i.open(&i.once_client).await?;
         i.in_use.fetch_add(1, Ordering::AcqRel);
         Ok(PooledConnection::from_connection(Dedicated {
             conn,
@@ -518,14 +605,14 @@ impl ConnectionPool for ClusterPool {
 
     fn status(&self) -> PoolStatus {
         let i = &self.inner;
-        let shared_up = u32::from(i.conn.load().is_some());
+        let shared_up = u32::from(i.conn.load().is_some()) + u32::from(i.once.load().is_some());
         let in_use = i.in_use.load(Ordering::Acquire);
         let mut s = PoolStatus::default();
         s.max_size = i.max_size;
         s.open = shared_up + in_use;
         s.in_use = in_use;
         s.shared_up = shared_up;
-        s.shared_total = 1;
+        s.shared_total = 2;
         s.waiters = i.waiters.load(Ordering::Acquire);
         s.created = i.created.load(Ordering::Relaxed);
         s.closed = i.closed_count.load(Ordering::Relaxed);
@@ -537,8 +624,10 @@ impl ConnectionPool for ClusterPool {
         let i = &self.inner;
         i.closed.store(true, Ordering::Release);
         i.exclusive.close();
-        if i.conn.swap(None).is_some() {
-            i.closed_count.fetch_add(1, Ordering::Relaxed);
+        for conn in [&i.conn, &i.once] {
+            if conn.swap(None).is_some() {
+                i.closed_count.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let keeper = i
             .keeper
