@@ -163,14 +163,14 @@ fn check_mode(c: &mut Checker, config: &RedisConfig) {
             c.fail(
                 "nodes",
                 Some(format!("{} URLs", config.nodes.len())),
-                &format!("is set but mode is \"{mode}\": set mode = \"cluster\" (REDIS_MODE)"),
+                format!("is set but mode is \"{mode}\": set mode = \"cluster\" (REDIS_MODE)"),
             );
         }
         if config.read_from_replicas {
             c.fail(
                 "read_from_replicas",
                 Some("true".into()),
-                &format!(
+                format!(
                     "is only for mode = \"cluster\" (mode is \"{mode}\"): reads from a \
                      sentinel's replicas are not supported"
                 ),
@@ -205,14 +205,14 @@ fn check_mode(c: &mut Checker, config: &RedisConfig) {
                 c.fail(
                     "sentinels",
                     Some(format!("{} URLs", config.sentinels.len())),
-                    &format!("is set but mode is \"{mode}\": set mode = \"sentinel\" (REDIS_MODE)"),
+                    format!("is set but mode is \"{mode}\": set mode = \"sentinel\" (REDIS_MODE)"),
                 );
             }
             if let Some(name) = &config.master_name {
                 c.fail(
                     "master_name",
                     Some(name.clone()),
-                    &format!("is set but mode is \"{mode}\": set mode = \"sentinel\" (REDIS_MODE)"),
+                    format!("is set but mode is \"{mode}\": set mode = \"sentinel\" (REDIS_MODE)"),
                 );
             }
         }
