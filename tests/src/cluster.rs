@@ -143,6 +143,38 @@ impl RedisCluster {
             .kill();
     }
 
+    /// Freezes the node on `port` (SIGSTOP): its sockets stay open and accept connections, but
+    /// nothing answers, as with a hung process or a blackholed host. [`RedisCluster::resume`]
+    /// thaws it.
+    ///
+    /// # Panics
+    /// When no running node has that port.
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "-STOP");
+    }
+
+    /// Thaws a node frozen by [`RedisCluster::pause`] (SIGCONT).
+    ///
+    /// # Panics
+    /// When no running node has that port.
+    pub fn resume(&self, port: u16) {
+        self.signal(port, "-CONT");
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let pid = self
+            .nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .and_then(RedisServer::pid)
+            .unwrap_or_else(|| panic!("no running node on port {port}"));
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal} {pid} failed");
+    }
+
     /// Starts the node on `port` again (after [`RedisCluster::kill`]) with its data directory
     /// and cluster state: a primary replaced meanwhile rejoins as a replica.
     ///

@@ -13,7 +13,7 @@ use redis::AsyncCommands;
 use resilient_redis_config::{Mode, RedisConfig, RedisUrl};
 use resilient_redis_fallback::{Batch, BatchId, BatchOutcome, Entry, Op, SyncTarget};
 use resilient_redis_manager::replay::{RedisSyncTarget, slot_marker_key};
-use resilient_redis_manager::{RedisManager, ServedBy};
+use resilient_redis_manager::{CallOptions, ErrorKind, RedisManager, ServedBy};
 use resilient_redis_pool::{CLUSTER_SLOTS, ClusterPool, key_slot};
 use resilient_redis_tests::RedisCluster;
 
@@ -209,10 +209,11 @@ async fn the_replay_is_cut_by_slot_and_each_part_applies_at_most_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
     let mut cluster = tokio::task::block_in_place(|| RedisCluster::start(3, 1));
-    let m = RedisManager::builder(cluster_config(&cluster))
-        .build()
-        .await
-        .unwrap();
+    let mut config = cluster_config(&cluster);
+    // Two good probes to be healthy again: the one in between (unhealthy, no error) must not
+    // trip the breaker or widen fallback mode.
+    config.health.success_threshold = 2;
+    let m = RedisManager::builder(config).build().await.unwrap();
 
     // Reads and writes across slots, through the typed API and as a redis-rs connection.
     let mut acked = BTreeMap::new();
@@ -308,6 +309,8 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
         partial,
         "the other primaries' keys were never served by Redis while one primary was down"
     );
+    // One primary's failure is not the cluster's: the breaker never opened.
+    assert_eq!(m.breaker().snapshot().trips, 0, "the breaker tripped");
     m.set(b"c:after", b"after", None).await.unwrap();
     acked.insert("c:after".into(), "after".into());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -338,5 +341,84 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
         "{err}"
     );
     drop(conn);
+    m.close(Duration::from_secs(2)).await.unwrap();
+}
+
+/// A primary that hangs (SIGSTOP: connections accepted, nothing answered) is found by the
+/// probe within its timeout and named; only its keys go to memory, a call that must not use
+/// memory is refused only for them, the breaker stays closed; once it answers again the journal
+/// is replayed and every acknowledged write is in the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_named_and_only_its_keys_go_to_memory() {
+    let cluster = tokio::task::block_in_place(|| RedisCluster::start(3, 0));
+    let mut config = cluster_config(&cluster);
+    config.health.check_interval = Duration::from_millis(400);
+    config.health.timeout = Duration::from_millis(400);
+    let m = RedisManager::builder(config).build().await.unwrap();
+    let victim = cluster.primary_of_slot(key_slot(b"h:0")).unwrap();
+    let other = (0..)
+        .map(|i| format!("h:{i}"))
+        .find(|k| cluster.primary_of_slot(key_slot(k.as_bytes())) != Some(victim))
+        .unwrap();
+    m.set(b"h:0", b"before", None).await.unwrap();
+    // The probe has read the slot map once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    cluster.pause(victim);
+    let paused = Instant::now();
+    let mut acked = BTreeMap::new();
+    let mut i = 0;
+    let (mut named, mut refused_victim, mut served_other) = (false, false, false);
+    while !(named && refused_victim && served_other) {
+        i += 1;
+        let (k, v) = (format!("h:{}", i % 60), format!("during-{i}"));
+        if m.set(k.as_bytes(), v.as_bytes(), None).await.is_ok() {
+            acked.insert(k, v);
+        }
+        let report = m.health_report();
+        named |= report.error.as_deref().is_some_and(|e| {
+            e.contains(&format!("primary 127.0.0.1:{victim} (slots ")) && e.contains("no answer")
+        });
+        if m.journal().pending_writes() > 0
+            && m.fallback_covers(b"h:0")
+            && !m.fallback_covers(other.as_bytes())
+        {
+            // Without memory: refused for the hung primary's key (a journaled write could be
+            // overtaken), served by Redis for the other.
+            let strict = m.with_options(CallOptions::new().no_fallback());
+            refused_victim |= strict
+                .get(b"h:0")
+                .await
+                .is_err_and(|e| e.kind() == ErrorKind::Fallback);
+            served_other |= strict.get(other.as_bytes()).await.is_ok();
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(20),
+            "named {named}, refused {refused_victim}, served {served_other}: {:?}",
+            m.health_report()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(m.health_report().fallback_slots.is_some_and(|n| n < 16384));
+    assert_eq!(m.breaker().snapshot().trips, 0, "the breaker tripped");
+
+    cluster.resume(victim);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while m.is_fallback_mode() || m.journal().pending_writes() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {:?}",
+            m.health_report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| {
+        cluster.wait_until_ok();
+        let mut check = raw(&cluster);
+        for (k, v) in &acked {
+            let got: Option<String> = redis::cmd("GET").arg(k).query(&mut check).unwrap();
+            assert_eq!(got.as_deref(), Some(v.as_str()), "{k}");
+        }
+    });
     m.close(Duration::from_secs(2)).await.unwrap();
 }

@@ -35,13 +35,16 @@ impl Probe for PoolProbe {
 /// so the health report says which node is down.
 pub struct ClusterProbe {
     pool: Arc<resilient_redis_pool::ClusterPool>,
+    budget: std::time::Duration,
 }
 
 impl ClusterProbe {
-    /// A probe over `pool`.
+    /// A probe over `pool` that has its answer within `budget` (keep it inside the health
+    /// monitor's own timeout, so that a hung primary is named rather than the probe timing
+    /// out).
     #[must_use]
-    pub fn new(pool: Arc<resilient_redis_pool::ClusterPool>) -> Self {
-        Self { pool }
+    pub fn new(pool: Arc<resilient_redis_pool::ClusterPool>, budget: std::time::Duration) -> Self {
+        Self { pool, budget }
     }
 }
 
@@ -50,7 +53,7 @@ impl Probe for ClusterProbe {
     async fn probe(&self) -> Result<(), ProbeError> {
         let primaries = self
             .pool
-            .primaries()
+            .primaries(self.budget)
             .await
             .map_err(|e| ProbeError(e.to_string()))?;
         let failing: Vec<String> = primaries

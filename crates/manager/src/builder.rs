@@ -119,8 +119,12 @@ impl RedisManagerBuilder {
             Some(h) => h,
             None => Arc::new(
                 match &cluster_pool {
+                    // Three quarters of the probe's timeout: a hung primary is named.
                     Some(cluster) => Monitor::new(
-                        Arc::new(ClusterProbe::new(Arc::clone(cluster))),
+                        Arc::new(ClusterProbe::new(
+                            Arc::clone(cluster),
+                            config.health.timeout.mul_f64(0.75),
+                        )),
                         &config.health,
                     ),
                     None => {
@@ -184,7 +188,6 @@ impl RedisManagerBuilder {
             closed: AtomicBool::new(false),
             fallback_mode: AtomicBool::new(false),
             slots: by_slot.then(crate::slots::SlotSet::new),
-            cluster: cluster_pool,
             gate: RwLock::new(()),
             activated: Arc::new(tokio::sync::Notify::new()),
             dead_letters: std::sync::atomic::AtomicU64::new(0),

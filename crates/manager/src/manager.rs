@@ -43,9 +43,6 @@ pub(crate) struct Inner {
     /// journaled write stays in it until fallback mode ends (the journal drained). `None`
     /// outside cluster mode: fallback mode covers every key.
     pub(crate) slots: Option<crate::slots::SlotSet>,
-    /// The cluster pool, when the manager built one: its last slot map says which primary
-    /// serves which slots (to put a failed primary's slots in fallback mode at once).
-    pub(crate) cluster: Option<Arc<resilient_redis_pool::ClusterPool>>,
     /// Orders fallback-mode changes against journal appends: every answer from the fallback
     /// store (and so every journal append) happens under a read guard, after checking the mode
     /// and `closed`; leaving fallback mode and closing take the write guard. So fallback mode
@@ -98,25 +95,26 @@ impl Inner {
 
     /// Turns fallback mode on for every key (for `reason`, an audit field); whether it was off.
     pub(crate) fn activate(&self, reason: &'static str) -> bool {
-        self.activate_for(reason, Scope::All)
+        self.activate_for(reason, Scope::All, false)
     }
 
     /// Turns fallback mode on for `scope` (for `reason`, an audit field); whether it was off.
-    /// In cluster mode a failed key's whole primary is covered, as the last slot map shows it:
-    /// its other keys then go to memory without each waiting for a timeout.
-    pub(crate) fn activate_for(&self, reason: &'static str, scope: Scope<'_>) -> bool {
+    /// In cluster mode, with `widen`, a failed key's whole primary is covered, as the last slot
+    /// map shows it: its other keys then go to memory without each waiting for a timeout.
+    pub(crate) fn activate_for(&self, reason: &'static str, scope: Scope<'_>, widen: bool) -> bool {
         self.cover(scope);
-        if let (Some(set), Some(primaries)) = (
-            &self.slots,
-            self.cluster.as_ref().and_then(|c| c.last_primaries()),
-        ) {
+        if widen && let (Some(set), Some(primaries)) = (&self.slots, self.pool.cluster_primaries())
+        {
+            let mut widened: Vec<usize> = Vec::new();
             scope.each_slot(|slot| {
                 let Some(slot) = slot else { return };
-                if let Some(p) = primaries
+                if let Some(at) = primaries
                     .iter()
-                    .find(|p| p.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+                    .position(|p| p.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+                    && !widened.contains(&at)
                 {
-                    for (a, b) in &p.slots {
+                    widened.push(at);
+                    for (a, b) in &primaries[at].slots {
                         set.insert_range(*a, *b);
                     }
                 }
@@ -133,10 +131,7 @@ impl Inner {
     /// answer, and says whether that was all (`false`: the whole cluster is down, or nothing is
     /// known of it, and fallback mode must cover every key).
     pub(crate) fn activate_failing_primaries(&self) -> bool {
-        let (Some(set), Some(primaries)) = (
-            &self.slots,
-            self.cluster.as_ref().and_then(|c| c.last_primaries()),
-        ) else {
+        let (Some(set), Some(primaries)) = (&self.slots, self.pool.cluster_primaries()) else {
             return false;
         };
         let failing: Vec<_> = primaries.iter().filter(|p| p.error.is_some()).collect();

@@ -64,14 +64,18 @@ pub(crate) async fn supervise(
                     // mode answers them all): the outage of all of Redis (of every primary)
                     // opens it once, so its state and trips count outages, whatever the
                     // traffic.
-                    let total = !partial;
+                    // A good probe short of the success threshold (no error) says nothing new:
+                    // it neither widens an outage nor trips the breaker.
+                    let total = !partial && (status.error.is_some() || m.slots.is_none());
                     if total
                         && (turned_unhealthy || !was_total)
                         && matches!(m.breaker.state(), BreakerState::Closed | BreakerState::HalfOpen)
                     {
                         let _ = m.breaker.transition_to(BreakerState::Open);
                     }
-                    was_total = total;
+                    if status.error.is_some() || m.slots.is_none() {
+                        was_total = total;
+                    }
                     // A good probe short of the success threshold (no error) is no reason to go
                     // back to memory right after a recovery. (In a cluster, a partial outage
                     // that became total widens fallback mode to every key.)

@@ -58,7 +58,8 @@ pub struct HealthReport {
     /// Whether the fallback serves.
     pub fallback_mode: bool,
     /// In cluster mode, how many of the 16384 slots the fallback serves (the slots of the
-    /// primaries that failed, or all); `None` outside cluster mode.
+    /// primaries that failed, or all); `None` outside cluster mode (and then not serialised).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_slots: Option<u32>,
     /// Journaled writes waiting for replay.
     pub pending_writes: u64,

@@ -176,11 +176,12 @@ impl RedisManager {
         let fallback = fallback.filter(|_| inner.fallback_enabled && opts.fallback);
         if let Some(serve) = fallback
             && inner.in_fallback(scope)
-            && let Some(answer) = self.serve(serve, scope, false)
+            && let Some(answer) = self.serve(serve, scope, None)
         {
             return answer;
         }
-        if fallback.is_none() && self.journal_pending() {
+        // (In a cluster, only a call touching a slot with journaled writes could overtake them.)
+        if fallback.is_none() && inner.in_fallback(scope) && inner.journal.pending_writes() > 0 {
             return failed(overtake_error());
         }
         let permit = match inner.breaker.try_acquire() {
@@ -189,7 +190,7 @@ impl RedisManager {
             Err(rejected) => {
                 if let Some(serve) = fallback {
                     // An open breaker stands for the whole of Redis (the whole cluster).
-                    return self.serve_activating(serve, Scope::All);
+                    return self.serve_activating(serve, Scope::All, false);
                 }
                 return failed(Error::Unavailable {
                     kind: ErrorKind::CircuitBreaker,
@@ -212,9 +213,10 @@ impl RedisManager {
             let mut attempts = 0;
             loop {
                 // In a cluster, only reads go through the client that resends by itself.
-                let shared = match &inner.cluster {
-                    Some(cluster) if kind != Kind::Read => cluster.shared_at_most_once(),
-                    _ => inner.pool.shared(),
+                let shared = if inner.slots.is_some() && kind != Kind::Read {
+                    inner.pool.shared_at_most_once()
+                } else {
+                    inner.pool.shared()
                 };
                 let (err, sent) = match shared {
                     Err(e) => (e, false),
@@ -242,7 +244,10 @@ impl RedisManager {
                 };
                 let err_kind = effective_kind(&err);
                 attempts += 1;
-                let retry = may_retry
+                // A redirect (a slot that moved) is no outage and proves the command did not
+                // run: it is sent again once, even when memory could answer.
+                let redirected = attempts == 1 && opts.retry && is_redirect(&err);
+                let retry = (may_retry || redirected)
                     && err_kind != ErrorKind::Server
                     && err_kind.is_transient()
                     && !(matches!(kind, Kind::NonIdempotentWrite | Kind::CountingWrite) && sent)
@@ -314,11 +319,12 @@ impl RedisManager {
             permit.success(started.elapsed());
             return failed(server_error(failure));
         }
-        // In a cluster, a key the fallback can answer puts its primary's slots in fallback
-        // mode: the breaker, which stands for the whole cluster, is not told of one node's
-        // failure (the health probe opens it when every primary fails).
-        let by_slot = inner.slots.is_some() && fallback.is_some() && !matches!(scope, Scope::All);
-        if err_kind.is_transient() && !by_slot {
+        // In a cluster the breaker stands for the whole cluster: it is not told of one node's
+        // failure (the health probe opens it when every primary fails), and a key's failure
+        // puts its primary's slots in fallback mode instead (a redirect only the key's slot).
+        let cluster = inner.slots.is_some();
+        let widen = !is_redirect(&failure);
+        if err_kind.is_transient() && !cluster {
             permit.error(started.elapsed());
         } else {
             permit.release();
@@ -327,6 +333,11 @@ impl RedisManager {
             && (kind == Kind::NonIdempotentWrite
                 || (kind == Kind::CountingWrite && fallback.is_none()))
         {
+            if cluster && fallback.is_some() && err_kind.is_transient() {
+                // Not journaled (its outcome is unknown), but the primary's other keys go to
+                // memory from now on rather than each waiting for a timeout.
+                self.cover_failed(scope, widen);
+            }
             return failed(Error::Ambiguous {
                 operation: "",
                 kind: err_kind,
@@ -337,7 +348,7 @@ impl RedisManager {
         if let Some(serve) = fallback
             && err_kind.is_transient()
         {
-            return self.serve_activating(serve, scope);
+            return self.serve_activating(serve, scope, widen);
         }
         failed(Error::Unavailable {
             kind: err_kind,
@@ -351,38 +362,54 @@ impl RedisManager {
         self.inner.is_fallback_mode() && self.inner.journal.pending_writes() > 0
     }
 
-    /// Enters fallback mode (for `scope`) and answers from the fallback store.
+    /// Enters fallback mode (for `scope`, widened to its primaries with `widen`) and answers
+    /// from the fallback store.
     fn serve_activating<T>(
         &self,
         serve: &Serve<'_, T>,
         scope: Scope<'_>,
+        widen: bool,
     ) -> (Result<T, Error>, Outcome) {
-        self.serve(serve, scope, true)
+        self.serve(serve, scope, Some(widen))
             .unwrap_or((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)))
+    }
+
+    /// Puts `scope` (and with `widen` its primaries) in fallback mode without answering from
+    /// memory, under the mode gate, and asks the recovery loop for a probe.
+    fn cover_failed(&self, scope: Scope<'_>, widen: bool) {
+        let inner = &*self.inner;
+        let _gate = inner.gate.read().unwrap_or_else(PoisonError::into_inner);
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if !inner.is_fallback_mode() {
+            inner.activated.notify_one();
+        }
+        inner.activate_for("call_failed", scope, widen);
     }
 
     /// Answers from the fallback store under the mode gate: `None` when fallback mode ended
     /// meanwhile or does not cover `scope` (the caller goes to Redis), unless `activate` turns
-    /// it on.
+    /// it on (`Some(widen)`: see [`crate::manager::Inner::activate_for`]).
     fn serve<T>(
         &self,
         serve: &Serve<'_, T>,
         scope: Scope<'_>,
-        activate: bool,
+        activate: Option<bool>,
     ) -> Option<(Result<T, Error>, Outcome)> {
         let inner = &*self.inner;
         let _gate = inner.gate.read().unwrap_or_else(PoisonError::into_inner);
         if inner.closed.load(Ordering::Acquire) {
             return Some((Err(Error::Closed), Outcome::Error(ErrorKind::Closed)));
         }
-        if activate {
+        if let Some(widen) = activate {
             if !inner.is_fallback_mode() {
                 // Ask the recovery loop for a probe now (decided under the gate, so a recovery
                 // that just ended the mode cannot swallow the request): one failed call must
                 // not keep every caller on memory for longer than it takes to see Redis again.
                 inner.activated.notify_one();
             }
-            inner.activate_for("call_failed", scope);
+            inner.activate_for("call_failed", scope, widen);
         } else if !inner.in_fallback(scope) {
             return None;
         } else {
@@ -475,6 +502,11 @@ pub(crate) fn effective_kind(err: &PoolError) -> ErrorKind {
         return ErrorKind::Connection;
     }
     err.kind()
+}
+
+/// Whether a cluster redirected the command (`MOVED`, `ASK`): it did not run there.
+fn is_redirect(err: &PoolError) -> bool {
+    matches!(err, PoolError::Command { source, .. } if matches!(source.code(), Some("MOVED" | "ASK")))
 }
 
 /// An error reply's code as a static string for the metrics' `db.response.status_code`: the

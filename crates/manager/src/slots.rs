@@ -29,10 +29,24 @@ impl SlotSet {
         self.bits[word].fetch_or(bit, Ordering::AcqRel);
     }
 
-    /// Inserts `from..=to`.
+    /// Inserts `from..=to`, a word at a time.
     pub(crate) fn insert_range(&self, from: u16, to: u16) {
-        for slot in from..=to.min(CLUSTER_SLOTS - 1) {
-            self.insert(slot);
+        let to = to.min(CLUSTER_SLOTS - 1);
+        let mut slot = from;
+        while slot <= to {
+            let (word, bit) = Self::at(slot);
+            let in_word = 64 - (slot % 64);
+            let take = in_word.min(to - slot + 1);
+            let mask = if take == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << take) - 1) * bit
+            };
+            self.bits[word].fetch_or(mask, Ordering::AcqRel);
+            slot += take;
+            if take == 0 {
+                break;
+            }
         }
     }
 
@@ -69,6 +83,17 @@ mod tests {
     fn slots_are_kept_apart() {
         let s = SlotSet::new();
         assert_eq!(s.len(), 0);
+        s.insert(0);
+        s.insert(63);
+        s.insert(64);
+        s.insert_range(16000, 16383);
+        s.insert_range(100, 100);
+        assert!(s.contains(100) && !s.contains(99) && !s.contains(101));
+        s.insert_range(130, 260);
+        assert!(s.contains(130) && s.contains(191) && s.contains(192) && s.contains(260));
+        assert!(!s.contains(129) && !s.contains(261));
+        assert_eq!(s.len(), 3 + 384 + 1 + 131);
+        s.clear();
         s.insert(0);
         s.insert(63);
         s.insert(64);

@@ -67,7 +67,7 @@ pub fn slot_tag(slot: u16) -> &'static str {
 ///
 /// - [`ConnectionPool::shared`] hands out the cluster connection, multiplexed over one
 ///   connection per node; it takes no lock and does no I/O.
-///   [`ClusterPool::shared_at_most_once`] hands out a second one whose client never resends a
+///   [`ConnectionPool::shared_at_most_once`] hands out a second one whose client never resends a
 ///   request by itself, for writes that must not apply twice. A keeper task opens it in the
 ///   background (Redis need not be up to build the pool) and retries every
 ///   `pool.create_retry_interval` until it succeeds.
@@ -271,38 +271,71 @@ impl std::fmt::Display for PrimaryStatus {
 }
 
 impl ClusterPool {
-    /// The cluster's primaries and whether each answers: the slot map as a node reports it
-    /// (`CLUSTER SLOTS`, asked of up to three nodes in turn), then a PING to every primary at
-    /// once, each bounded by the socket timeout. For a health probe that names the node that
-    /// fails.
+    /// The cluster's primaries and whether each answers, all within `budget`: the slot map as
+    /// a node reports it (`CLUSTER SLOTS`, asked of up to three nodes in turn within half the
+    /// budget), then a PING to every primary at once; a primary that has not answered when the
+    /// budget runs out is failing (a hung node is found as surely as a dead one). For a health
+    /// probe that names the node that fails: give it a budget within the probe's timeout.
     ///
     /// # Errors
-    /// As [`ConnectionPool::shared`] when not connected; [`PoolError::Command`] when no node
-    /// gave the slot map.
-    pub async fn primaries(&self) -> Result<Vec<PrimaryStatus>, PoolError> {
+    /// As [`ConnectionPool::shared`] when not connected; [`PoolError::Command`] or
+    /// [`PoolError::CommandTimeout`] when no node gave the slot map.
+    pub async fn primaries(&self, budget: Duration) -> Result<Vec<PrimaryStatus>, PoolError> {
         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let started = tokio::time::Instant::now();
+        let deadline = started + budget;
+        let map_deadline = started + budget / 2;
         let conn = self
             .inner
             .conn
             .load_full()
             .ok_or_else(|| self.shared().err().unwrap_or(PoolError::Closed))?;
-        let mut map = Err(PoolError::Closed);
-        for _ in 0..3 {
+        // Asked of every primary the last map named at once (or of three nodes at random), the
+        // first answer wins: one hung node cannot hide the map.
+        let routes: Vec<SingleNodeRoutingInfo> = match self.last_primaries() {
+            Some(last) if !last.is_empty() => last
+                .iter()
+                .filter_map(|p| {
+                    let (host, port) = p.address.rsplit_once(':')?;
+                    Some(SingleNodeRoutingInfo::ByAddress {
+                        host: host.to_owned(),
+                        port: port.parse().ok()?,
+                    })
+                })
+                .collect(),
+            _ => vec![SingleNodeRoutingInfo::Random; 3],
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for route in routes {
             let mut c = ClusterConnection::clone(&conn);
-            map = c
-                .route_command(
-                    redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            asks.spawn(async move {
+                tokio::time::timeout_at(
+                    map_deadline,
+                    c.route_command(
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(route),
+                    ),
                 )
                 .await
-                .map_err(|e| PoolError::Command {
-                    kind: classify(&e),
-                    source: e,
-                });
-            if map.is_ok() {
-                break;
+            });
+        }
+        let mut map = Err(PoolError::CommandTimeout(budget / 2));
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok(Ok(Ok(answer))) => {
+                    map = Ok(answer);
+                    break;
+                }
+                Ok(Ok(Err(e))) => {
+                    map = Err(PoolError::Command {
+                        kind: classify(&e),
+                        source: e,
+                    });
+                }
+                _ => {}
             }
         }
+        asks.abort_all();
         let map = match map {
             Ok(map) => map,
             Err(e) => {
@@ -351,13 +384,20 @@ impl ClusterPool {
                 .map(|(h, port)| (h.to_owned(), port.parse().unwrap_or(0)))
                 .unwrap_or_default();
             pings.spawn(async move {
-                let answer = c
-                    .route_command(
+                let answer = tokio::time::timeout_at(
+                    deadline,
+                    c.route_command(
                         redis::cmd("PING").clone(),
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port }),
-                    )
-                    .await;
-                (i, answer.err().map(|e| e.to_string()))
+                    ),
+                )
+                .await;
+                let error = match answer {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no answer to PING within {budget:?}")),
+                };
+                (i, error)
             });
         }
         while let Some(done) = pings.join_next().await {
@@ -372,16 +412,11 @@ impl ClusterPool {
         Ok(primaries)
     }
 
-    /// A shared connection to the cluster whose client never sends a request twice by itself
-    /// (redis-rs otherwise resends a request whose connection broke, and follows redirects):
-    /// for writes that must not apply twice (`INCRBY`, a script, a pipeline with writes). A
-    /// redirect (`MOVED`, `ASK`) or `TRYAGAIN` comes back as that error reply, which proves
-    /// the command did not run (redis-rs refreshes its slot map on `MOVED`): the caller may
-    /// send it again.
-    ///
-    /// # Errors
-    /// As [`ConnectionPool::shared`].
-    pub fn shared_at_most_once(&self) -> Result<SharedConnection, PoolError> {
+    /// The shared connection whose client never sends a request twice by itself (redis-rs
+    /// otherwise resends a request whose connection broke, and follows redirects). A redirect
+    /// (`MOVED`, `ASK`) or `TRYAGAIN` comes back as that error reply, which proves the command
+    /// did not run (redis-rs refreshes its slot map on `MOVED`): the caller may send it again.
+    fn once_connection(&self) -> Result<SharedConnection, PoolError> {
         if let Some(conn) = &*self.inner.once.load()
             && !self.inner.closed.load(Ordering::Acquire)
         {
@@ -570,6 +605,14 @@ impl ConnectionPool for ClusterPool {
             url: self.inner.shown.clone(),
             message,
         })
+    }
+
+    fn shared_at_most_once(&self) -> Result<SharedConnection, PoolError> {
+        self.once_connection()
+    }
+
+    fn cluster_primaries(&self) -> Option<Arc<Vec<PrimaryStatus>>> {
+        self.last_primaries()
     }
 
     async fn get(&self) -> Result<PooledConnection, PoolError> {

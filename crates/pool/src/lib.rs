@@ -60,6 +60,24 @@ pub trait ConnectionPool: Send + Sync {
     /// Stops handing out connections, waits up to `deadline` for checked-out ones to come back,
     /// and closes the rest.
     async fn close(&self, deadline: Duration);
+
+    /// A shared connection whose client never sends a request twice by itself, for writes that
+    /// must not apply twice. The default is [`ConnectionPool::shared`]: a connection that never
+    /// resends (as this crate's `RedisPool` hands out). [`ClusterPool`] overrides it (redis-rs's
+    /// cluster client otherwise resends a request whose connection broke).
+    ///
+    /// # Errors
+    /// As [`ConnectionPool::shared`].
+    fn shared_at_most_once(&self) -> Result<SharedConnection, PoolError> {
+        self.shared()
+    }
+
+    /// For a Redis Cluster: the primaries and their slots as last seen (no I/O), so that a
+    /// failed primary's slots can go to the fallback at once. `None` (the default): not a
+    /// cluster, or not known.
+    fn cluster_primaries(&self) -> Option<Arc<Vec<PrimaryStatus>>> {
+        None
+    }
 }
 
 macro_rules! forward {
@@ -77,6 +95,12 @@ macro_rules! forward {
             }
             async fn close(&self, deadline: Duration) {
                 (**self).close(deadline).await;
+            }
+            fn shared_at_most_once(&self) -> Result<SharedConnection, PoolError> {
+                (**self).shared_at_most_once()
+            }
+            fn cluster_primaries(&self) -> Option<Arc<Vec<PrimaryStatus>>> {
+                (**self).cluster_primaries()
             }
         }
     };

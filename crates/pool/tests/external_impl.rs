@@ -138,3 +138,17 @@ async fn a_cluster_down_during_a_failover_is_not_ready_and_retried() {
     assert_eq!(m.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
     assert!(conn.is_empty(), "retried, not handed to the caller");
 }
+
+#[tokio::test]
+async fn a_redirect_is_sent_again_once_even_when_memory_could_answer() {
+    let moved = redis::make_extension_error("MOVED".into(), Some("3999 127.0.0.1:7001".into()));
+    let script = vec![
+        MockCmd::new(get("k"), Err::<Value, _>(moved)),
+        MockCmd::new(get("k"), Ok("v")),
+    ];
+    // The fallback is on: an outage would be answered from memory at once, a redirect is not.
+    let (m, conn) = manager(script, |c| c.max_retries = 1).await;
+    assert_eq!(m.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(conn.is_empty(), "sent again, not answered from memory");
+    assert!(!m.is_fallback_mode());
+}

@@ -1697,6 +1697,11 @@ struct Candidate {
     /// When the write was acknowledged (`u64::MAX`: never, so never "must be gone").
     end: u64,
     ttl: u64,
+    /// A PEXPIRE (it writes no value: it sets the deadline of what the key holds, if anything).
+    expire: bool,
+    /// A PEXPIRE sent when the key may already have been gone (deleted, or past the deadline of
+    /// the write before it): it may have found nothing to expire, and then leaves nothing.
+    found_nothing: bool,
 }
 
 impl Candidate {
@@ -1710,7 +1715,8 @@ impl Candidate {
     }
     /// Whether a read (or the final state) at `at` may say `v`.
     fn allows(&self, v: &Option<String>, at: u64) -> bool {
-        (self.v == *v && !self.must_be_gone(at)) || (v.is_none() && self.may_be_gone(at))
+        (self.v == *v && !self.must_be_gone(at))
+            || (v.is_none() && (self.may_be_gone(at) || self.found_nothing))
     }
 }
 
@@ -1750,6 +1756,8 @@ fn check(
                             start: e.start,
                             end: u64::MAX,
                             ttl: e.d.unsigned_abs(),
+                            expire: e.op == "expire",
+                            found_nothing: false,
                         },
                     )),
                     _ => incrs.push(e),
@@ -1789,6 +1797,18 @@ fn check(
         for (id, c) in ws.iter_mut() {
             if let Some(end) = ends.get(id) {
                 c.end = *end;
+            }
+        }
+        // A PEXPIRE after a 1 ms PEXPIRE (or a DEL) may find the key gone: it then sets nothing,
+        // whatever value its task believed the key held (found by the campaign: a PEXPIRE of
+        // 1 ms, then one of 1468 ms 150 ms later, correctly left no key).
+        for i in 1..ws.len() {
+            let prev = ws[i - 1].1.clone();
+            let c = &mut ws[i].1;
+            if c.expire {
+                c.found_nothing = prev.v.is_none()
+                    || prev.may_be_gone(c.start)
+                    || (prev.expire && prev.found_nothing);
             }
         }
     }
