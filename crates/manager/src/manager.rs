@@ -103,7 +103,9 @@ impl Inner {
     /// map shows it: its other keys then go to memory without each waiting for a timeout.
     pub(crate) fn activate_for(&self, reason: &'static str, scope: Scope<'_>, widen: bool) -> bool {
         self.cover(scope);
-        if widen && let (Some(set), Some(primaries)) = (&self.slots, self.pool.cluster_primaries())
+        if widen
+            && let Some(set) = &self.slots
+            && let Some(primaries) = self.pool.cluster_primaries()
         {
             let mut widened: Vec<usize> = Vec::new();
             scope.each_slot(|slot| {
@@ -131,7 +133,10 @@ impl Inner {
     /// answer, and says whether that was all (`false`: the whole cluster is down, or nothing is
     /// known of it, and fallback mode must cover every key).
     pub(crate) fn activate_failing_primaries(&self) -> bool {
-        let (Some(set), Some(primaries)) = (&self.slots, self.pool.cluster_primaries()) else {
+        let Some(set) = &self.slots else {
+            return false;
+        };
+        let Some(primaries) = self.pool.cluster_primaries() else {
             return false;
         };
         let failing: Vec<_> = primaries.iter().filter(|p| p.error.is_some()).collect();

@@ -116,8 +116,9 @@ const _: fn() = || {
 
 #[cfg(feature = "mock")]
 impl MockConnectionPool {
-    /// A mock pool that behaves as a Redis refusing every connection: `shared()` and `get()`
-    /// fail with a `connection_error`, `status()` is empty, `close()` returns at once. For
+    /// A mock pool that behaves as a Redis refusing every connection: `shared()`,
+    /// `shared_at_most_once()` and `get()` fail with a `connection_error`, `cluster_primaries()`
+    /// is `None`, `status()` is empty, `close()` returns at once. For
     /// tests of parts written outside these crates (a breaker, a health monitor, a store)
     /// driven through the manager during an outage.
     #[must_use]
@@ -130,6 +131,9 @@ impl MockConnectionPool {
         let mut pool = Self::new();
         pool.expect_shared().returning(move || Err(refused()));
         pool.expect_get().returning(move || Err(refused()));
+        pool.expect_shared_at_most_once()
+            .returning(move || Err(refused()));
+        pool.expect_cluster_primaries().returning(|| None);
         pool.expect_status().returning(PoolStatus::default);
         pool.expect_close().return_const(());
         pool
