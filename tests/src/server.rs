@@ -23,6 +23,8 @@ pub struct RedisServerBuilder {
     password: Option<String>,
     tls: bool,
     tls_client_auth: bool,
+    /// The server's certificate expired yesterday.
+    tls_expired: bool,
     /// `(name, primary port, quorum)`: run as a sentinel monitoring that primary.
     sentinel: Option<(String, u16, u32)>,
 }
@@ -60,6 +62,14 @@ impl RedisServerBuilder {
     pub fn tls_client_auth(mut self) -> Self {
         self.tls = true;
         self.tls_client_auth = true;
+        self
+    }
+
+    /// As [`RedisServerBuilder::tls`], with a server certificate that expired a day ago (its
+    /// CA is valid).
+    pub fn tls_expired(mut self) -> Self {
+        self.tls = true;
+        self.tls_expired = true;
         self
     }
 
@@ -122,7 +132,15 @@ impl RedisServerBuilder {
                 args.push("--sentinel".into());
             }
             if self.tls {
-                args.extend(tls_args(dir.path(), port, self.tls_client_auth));
+                // The test process is the application: it chooses the rustls crypto provider
+                // its TLS connections use.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                args.extend(tls_args(
+                    dir.path(),
+                    port,
+                    self.tls_client_auth,
+                    self.tls_expired,
+                ));
             }
             let mut server = RedisServer {
                 port,
@@ -366,7 +384,7 @@ fn answers_ping(port: u16) -> bool {
 
 /// Makes a CA and a certificate for 127.0.0.1 in `dir` with `openssl`, and returns the
 /// arguments that make redis-server serve TLS only on `port`.
-fn tls_args(dir: &Path, port: u16, client_auth: bool) -> Vec<String> {
+fn tls_args(dir: &Path, port: u16, client_auth: bool, expired: bool) -> Vec<String> {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -398,7 +416,7 @@ fn tls_args(dir: &Path, port: u16, client_auth: bool) -> Vec<String> {
     ]);
     // A certificate signed by the CA: `<name>.key`, `<name>.crt`, with these X.509 v3
     // extensions (rustls takes no other version).
-    let issue = |name: &str, subject: &str, extensions: &str| {
+    let issue = |name: &str, subject: &str, extensions: &str, days: &str| {
         let (key, csr, crt, cnf) = (
             format!("{name}.key"),
             format!("{name}.csr"),
@@ -420,19 +438,26 @@ fn tls_args(dir: &Path, port: u16, client_auth: bool) -> Vec<String> {
             "ca.key",
             "-CAcreateserial",
             "-days",
-            "2",
+            days,
             "-extfile",
             &cnf,
             "-out",
             &crt,
         ]);
     };
-    issue("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\n");
+    // `-days -1`: valid until yesterday.
+    issue(
+        "server",
+        "/CN=127.0.0.1",
+        "subjectAltName=IP:127.0.0.1\n",
+        if expired { "-1" } else { "2" },
+    );
     // For mutual TLS.
     issue(
         "client",
         "/CN=resilient-redis-test-client",
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        "2",
     );
     let path = |f: &str| dir.join(f).display().to_string();
     vec![

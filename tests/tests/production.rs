@@ -132,6 +132,14 @@ async fn a_private_ca_is_trusted_and_a_wrong_one_is_a_tls_error_at_once() {
 }
 
 #[tokio::test]
+async fn an_expired_server_certificate_is_a_tls_error_at_once() {
+    let server = RedisServer::builder().tls_expired().start();
+    let err = first_error(tls_config(&server, &server.tls_file("ca.crt"))).await;
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    assert!(err.to_string().to_lowercase().contains("expired"), "{err}");
+}
+
+#[tokio::test]
 async fn mutual_tls_needs_the_client_certificate() {
     let server = RedisServer::builder().tls_client_auth().start();
     // Trusting the server is not enough: the server wants our certificate.

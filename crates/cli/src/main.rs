@@ -108,6 +108,9 @@ pub(crate) fn load_config(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // For rediss:// URLs: this application's rustls crypto provider (the library installs
+    // none behind an application's back).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()

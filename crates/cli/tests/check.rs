@@ -169,6 +169,26 @@ fn check_in_sentinel_mode_reports_the_primary_the_sentinels_name() {
         "{server}"
     );
     assert_eq!(f["role"], "master", "{f:#}");
+
+    // A name the sentinels do not monitor: the configuration's mistake, said as such.
+    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
+        .args(["check", "--json"])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CONFIG_FILE")
+        .env("REDIS_MODE", "sentinel")
+        .env("REDIS_SENTINELS", sentinel.url())
+        .env("REDIS_MASTER_NAME", "mymastr")
+        .output()
+        .expect("run the CLI");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(out.status.code(), Some(2), "{f:#}");
+    let error = f["error"].as_str().unwrap();
+    assert!(
+        error.contains("master_name") && error.contains("`mymaster`"),
+        "{error}"
+    );
 }
 
 /// In cluster mode `check` reports the cluster's state and the permissions, with no warning

@@ -197,7 +197,15 @@ impl RedisManager {
             Ok(Err(e)) => {
                 let mut kind = classify(&e);
                 let mut message = e.to_string();
-                if kind == ErrorKind::Connection
+                if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel
+                    && let Target::Sentinel { recipe, .. } = &self.target
+                {
+                    // Either the name is wrong or the sentinels are failing over: say both.
+                    message = format!(
+                        "no sentinel names a primary `{}` that is up: check master_name (`resilient-redis check` lists the names the sentinels monitor), or a failover is in progress",
+                        recipe.name
+                    );
+                } else if kind == ErrorKind::Connection
                     && !e.is_connection_refusal()
                     && let Some(said) = self.what_the_server_says().await
                 {

@@ -165,8 +165,11 @@ fn sentinel_target(config: &RedisConfig) -> Result<crate::manager::Target, PoolE
 /// key). The pool connects through it; a tool that wants a plain redis-rs connection to the
 /// same server with the same credentials (a benchmark's baseline, say) can too.
 ///
-/// For a TLS URL, ring's rustls crypto provider is installed as the process default unless
-/// the application installed one first (redis-rs's rustls support brings none).
+/// For a TLS URL, rustls needs a process-wide crypto provider (redis-rs's rustls support brings
+/// none). The application installs the one it chooses at start (for example
+/// `rustls::crypto::ring::default_provider().install_default()`), or enables this crate's
+/// `ring-provider` feature (the manager's too), which installs ring's here when none is
+/// installed yet. Nothing is installed behind the application's back.
 ///
 /// # Errors
 /// [`PoolError::Connect`] of kind `Validation` when the URL does not parse, of kind `Tls` when a
@@ -178,7 +181,17 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
         message,
     };
     if config.url.is_tls() {
+        #[cfg(feature = "ring-provider")]
         let _ = rustls::crypto::ring::default_provider().install_default();
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            return Err(fail(
+                ErrorKind::Tls,
+                "no rustls crypto provider is installed in this process: install one at start \
+                 (rustls::crypto::ring::default_provider().install_default()), or enable the \
+                 `ring-provider` feature of resilient-redis-manager (or -pool)"
+                    .into(),
+            ));
+        }
         if config.url.expose().ends_with("#insecure") {
             tracing::warn!(
                 url = %config.url,
