@@ -50,7 +50,8 @@ impl RedisServerBuilder {
         self
     }
 
-    /// Serves TLS only, with a certificate for 127.0.0.1 signed by a CA made for this server
+    /// Serves TLS only, with a certificate for 127.0.0.1 and the name `resilient-redis.test`
+    /// (which no DNS resolves), signed by a CA made for this server
     /// (needs `openssl`); [`RedisServer::url`] is then `rediss://`.
     pub fn tls(mut self) -> Self {
         self.tls = true;
@@ -449,7 +450,7 @@ fn tls_args(dir: &Path, port: u16, client_auth: bool, expired: bool) -> Vec<Stri
     issue(
         "server",
         "/CN=127.0.0.1",
-        "subjectAltName=IP:127.0.0.1\n",
+        "subjectAltName=IP:127.0.0.1,DNS:resilient-redis.test\n",
         if expired { "-1" } else { "2" },
     );
     // For mutual TLS.

@@ -132,6 +132,23 @@ async fn a_private_ca_is_trusted_and_a_wrong_one_is_a_tls_error_at_once() {
 }
 
 #[tokio::test]
+async fn a_server_name_override_is_the_name_checked_while_the_url_s_host_is_dialled() {
+    let server = RedisServer::builder().tls().start();
+    let mut config = tls_config(&server, &server.tls_file("ca.crt"));
+    // The certificate also carries this name, which no DNS resolves: the URL's host is dialled.
+    config.tls.server_name = Some("resilient-redis.test".into());
+    let m = RedisManager::builder(config.clone()).build().await.unwrap();
+    m.set(b"k", b"by name", None).await.unwrap();
+    assert_eq!(m.get(b"k").await.unwrap(), Some(b"by name".to_vec()));
+    m.close(Duration::from_secs(1)).await.unwrap();
+
+    // A name the certificate does not carry: a tls_error at once.
+    config.tls.server_name = Some("other.test".into());
+    let err = first_error(config).await;
+    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+}
+
+#[tokio::test]
 async fn an_expired_server_certificate_is_a_tls_error_at_once() {
     let server = RedisServer::builder().tls_expired().start();
     let err = first_error(tls_config(&server, &server.tls_file("ca.crt"))).await;

@@ -185,11 +185,9 @@ async fn raw_connection(
         .await
         .map_err(|e| e.to_string())?;
     client
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.socket_timeout)),
-        )
+        .get_multiplexed_async_connection_with_config(&resilient_redis_pool::connection_config(
+            config,
+        ))
         .await
         .map_err(|e| e.to_string())
 }

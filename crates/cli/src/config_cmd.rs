@@ -139,6 +139,7 @@ fn example(path: &str) -> &'static str {
         "tls.ca_file" => "\"/etc/ssl/redis/ca.crt\"",
         "tls.cert_file" => "\"/etc/ssl/redis/client.crt\"",
         "tls.key_file" => "\"/etc/ssl/redis/client.key\"",
+        "tls.server_name" => "\"redis.internal\"",
         _ => "\"...\"",
     }
 }
@@ -564,6 +565,12 @@ const FIELDS: &[Field] = &[
         kind: Kind::Plain,
         env: &["REDIS_TLS__KEY_FILE"],
         help: "the readable PEM private key of `cert_file`",
+    },
+    Field {
+        path: "tls.server_name",
+        kind: Kind::Plain,
+        env: &["REDIS_TLS__SERVER_NAME"],
+        help: "the name the server's certificate must carry (and SNI) when it is not the URL's host, which is still the address dialled; a DNS name; only with a `rediss://` URL in standalone mode",
     },
 ];
 

@@ -567,7 +567,9 @@ async fn checker(config: &RedisConfig) -> Result<SharedConnection, String> {
         .await
         .map_err(|e| e.to_string())?;
     let conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&resilient_redis_pool::connection_config(
+            config,
+        ))
         .await
         .map_err(|e| e.to_string())?;
     Ok(SharedConnection::from_connection(conn))

@@ -65,6 +65,7 @@ const TEXT_FIELDS: &[&str] = &[
     "ca_file",
     "cert_file",
     "key_file",
+    "server_name",
 ];
 
 /// A loaded configuration and where each value that was not a default came from.

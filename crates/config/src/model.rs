@@ -121,6 +121,10 @@ pub struct TlsConfig {
     pub cert_file: Option<std::path::PathBuf>,
     /// PEM private key of `cert_file`. Env `REDIS_TLS__KEY_FILE`.
     pub key_file: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry (and the name sent as SNI), when it is not
+    /// the URL's host: connect to `rediss://10.0.0.5:6380` and verify `redis.internal`, say.
+    /// Standalone mode only. Env `REDIS_TLS__SERVER_NAME`.
+    pub server_name: Option<String>,
 }
 
 impl TlsConfig {

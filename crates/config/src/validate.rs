@@ -244,6 +244,34 @@ fn check_tls(c: &mut Checker, config: &RedisConfig) {
             Err(e) => c.fail(field, shown, format!("cannot be read: {e}")),
         }
     }
+    if let Some(name) = &tls.server_name {
+        let shown = Some(name.clone());
+        if !config.url.is_tls() {
+            c.fail(
+                "tls.server_name",
+                shown,
+                "is set but `url` is not `rediss://`: the name is checked on TLS connections only",
+            );
+        } else if config.mode != crate::Mode::Standalone {
+            c.fail(
+                "tls.server_name",
+                shown,
+                "is for mode = \"standalone\" only: sentinels and cluster nodes name their own \
+                 addresses",
+            );
+        } else if name.is_empty()
+            || name.len() > 253
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-')
+        {
+            c.fail(
+                "tls.server_name",
+                shown,
+                "is not a DNS name (letters, digits, `-` and `.`, at most 253 characters)",
+            );
+        }
+    }
     match (&tls.cert_file, &tls.key_file) {
         (Some(_), None) => c.fail(
             "tls.key_file",
@@ -767,6 +795,20 @@ mod tests {
         let problems = c.problems();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].message.contains("REDIS_MODE"));
+    }
+
+    #[test]
+    fn a_tls_server_name_is_a_dns_name_for_a_rediss_url_in_standalone_mode() {
+        let mut c = RedisConfig::default();
+        c.tls.server_name = Some("redis.internal".into());
+        let problems = c.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("rediss://"), "{problems:?}");
+        c.url = crate::RedisUrl::new("rediss://10.0.0.5:6380");
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c.tls.server_name = Some("redis internal/x".into());
+        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["tls.server_name"]);
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub(crate) struct RedisManager {
     pub(crate) counters: Arc<Counters>,
     /// The last failure to connect, to explain "no connection" to callers.
     pub(crate) last_error: Arc<LastError>,
+    /// The host to dial for the plain-text probes when the client's host is a certificate
+    /// name (`tls.server_name`).
+    pub(crate) dial_host: Option<String>,
 }
 
 impl RedisManager {
@@ -283,11 +286,13 @@ impl RedisManager {
             Target::Fixed(client) => client.clone(),
             Target::Sentinel { last, .. } => last.lock().ok()?.clone()?,
         };
-        match client.get_connection_info().addr() {
-            redis::ConnectionAddr::Tcp(host, port) => Some((host.clone(), *port)),
-            redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
-            _ => None,
-        }
+        let (host, port) = match client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+            _ => return None,
+        };
+        // With `tls.server_name` the client's host is the certificate's name: dial the URL's.
+        Some((self.dial_host.clone().unwrap_or(host), port))
     }
 }
 

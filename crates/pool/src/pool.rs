@@ -209,11 +209,86 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
     if let Some(password) = &config.password {
         settings = settings.set_password(password.expose());
     }
-    let info = info.set_redis_settings(settings);
+    let mut info = info.set_redis_settings(settings);
+    // The certificate's name, when it is not the URL's host: connect by that name (it is what
+    // rustls checks and sends as SNI); `connection_config` resolves it to the URL's host.
+    if let (
+        Some(name),
+        redis::ConnectionAddr::TcpTls {
+            port,
+            insecure,
+            tls_params,
+            ..
+        },
+    ) = (&config.tls.server_name, info.addr().clone())
+    {
+        info = info.set_addr(redis::ConnectionAddr::TcpTls {
+            host: name.clone(),
+            port,
+            insecure,
+            tls_params,
+        });
+    }
     match tls_certificates(config)? {
         None => redis::Client::open(info).map_err(|e| fail(ErrorKind::Validation, e.to_string())),
         Some(certificates) => redis::Client::build_with_tls(info, certificates)
             .map_err(|e| fail(ErrorKind::Tls, format!("the [tls] certificates: {e}"))),
+    }
+}
+
+/// How the pool opens connections for `config`: its connect and socket timeouts, and with
+/// `tls.server_name` a resolver that sends that name to the URL's host. A tool that opens its
+/// own connection from [`redis_client`] (a benchmark's baseline, an independent check) uses it
+/// too, so that a server-name override resolves.
+#[must_use]
+pub fn connection_config(config: &RedisConfig) -> redis::AsyncConnectionConfig {
+    let c = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.socket_timeout));
+    match (&config.tls.server_name, url_host(config)) {
+        (Some(name), Some(host)) => c.set_dns_resolver(NameOverride {
+            name: name.clone(),
+            host,
+        }),
+        _ => c,
+    }
+}
+
+/// The URL's host (for TCP URLs).
+fn url_host(config: &RedisConfig) -> Option<String> {
+    match redis::IntoConnectionInfo::into_connection_info(config.url.expose())
+        .ok()?
+        .addr()
+    {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+            Some(host.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Resolves the certificate's name (`tls.server_name`) to the URL's host; any other name as
+/// usual.
+struct NameOverride {
+    name: String,
+    host: String,
+}
+
+impl redis::io::AsyncDNSResolver for NameOverride {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        host: &'b str,
+        port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = std::net::SocketAddr> + Send + 'a>> {
+        Box::pin(async move {
+            let target = if host.eq_ignore_ascii_case(&self.name) {
+                self.host.as_str()
+            } else {
+                host
+            };
+            let found = tokio::net::lookup_host((target, port)).await?;
+            Ok(Box::new(found) as Box<dyn Iterator<Item = std::net::SocketAddr> + Send>)
+        })
     }
 }
 
@@ -308,9 +383,7 @@ impl RedisPool {
         let pool_config = config.pool.clone();
         let manager = RedisManager {
             target,
-            connection_config: redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.socket_timeout)),
+            connection_config: connection_config(config),
             connect_timeout: config.connect_timeout,
             socket_timeout: config.socket_timeout,
             retry_count: pool_config.create_retry_count,
@@ -320,6 +393,11 @@ impl RedisPool {
             tls: config.url.is_tls(),
             counters: Arc::clone(&counters),
             last_error: Arc::clone(&last_error),
+            dial_host: config
+                .tls
+                .server_name
+                .as_ref()
+                .and_then(|_| url_host(config)),
         };
         let mobc = mobc::Pool::builder()
             .max_open(u64::from(pool_config.max_size))
