@@ -267,7 +267,7 @@ impl RedisManager {
             .timeout
             .and_then(|t| started.checked_add(t).map(|u| (t, u)))
         {
-            Some((t, until)) => match tokio::time::timeout_at(until, attempts).await {
+            Some((t, until)) => match tokio::time::timeout_at(until, Box::pin(attempts)).await {
                 Ok(attempted) => attempted,
                 Err(_) => {
                     timing.retries = retries;
