@@ -637,10 +637,9 @@ impl ConnectionLike for RedisManager {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         // Written into its allocation rather than built beside it and moved in: the request
         // future is a few KB.
-        let request = Box::write(
-            Box::new_uninit(),
-            async move { self.command(cmd).await.map_err(Error::into_redis_error) },
-        );
+        let request = Box::write(Box::new_uninit(), async move {
+            self.command(cmd).await.map_err(Error::into_redis_error)
+        });
         Box::into_pin(request)
     }
 
