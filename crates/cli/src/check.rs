@@ -147,7 +147,7 @@ async fn check(url: Option<String>) -> Findings {
             Err(e) => {
                 // A name no sentinel monitors is the configuration's mistake: say which names
                 // they do monitor.
-                if let Some(names) = sentinel_names(&config).await {
+                if let Ok(names) = resilient_redis_pool::sentinel_names(&config).await {
                     let wanted = config.master_name.as_deref().unwrap_or("");
                     if !names.iter().any(|n| n == wanted) {
                         f.fail(
@@ -253,33 +253,6 @@ async fn check(url: Option<String>) -> Findings {
     }
     pool.close(Duration::from_secs(1)).await;
     f
-}
-
-/// The names of the primaries the first sentinel that answers monitors (`SENTINEL MASTERS`);
-/// `None` when none answers.
-async fn sentinel_names(config: &resilient_redis_config::RedisConfig) -> Option<Vec<String>> {
-    for sentinel in &config.sentinels {
-        let Ok(client) = redis::Client::open(sentinel.expose()) else {
-            continue;
-        };
-        let asked = tokio::time::timeout(config.connect_timeout, async {
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("SENTINEL")
-                .arg("MASTERS")
-                .query_async::<Vec<std::collections::HashMap<String, String>>>(&mut conn)
-                .await
-        })
-        .await;
-        if let Ok(Ok(masters)) = asked {
-            return Some(
-                masters
-                    .into_iter()
-                    .filter_map(|m| m.get("name").cloned())
-                    .collect(),
-            );
-        }
-    }
-    None
 }
 
 /// `INFO <section>` as text: one server's, or in a cluster the first primary's of the map of

@@ -219,6 +219,20 @@ fn check_mode(c: &mut Checker, config: &RedisConfig) {
     }
 }
 
+/// Whether `name` is a DNS name rustls accepts: labels of 1 to 63 letters, digits and `-` (not
+/// at either end), joined by `.`, at most 253 characters.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+        })
+}
+
 /// TLS files: only for a `rediss://` URL, a certificate with its key, each a readable file.
 fn check_tls(c: &mut Checker, config: &RedisConfig) {
     let tls = &config.tls;
@@ -259,16 +273,24 @@ fn check_tls(c: &mut Checker, config: &RedisConfig) {
                 "is for mode = \"standalone\" only: sentinels and cluster nodes name their own \
                  addresses",
             );
-        } else if name.is_empty()
-            || name.len() > 253
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-')
-        {
+        } else if config.url.expose().ends_with("#insecure") {
             c.fail(
                 "tls.server_name",
                 shown,
-                "is not a DNS name (letters, digits, `-` and `.`, at most 253 characters)",
+                "is set but the URL is `#insecure`: no name is checked (nor sent) then",
+            );
+        } else if name.parse::<std::net::IpAddr>().is_ok() {
+            c.fail(
+                "tls.server_name",
+                shown,
+                "is an IP address: put it in the URL; server_name is the certificate's DNS name",
+            );
+        } else if !is_dns_name(name) {
+            c.fail(
+                "tls.server_name",
+                shown,
+                "is not a DNS name (labels of 1 to 63 letters, digits and `-`, not starting or \
+                 ending with `-`, joined by `.`; at most 253 characters)",
             );
         }
     }
@@ -806,9 +828,23 @@ mod tests {
         assert!(problems[0].message.contains("rediss://"), "{problems:?}");
         c.url = crate::RedisUrl::new("rediss://10.0.0.5:6380");
         assert!(c.problems().is_empty(), "{:?}", c.problems());
-        c.tls.server_name = Some("redis internal/x".into());
-        let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
-        assert_eq!(fields, ["tls.server_name"]);
+        for bad in [
+            "redis internal/x",
+            "a..b",
+            "-x.test",
+            "x.",
+            "10.0.0.5",
+            "::1",
+        ] {
+            c.tls.server_name = Some(bad.into());
+            let fields: Vec<String> = c.problems().into_iter().map(|p| p.field).collect();
+            assert_eq!(fields, ["tls.server_name"], "{bad}");
+        }
+        // No name is checked on an `#insecure` URL: a name there would mislead.
+        c.url = crate::RedisUrl::new("rediss://10.0.0.5:6380/#insecure");
+        c.tls.server_name = Some("redis.internal".into());
+        let problems = c.problems();
+        assert!(problems[0].message.contains("#insecure"), "{problems:?}");
     }
 
     #[test]

@@ -106,6 +106,58 @@ pub async fn primary_client(config: &RedisConfig) -> Result<redis::Client, PoolE
     }
 }
 
+/// The names of the primaries the sentinels of `config` monitor (`SENTINEL MASTERS` of the
+/// first sentinel that answers), reached with the same credentials and certificates the pool
+/// uses: for telling a wrong `master_name` from an outage.
+///
+/// # Errors
+/// [`PoolError::Connect`] when no sentinel answers (or `config` is not in sentinel mode).
+pub async fn sentinel_names(config: &RedisConfig) -> Result<Vec<String>, PoolError> {
+    let crate::manager::Target::Sentinel { recipe, .. } = sentinel_target(config)? else {
+        unreachable!("sentinel_target makes a sentinel target");
+    };
+    let mut last = String::from("no sentinel is configured");
+    for addr in &recipe.sentinels {
+        let asked = async {
+            let info = redis::IntoConnectionInfo::into_connection_info(addr.clone())?;
+            let mut settings = info.redis_settings().clone();
+            if let Some(user) = &recipe.sentinel_auth.0 {
+                settings = settings.set_username(user);
+            }
+            if let Some(password) = &recipe.sentinel_auth.1 {
+                settings = settings.set_password(password);
+            }
+            let info = info.set_redis_settings(settings);
+            let client = match (&recipe.certificates, addr) {
+                (Some(certs), redis::ConnectionAddr::TcpTls { .. }) => {
+                    redis::Client::build_with_tls(info, certs.clone())?
+                }
+                _ => redis::Client::open(info)?,
+            };
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("SENTINEL")
+                .arg("MASTERS")
+                .query_async::<Vec<std::collections::HashMap<String, String>>>(&mut conn)
+                .await
+        };
+        match tokio::time::timeout(config.connect_timeout, asked).await {
+            Ok(Ok(masters)) => {
+                return Ok(masters
+                    .into_iter()
+                    .filter_map(|m| m.get("name").cloned())
+                    .collect());
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("no answer within {:?}", config.connect_timeout),
+        }
+    }
+    Err(PoolError::Connect {
+        kind: ErrorKind::Connection,
+        url: "the sentinels".into(),
+        message: last,
+    })
+}
+
 /// The sentinels of `config`, and how to reach the primary they name: the URL's scheme (TLS),
 /// user, password and database, the `[tls]` certificates (for the sentinels too, when their
 /// URLs are `rediss://`). A sentinel client is made from it at every connect, so connects never
@@ -171,6 +223,9 @@ fn sentinel_target(config: &RedisConfig) -> Result<crate::manager::Target, PoolE
 /// `ring-provider` feature (the manager's too), which installs ring's here when none is
 /// installed yet. Nothing is installed behind the application's back.
 ///
+/// With `tls.server_name` the client connects by that name: open connections from it with
+/// [`connection_config`], whose resolver sends the name to the URL's host.
+///
 /// # Errors
 /// [`PoolError::Connect`] of kind `Validation` when the URL does not parse, of kind `Tls` when a
 /// certificate file cannot be read or holds no usable PEM (naming the field).
@@ -180,18 +235,8 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
         url: config.url.redacted(),
         message,
     };
+    ensure_crypto_provider(config)?;
     if config.url.is_tls() {
-        #[cfg(feature = "ring-provider")]
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            return Err(fail(
-                ErrorKind::Tls,
-                "no rustls crypto provider is installed in this process: install one at start \
-                 (rustls::crypto::ring::default_provider().install_default()), or enable the \
-                 `ring-provider` feature of resilient-redis-manager (or -pool)"
-                    .into(),
-            ));
-        }
         if config.url.expose().ends_with("#insecure") {
             tracing::warn!(
                 url = %config.url,
@@ -234,6 +279,34 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
         Some(certificates) => redis::Client::build_with_tls(info, certificates)
             .map_err(|e| fail(ErrorKind::Tls, format!("the [tls] certificates: {e}"))),
     }
+}
+
+/// A TLS connection (the URL's, or a sentinel's) needs a process-wide rustls crypto provider:
+/// installed by the application (or, with the `ring-provider` feature, ring's here). Asked for
+/// explicitly, even when rustls could pick one from its crate features: without one, rustls
+/// panics inside the connect.
+fn ensure_crypto_provider(config: &RedisConfig) -> Result<(), PoolError> {
+    let tls = config.url.is_tls()
+        || config
+            .sentinels
+            .iter()
+            .any(resilient_redis_config::RedisUrl::is_tls);
+    if !tls {
+        return Ok(());
+    }
+    #[cfg(feature = "ring-provider")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        return Err(PoolError::Connect {
+            kind: ErrorKind::Tls,
+            url: config.url.redacted(),
+            message: "no rustls crypto provider is installed in this process: install one at \
+                      start (rustls::crypto::ring::default_provider().install_default()), or \
+                      enable the `ring-provider` feature of resilient-redis-manager (or -pool)"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// How the pool opens connections for `config`: its connect and socket timeouts, and with

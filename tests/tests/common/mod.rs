@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use resilient_redis_config::RedisConfig;
 
-/// A configuration for `url` with timeouts short enough for tests.
+/// A configuration for `url` with timeouts short enough for tests. The test process is the
+/// application: it installs its rustls crypto provider (for `rediss://` URLs) here.
 pub(crate) fn config(url: &str) -> RedisConfig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut c = RedisConfig::default();
     c.url = resilient_redis_config::RedisUrl::new(url);
     c.connect_timeout = Duration::from_secs(1);
@@ -24,6 +26,7 @@ pub(crate) fn config(url: &str) -> RedisConfig {
 /// A manager configuration for `url` that sees an outage and a recovery within a few hundred
 /// milliseconds: short timeouts, one retry, a probe every 100 ms that decides on one result.
 pub(crate) fn outage_config(url: &str) -> RedisConfig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut c = RedisConfig::default();
     c.url = resilient_redis_config::RedisUrl::new(url);
     c.connect_timeout = Duration::from_secs(1);
