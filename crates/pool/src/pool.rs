@@ -236,14 +236,12 @@ pub fn redis_client(config: &RedisConfig) -> Result<redis::Client, PoolError> {
         message,
     };
     ensure_crypto_provider(config)?;
-    if config.url.is_tls() {
-        if config.url.expose().ends_with("#insecure") {
-            tracing::warn!(
-                url = %config.url,
-                "TLS certificate checks are off for this URL (#insecure): anyone on the path can \
-                 read and change the traffic"
-            );
-        }
+    if config.url.is_tls() && config.url.expose().ends_with("#insecure") {
+        tracing::warn!(
+            url = %config.url,
+            "TLS certificate checks are off for this URL (#insecure): anyone on the path can \
+             read and change the traffic"
+        );
     }
     let info = redis::IntoConnectionInfo::into_connection_info(config.url.expose())
         .map_err(|e| fail(ErrorKind::Validation, e.to_string()))?;
