@@ -37,6 +37,32 @@ fn raw(cluster: &RedisCluster) -> redis::cluster::ClusterConnection {
         .unwrap()
 }
 
+/// Waits (up to 20 s) until fallback mode has ended and the journal is replayed, then checks
+/// that the cluster holds every acknowledged write.
+async fn replayed_and_all_in_the_cluster(
+    m: &RedisManager,
+    cluster: &RedisCluster,
+    acked: &BTreeMap<String, String>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while m.is_fallback_mode() || m.journal().pending_writes() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "never recovered: {:?}",
+            m.health_report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| {
+        cluster.wait_until_ok();
+        let mut check = raw(cluster);
+        for (k, v) in acked {
+            let got: Option<String> = redis::cmd("GET").arg(k).query(&mut check).unwrap();
+            assert_eq!(got.as_deref(), Some(v.as_str()), "{k}");
+        }
+    });
+}
+
 fn now_ms() -> u64 {
     u64::try_from(
         SystemTime::now()
@@ -313,22 +339,7 @@ async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
     assert_eq!(m.breaker().snapshot().trips, 0, "the breaker tripped");
     m.set(b"c:after", b"after", None).await.unwrap();
     acked.insert("c:after".into(), "after".into());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while m.is_fallback_mode() || m.journal().pending_writes() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the last write was never replayed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::task::block_in_place(|| {
-        cluster.wait_until_ok();
-        let mut check = raw(&cluster);
-        for (k, v) in &acked {
-            let got: Option<String> = redis::cmd("GET").arg(k).query(&mut check).unwrap();
-            assert_eq!(got.as_deref(), Some(v.as_str()), "{k}");
-        }
-    });
+    replayed_and_all_in_the_cluster(&m, &cluster, &acked).await;
     assert!(m.health_report().server.starts_with("cluster:127.0.0.1:"));
     // A transaction cannot span a cluster connection's nodes: refused, never half-run.
     let mut conn = m.connection().await.unwrap();
@@ -403,22 +414,6 @@ async fn a_hung_primary_is_named_and_only_its_keys_go_to_memory() {
     assert_eq!(m.breaker().snapshot().trips, 0, "the breaker tripped");
 
     cluster.resume(victim);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while m.is_fallback_mode() || m.journal().pending_writes() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "never recovered: {:?}",
-            m.health_report()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::task::block_in_place(|| {
-        cluster.wait_until_ok();
-        let mut check = raw(&cluster);
-        for (k, v) in &acked {
-            let got: Option<String> = redis::cmd("GET").arg(k).query(&mut check).unwrap();
-            assert_eq!(got.as_deref(), Some(v.as_str()), "{k}");
-        }
-    });
+    replayed_and_all_in_the_cluster(&m, &cluster, &acked).await;
     m.close(Duration::from_secs(2)).await.unwrap();
 }

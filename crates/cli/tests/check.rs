@@ -7,13 +7,21 @@ use resilient_redis_tests::RedisServer;
 
 /// Runs `resilient-redis check --json <url>` with no `REDIS_*` settings from the environment.
 fn check(url: &str) -> (Option<i32>, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
-        .args(["check", "--json", url])
+    check_with(&[url], &[])
+}
+
+/// Runs `resilient-redis check --json` with `args` and these `REDIS_*` variables only.
+fn check_with(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, serde_json::Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resilient-redis"));
+    cmd.args(["check", "--json"])
+        .args(args)
         .env_remove("REDIS_URL")
         .env_remove("REDIS_CONFIG_FILE")
-        .env_remove("REDIS_PASSWORD")
-        .output()
-        .expect("run the CLI");
+        .env_remove("REDIS_PASSWORD");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the CLI");
     let text = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     (out.status.code(), json)
@@ -150,19 +158,19 @@ fn check_in_sentinel_mode_reports_the_primary_the_sentinels_name() {
     let sentinel = RedisServer::builder()
         .sentinel("mymaster", primary.port(), 1)
         .start();
-    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
-        .args(["check", "--json"])
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CONFIG_FILE")
-        .env("REDIS_MODE", "sentinel")
-        .env("REDIS_SENTINELS", sentinel.url())
-        .env("REDIS_MASTER_NAME", "mymaster")
-        .output()
-        .expect("run the CLI");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let f: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    assert_eq!(out.status.code(), Some(0), "{f:#}");
+    let sentinels = sentinel.url();
+    let in_sentinel_mode = |name| {
+        check_with(
+            &[],
+            &[
+                ("REDIS_MODE", "sentinel"),
+                ("REDIS_SENTINELS", &sentinels),
+                ("REDIS_MASTER_NAME", name),
+            ],
+        )
+    };
+    let (code, f) = in_sentinel_mode("mymaster");
+    assert_eq!(code, Some(0), "{f:#}");
     let server = f["server"].as_str().unwrap();
     assert!(
         server.starts_with(&format!("127.0.0.1:{} (the primary", primary.port())),
@@ -171,19 +179,8 @@ fn check_in_sentinel_mode_reports_the_primary_the_sentinels_name() {
     assert_eq!(f["role"], "master", "{f:#}");
 
     // A name the sentinels do not monitor: the configuration's mistake, said as such.
-    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
-        .args(["check", "--json"])
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CONFIG_FILE")
-        .env("REDIS_MODE", "sentinel")
-        .env("REDIS_SENTINELS", sentinel.url())
-        .env("REDIS_MASTER_NAME", "mymastr")
-        .output()
-        .expect("run the CLI");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let f: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    assert_eq!(out.status.code(), Some(2), "{f:#}");
+    let (code, f) = in_sentinel_mode("mymastr");
+    assert_eq!(code, Some(2), "{f:#}");
     let error = f["error"].as_str().unwrap();
     assert!(
         error.contains("master_name") && error.contains("`mymaster`"),
@@ -196,18 +193,9 @@ fn check_in_sentinel_mode_reports_the_primary_the_sentinels_name() {
 #[test]
 fn check_in_cluster_mode_reports_the_cluster() {
     let cluster = resilient_redis_tests::RedisCluster::start(3, 0);
-    let out = Command::new(env!("CARGO_BIN_EXE_resilient-redis"))
-        .args(["check", "--json"])
-        .env_remove("REDIS_URL")
-        .env_remove("REDIS_CONFIG_FILE")
-        .env("REDIS_MODE", "cluster")
-        .env("REDIS_NODES", cluster.urls().join(","))
-        .output()
-        .expect("run the CLI");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let f: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    assert_eq!(out.status.code(), Some(0), "{f:#}");
+    let nodes = cluster.urls().join(",");
+    let (code, f) = check_with(&[], &[("REDIS_MODE", "cluster"), ("REDIS_NODES", &nodes)]);
+    assert_eq!(code, Some(0), "{f:#}");
     assert_eq!(f["mode"], "cluster", "{f:#}");
     assert_eq!(
         f["cluster"], "ok, 3 primaries, 16384 of 16384 slots served",

@@ -328,17 +328,10 @@ fn expired_on_replay(op: &Op, now: u64) -> bool {
     }
 }
 
-/// Error replies that say a node or slot is not ready (a failover, a migration): transient,
-/// retried at the next sync, never a failure of the journal.
-fn not_ready(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some("LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN" | "MOVED" | "ASK")
-    )
-}
-
 fn command_failed(e: redis::RedisError) -> SyncError {
-    let kind = if not_ready(e.code()) {
+    // Not ready (a failover, a migration): transient, retried at the next sync, never a
+    // failure of the journal.
+    let kind = if resilient_redis_pool::not_ready(&e) {
         ErrorKind::Connection
     } else {
         resilient_redis_pool::classify(&e)
@@ -417,11 +410,11 @@ impl SyncTarget for RedisSyncTarget {
     }
 }
 
-/// Settles one slot's virtual deadlines at the end of a cluster replay (`KEYS[1]` the
-/// deadlines hash, `ARGV[1]` now as 20 digits): what [`REPLAY_SCRIPT`] does for its last batch.
-pub const SETTLE_SCRIPT: &str = r"
-local vdkey, now = KEYS[1], ARGV[1]
-local function cmp(a, b)
+/// The Lua functions both scripts use on deadlines kept as 20-digit strings: `cmp` compares
+/// two without floating point, `int` strips their leading zeros for `PEXPIREAT`.
+macro_rules! deadline_functions {
+    () => {
+        r"local function cmp(a, b)
   local x, y = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
   if x == y then x, y = tonumber(string.sub(a, 11)), tonumber(string.sub(b, 11)) end
   if x < y then return -1 elseif x > y then return 1 end
@@ -432,13 +425,25 @@ local function int(s)
   if r == '' then return '0' end
   return r
 end
-local vd = redis.call('HGETALL', vdkey)
+"
+    };
+}
+
+/// Settles one slot's virtual deadlines at the end of a cluster replay (`KEYS[1]` the
+/// deadlines hash, `ARGV[1]` now as 20 digits): what [`REPLAY_SCRIPT`] does for its last batch.
+pub const SETTLE_SCRIPT: &str = concat!(
+    r"
+local vdkey, now = KEYS[1], ARGV[1]
+",
+    deadline_functions!(),
+    r"local vd = redis.call('HGETALL', vdkey)
 for j = 1, #vd, 2 do
   if cmp(vd[j + 1], now) <= 0 then redis.call('DEL', vd[j]) else redis.call('PEXPIREAT', vd[j], int(vd[j + 1])) end
 end
 redis.call('DEL', vdkey)
 return #vd / 2
-";
+"
+);
 
 /// The outcome from [`REPLAY_SCRIPT`]'s reply: `["1", index, reason, ...]` when the batch ran
 /// now, `["0", index, reason, ...]` when its marker showed it had run before (indexes of
@@ -482,24 +487,16 @@ fn outcome_of(reply: &[String]) -> Result<BatchOutcome, SyncError> {
 /// aborts the whole batch, to be retried. Deadlines travel as 20-digit strings and are compared
 /// without floating point, so every deadline Redis accepts replays exactly. The marker (the last
 /// batch applied, per journal instance) is set last.
-pub const REPLAY_SCRIPT: &str = r"
+pub const REPLAY_SCRIPT: &str = concat!(
+    r"
 local marker, vdkey = ARGV[1], ARGV[2]
 local seal, index = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now, last = ARGV[5], ARGV[6]
 local retire, retire_vd = ARGV[7], ARGV[8]
 local ZERO = '00000000000000000000'
-local function cmp(a, b)
-  local x, y = tonumber(string.sub(a, 1, 10)), tonumber(string.sub(b, 1, 10))
-  if x == y then x, y = tonumber(string.sub(a, 11)), tonumber(string.sub(b, 11)) end
-  if x < y then return -1 elseif x > y then return 1 end
-  return 0
-end
-local function int(s)
-  local r = string.gsub(s, '^0+', '')
-  if r == '' then return '0' end
-  return r
-end
-local function digits(s) return type(s) == 'string' and #s == 20 and not string.find(s, '%D') end
+",
+    deadline_functions!(),
+    r"local function digits(s) return type(s) == 'string' and #s == 20 and not string.find(s, '%D') end
 -- Check the whole batch before writing anything.
 local ops, i, n = {}, 9, #ARGV
 local width = {S = 5, E = 4, I = 4}
@@ -617,7 +614,8 @@ if last == '1' then
 end
 redis.call('HSET', marker, 'seal', ARGV[3], 'index', ARGV[4], 'reply', cjson.encode(reply))
 return reply
-";
+"
+);
 
 /// A Unix-millisecond time or deadline as the script reads it: 20 digits.
 fn padded(n: u64) -> Vec<u8> {

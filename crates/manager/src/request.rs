@@ -477,27 +477,13 @@ impl CallOptions {
     }
 }
 
-/// LOADING (a restarting server reading its data), MASTERDOWN and READONLY (a failover in
-/// progress), TRYAGAIN, CLUSTERDOWN (a cluster refusing commands until a replica takes over
-/// a failed primary's slots), and MOVED and ASK (a slot that moved, as the cluster connection
-/// that does not follow redirects reports it) say the server is not ready: they are handled
-/// like a lost connection (retried when safe, counted against the breaker, served from the
-/// fallback). Each proves the command did not run. Other error replies (WRONGTYPE, NOSCRIPT,
-/// OOM, ...) are the caller's to handle.
+/// A reply that says the server is not ready ([`resilient_redis_pool::not_ready`]: LOADING,
+/// a failover, a cluster refusing commands, a slot that moved) is handled like a lost
+/// connection: retried when safe, counted against the breaker, served from the fallback. Other
+/// error replies (WRONGTYPE, NOSCRIPT, OOM, ...) are the caller's to handle.
 pub(crate) fn effective_kind(err: &PoolError) -> ErrorKind {
     if let PoolError::Command { source, .. } = err
-        && matches!(
-            source.code(),
-            Some(
-                "LOADING"
-                    | "MASTERDOWN"
-                    | "READONLY"
-                    | "TRYAGAIN"
-                    | "CLUSTERDOWN"
-                    | "MOVED"
-                    | "ASK"
-            )
-        )
+        && resilient_redis_pool::not_ready(source)
     {
         return ErrorKind::Connection;
     }

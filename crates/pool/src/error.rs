@@ -78,6 +78,20 @@ impl PoolError {
     }
 }
 
+/// Whether an error reply says the server is not ready rather than that the command is wrong:
+/// LOADING (a restarting server reading its data), MASTERDOWN and READONLY (a failover in
+/// progress), TRYAGAIN, CLUSTERDOWN (a cluster refusing commands until a replica takes over),
+/// MOVED and ASK (a slot that moved, from a cluster connection that does not follow
+/// redirects). Each proves the command did not run; a caller may send it again. (`classify`
+/// keeps them `Server`: they are replies, not a lost connection whose outcome is unknown.)
+#[must_use]
+pub fn not_ready(err: &redis::RedisError) -> bool {
+    matches!(
+        err.code(),
+        Some("LOADING" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" | "CLUSTERDOWN" | "MOVED" | "ASK")
+    )
+}
+
 /// How a redis-rs error classifies.
 #[must_use]
 pub fn classify(err: &redis::RedisError) -> ErrorKind {

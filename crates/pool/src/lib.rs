@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use cluster::{CLUSTER_SLOTS, ClusterPool, PrimaryStatus, cluster_client, key_slot, slot_tag};
 pub use conn::{PooledConnection, SharedConnection};
-pub use error::{PoolError, classify};
+pub use error::{PoolError, classify, not_ready};
 pub use pool::{RedisPool, connection_config, primary_client, redis_client, sentinel_names};
 pub use resilient_redis_config::PoolStatus;
 pub use session::{Word as CommandName, block_time, shared_refusal};
