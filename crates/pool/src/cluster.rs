@@ -272,14 +272,16 @@ impl std::fmt::Display for PrimaryStatus {
 
 impl ClusterPool {
     /// The cluster's primaries and whether each answers, all within `budget`: the slot map as
-    /// a node reports it (`CLUSTER SLOTS`, asked of up to three nodes in turn within half the
-    /// budget), then a PING to every primary at once; a primary that has not answered when the
-    /// budget runs out is failing (a hung node is found as surely as a dead one). For a health
-    /// probe that names the node that fails: give it a budget within the probe's timeout.
+    /// a node reports it (`CLUSTER SLOTS`, asked at once of every primary the last map named,
+    /// or of three nodes at first, within half the budget; the first answer wins), then a PING
+    /// to every primary at once; a primary that has not answered when the budget runs out is
+    /// failing (a hung node is found as surely as a dead one). When no node gives the map in
+    /// time, the primaries of the last map are pinged instead. For a health probe that names
+    /// the node that fails: give it a budget within the probe's timeout.
     ///
     /// # Errors
     /// As [`ConnectionPool::shared`] when not connected; [`PoolError::Command`] or
-    /// [`PoolError::CommandTimeout`] when no node gave the slot map.
+    /// [`PoolError::CommandTimeout`] when no node gave the slot map and none ever did.
     pub async fn primaries(&self, budget: Duration) -> Result<Vec<PrimaryStatus>, PoolError> {
         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
         let started = tokio::time::Instant::now();
@@ -336,15 +338,30 @@ impl ClusterPool {
             }
         }
         asks.abort_all();
+        let mut primaries: Vec<PrimaryStatus> = Vec::new();
         let map = match map {
             Ok(map) => map,
-            Err(e) => {
-                // No slot map: nothing is known of which primaries answer.
-                self.inner.primaries.store(None);
-                return Err(e);
-            }
+            // No node gave the map in time (every node slow, or some hung and the rest
+            // refusing): the primaries of the last map are asked to PING all the same, so that
+            // a slow answer is not taken for the outage of the whole cluster, nor one hung
+            // primary for all of them.
+            Err(e) => match self.last_primaries() {
+                Some(last) if !last.is_empty() => {
+                    primaries = last
+                        .iter()
+                        .map(|p| PrimaryStatus {
+                            error: None,
+                            ..p.clone()
+                        })
+                        .collect();
+                    Value::Nil
+                }
+                _ => {
+                    self.inner.primaries.store(None);
+                    return Err(e);
+                }
+            },
         };
-        let mut primaries: Vec<PrimaryStatus> = Vec::new();
         if let Value::Array(ranges) = map {
             for range in ranges {
                 let Value::Array(items) = range else { continue };
