@@ -635,12 +635,9 @@ impl ConnectionLike for ManagedConnection {
 /// use [`RedisManager::redis_connection`] there).
 impl ConnectionLike for RedisManager {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        // Written into its allocation rather than built beside it and moved in: the request
-        // future is a few KB.
-        let request = Box::write(Box::new_uninit(), async move {
-            self.command(cmd).await.map_err(Error::into_redis_error)
-        });
-        Box::into_pin(request)
+        crate::recycle::boxed(
+            async move { self.command(cmd).await.map_err(Error::into_redis_error) },
+        )
     }
 
     fn req_packed_commands<'a>(
@@ -649,7 +646,7 @@ impl ConnectionLike for RedisManager {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
+        crate::recycle::boxed(async move {
             self.packed(pipeline, offset, count)
                 .await
                 .map_err(Error::into_redis_error)

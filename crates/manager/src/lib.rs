@@ -12,6 +12,7 @@ mod error;
 pub mod http;
 mod manager;
 mod recovery;
+mod recycle;
 pub mod replay;
 mod report;
 mod request;
