@@ -11,7 +11,6 @@ use resilient_redis_fallback::FallbackStore;
 use resilient_redis_metrics::{Event, MetricsCollector, Outcome};
 use resilient_redis_pool::{ConnectionPool, PoolError};
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::Error;
 use crate::manager::RedisManager;
@@ -102,10 +101,24 @@ impl RedisManager {
             ended: None,
             retries: 0,
         };
-        let (result, outcome) = self
-            .attempt(kind, scope, cmd, decode, fallback, observe, &mut timing)
-            .instrument(span.clone())
-            .await;
+        // Polled in place inside the span (as `Instrument` does, without moving the request's
+        // state, a few KB, into a wrapper and again into this future on every call).
+        let (result, outcome) = {
+            let mut attempt = std::pin::pin!(self.attempt(
+                kind,
+                scope,
+                cmd,
+                decode,
+                fallback,
+                observe,
+                &mut timing
+            ));
+            std::future::poll_fn(|cx| {
+                let _entered = span.enter();
+                attempt.as_mut().poll(cx)
+            })
+            .await
+        };
         let ended = timing.ended.unwrap_or_else(Instant::now);
         self.inner.metrics.record_operation_at(
             op,
@@ -207,8 +220,10 @@ impl RedisManager {
         // What memory can answer is answered after one failed attempt: during an outage no
         // call waits longer than one socket timeout.
         let may_retry = opts.retry && fallback.is_none() && kind != Kind::Opaque;
-        let mut retries = 0u32;
-        let attempts = async {
+        // Counted inside the attempts and read after them (an atomic only to share it: the
+        // attempts stay pinned in place until this function returns).
+        let retries = std::sync::atomic::AtomicU32::new(0);
+        let mut attempts = std::pin::pin!(async {
             let mut delay = cfg.retry_delay;
             let mut attempts = 0;
             loop {
@@ -257,20 +272,20 @@ impl RedisManager {
                 if !retry {
                     return Err((err, sent));
                 }
-                retries += 1;
+                retries.fetch_add(1, Ordering::Relaxed);
                 let jitter = delay.mul_f64(fastrand::f64() * 0.5);
                 tokio::time::sleep(delay.saturating_add(jitter)).await;
                 delay = delay.saturating_mul(2);
             }
-        };
+        });
         let attempted = match opts
             .timeout
             .and_then(|t| started.checked_add(t).map(|u| (t, u)))
         {
-            Some((t, until)) => match tokio::time::timeout_at(until, Box::pin(attempts)).await {
+            Some((t, until)) => match tokio::time::timeout_at(until, attempts).await {
                 Ok(attempted) => attempted,
                 Err(_) => {
-                    timing.retries = retries;
+                    timing.retries = retries.load(Ordering::Relaxed);
                     // The caller's own deadline says nothing about Redis: the permit goes back
                     // uncounted, and neither memory nor fallback mode is involved. The command
                     // may still run: a write that must not repeat is ambiguous.
@@ -292,9 +307,9 @@ impl RedisManager {
                     });
                 }
             },
-            None => attempts.await,
+            None => attempts.as_mut().await,
         };
-        timing.retries = retries;
+        timing.retries = retries.load(Ordering::Relaxed);
         let (failure, sent) = match attempted {
             Ok(value) => {
                 let ended = Instant::now();

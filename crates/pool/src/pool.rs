@@ -638,6 +638,7 @@ impl Inner {
         Ok(Lane {
             identity: conn.identity.clone(),
             mux: conn.mux.clone(),
+            spare: crossbeam_queue::ArrayQueue::new(crate::conn::LANE_SPARES),
             broken: Arc::clone(&conn.broken),
             created: conn.created,
             wake: Arc::clone(&self.wake_keeper),
@@ -822,7 +823,12 @@ impl ConnectionPool for RedisPool {
             return Err(PoolError::Closed);
         }
         let n = inner.lanes.len();
-        let start = inner.next_lane.fetch_add(1, Ordering::Relaxed);
+        // (One lane, the default: no count shared by every caller to move.)
+        let start = if n == 1 {
+            0
+        } else {
+            inner.next_lane.fetch_add(1, Ordering::Relaxed)
+        };
         for i in 0..n {
             let guard = inner.lanes[(start + i) % n].load();
             if let Some(lane) = &*guard
