@@ -237,6 +237,95 @@ async fn the_replay_is_cut_by_slot_and_each_part_applies_at_most_once() {
     assert!(ttl > 0, "the retired marker has no expiry ({ttl})");
 }
 
+/// Polls `f` at most `polls` times, giving its I/O a moment between polls, then drops it
+/// (a caller that gives up after that many steps). `Some` when it finished first.
+async fn dropped_after<F: Future>(f: F, polls: usize) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    for _ in 0..polls {
+        let step = std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(out) = step {
+            return Some(out);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+/// A replay abandoned by its caller at every step of a batch cut into many runs, each attempt
+/// starting the batch over: every run applies once, none twice, whatever step the drop lands
+/// on (a run whose script was sent before the drop still runs, and its marker tells the next
+/// attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_replay_dropped_at_every_step_applies_each_write_once() {
+    let cluster = tokio::task::block_in_place(|| RedisCluster::start(3, 0));
+    let pool = Arc::new(ClusterPool::new(&cluster_config(&cluster)).await.unwrap());
+    let target = RedisSyncTarget::new(pool).per_slot();
+    let keys = keys_in_distinct_slots("cut:", 4);
+    let now = now_ms();
+    // Twelve increments whose slot changes at every entry: twelve runs.
+    let entries: Vec<Entry> = (0..12u64)
+        .map(|i| {
+            let key = &keys[usize::try_from(i).unwrap() % keys.len()];
+            Entry::new(
+                i + 1,
+                now - 1000,
+                Op::IncrBy {
+                    key: key.as_bytes().to_vec(),
+                    delta: 1,
+                },
+            )
+        })
+        .collect();
+    let id = BatchId::new(0xD1, 12, 0);
+    let mut check = tokio::task::block_in_place(|| raw(&cluster));
+    let applied = |check: &mut redis::cluster::ClusterConnection| -> i64 {
+        keys.iter()
+            .map(|k| {
+                redis::cmd("GET")
+                    .arg(k)
+                    .query::<Option<i64>>(check)
+                    .unwrap()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let mut partial = 0;
+    let mut polls = 1;
+    let outcome = loop {
+        match dropped_after(target.apply(&Batch::new(id, now, false, &entries)), polls).await {
+            Some(outcome) => break outcome.unwrap(),
+            None => {
+                // Whatever the drop interrupted has landed or never will.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let n = tokio::task::block_in_place(|| applied(&mut check));
+                assert!(n <= 12, "a run applied twice: {n} increments of 12");
+                if n > 0 && n < 12 {
+                    partial += 1;
+                }
+            }
+        }
+        polls += 1;
+        assert!(polls < 500, "the replay never finished");
+    };
+    assert!(
+        matches!(
+            outcome,
+            BatchOutcome::Applied { .. } | BatchOutcome::AlreadyApplied { .. }
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        partial > 0,
+        "no drop landed between two runs ({polls} attempts)"
+    );
+    tokio::task::block_in_place(|| {
+        for k in &keys {
+            let v: i64 = redis::cmd("GET").arg(k).query(&mut check).unwrap();
+            assert_eq!(v, 3, "{k}: each of its three increments once");
+        }
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_loses_no_acknowledged_write() {
     let mut cluster = tokio::task::block_in_place(|| RedisCluster::start(3, 1));

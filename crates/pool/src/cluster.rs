@@ -272,12 +272,13 @@ impl std::fmt::Display for PrimaryStatus {
 
 impl ClusterPool {
     /// The cluster's primaries and whether each answers, all within `budget`: the slot map as
-    /// a node reports it (`CLUSTER SLOTS`, asked at once of every primary the last map named,
-    /// or of three nodes at first, within half the budget; the first answer wins), then a PING
+    /// a node reports it (`CLUSTER SLOTS`, asked at once of every primary the last map named
+    /// and of two nodes at random, within half the budget; the first answer wins), then a PING
     /// to every primary at once; a primary that has not answered when the budget runs out is
     /// failing (a hung node is found as surely as a dead one). When no node gives the map in
-    /// time, the primaries of the last map are pinged instead. For a health probe that names
-    /// the node that fails: give it a budget within the probe's timeout.
+    /// time (all slow, or all refusing), the primaries of the last map are pinged instead: their
+    /// slot ranges may then be out of date, until a node answers again. For a health probe
+    /// that names the node that fails: give it a budget within the probe's timeout.
     ///
     /// # Errors
     /// As [`ConnectionPool::shared`] when not connected; [`PoolError::Command`] or
@@ -292,21 +293,20 @@ impl ClusterPool {
             .conn
             .load_full()
             .ok_or_else(|| self.shared().err().unwrap_or(PoolError::Closed))?;
-        // Asked of every primary the last map named at once (or of three nodes at random), the
-        // first answer wins: one hung node cannot hide the map.
-        let routes: Vec<SingleNodeRoutingInfo> = match self.last_primaries() {
-            Some(last) if !last.is_empty() => last
-                .iter()
-                .filter_map(|p| {
-                    let (host, port) = p.address.rsplit_once(':')?;
-                    Some(SingleNodeRoutingInfo::ByAddress {
-                        host: host.to_owned(),
-                        port: port.parse().ok()?,
-                    })
+        // Asked at once of every primary the last map named and of two nodes at random (from
+        // the client's own view of the cluster, which it refreshes by itself), the first
+        // answer wins: one hung node cannot hide the map, and a cluster whose primaries all
+        // moved (a failover of every shard, new addresses) is found again.
+        let mut routes = vec![SingleNodeRoutingInfo::Random; 2];
+        if let Some(last) = self.last_primaries() {
+            routes.extend(last.iter().filter_map(|p| {
+                let (host, port) = p.address.rsplit_once(':')?;
+                Some(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_owned(),
+                    port: port.parse().ok()?,
                 })
-                .collect(),
-            _ => vec![SingleNodeRoutingInfo::Random; 3],
-        };
+            }));
+        }
         let mut asks = tokio::task::JoinSet::new();
         for route in routes {
             let mut c = ClusterConnection::clone(&conn);
