@@ -202,7 +202,7 @@ enum Ask<'a> {
     Write(WriteCmd<'a>),
 }
 
-fn pairs<'a>(items: &'a [&'a [u8]]) -> Vec<(&'a [u8], &'a [u8])> {
+fn pairs<'a>(items: &[&'a [u8]]) -> Vec<(&'a [u8], &'a [u8])> {
     items.chunks_exact(2).map(|p| (p[0], p[1])).collect()
 }
 
@@ -222,7 +222,7 @@ pub(crate) fn slice_pairs(items: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
 impl<'a> Memory<'a> {
     /// The command as one the fallback can answer (upper-case `name`), or `None`; `Err` for an
     /// expiry Redis refuses (zero or negative).
-    fn plan(name: &[u8], args: &'a [&'a [u8]]) -> Option<Result<Self, Error>> {
+    fn plan(name: &[u8], args: &[&'a [u8]]) -> Option<Result<Self, Error>> {
         let expiry = |n: &[u8], ms: bool, command: &str| -> Option<Result<Duration, Error>> {
             let n: i64 = number(n)?;
             Some(match u64::try_from(n) {
@@ -235,9 +235,9 @@ impl<'a> Memory<'a> {
             ttl.map(|t| t.map(f))
         };
         Some(Ok(match (name, args) {
-            (b"GET", [k]) => Memory::Get(k),
-            (b"SET", [k, v]) => Memory::Set(k, v, None),
-            (b"SET", [k, v, unit, n]) => {
+            (b"GET", &[k]) => Memory::Get(k),
+            (b"SET", &[k, v]) => Memory::Set(k, v, None),
+            (b"SET", &[k, v, unit, n]) => {
                 let ms = match unit.to_ascii_uppercase().as_slice() {
                     b"PX" => true,
                     b"EX" => false,
@@ -450,6 +450,58 @@ impl<'a> Memory<'a> {
     }
 }
 
+/// What the redis-rs path does with a command.
+enum Route<'c> {
+    /// Through the whole stack, answered from memory while Redis is down.
+    Memory(Memory<'c>),
+    /// Through the whole stack, never from memory: its metrics name and class.
+    Call(&'static str, Kind),
+}
+
+/// Reads `cmd` (its arguments on the stack: no allocation for a few of them) before anything is
+/// awaited, so none of this takes room in the request's state.
+fn route(cmd: &Cmd) -> Result<Route<'_>, Error> {
+    const INLINE: usize = 8;
+    let mut inline: [&[u8]; INLINE] = [&[]; INLINE];
+    let mut spilled: Vec<&[u8]> = Vec::new();
+    let mut n = 0;
+    let mut simple = true;
+    for a in cmd.args_iter() {
+        match a {
+            Arg::Simple(b) => {
+                if n < INLINE {
+                    inline[n] = b;
+                } else {
+                    if spilled.is_empty() {
+                        spilled.extend_from_slice(&inline);
+                    }
+                    spilled.push(b);
+                }
+                n += 1;
+            }
+            _ => simple = false,
+        }
+    }
+    let args: &[&[u8]] = if n <= INLINE { &inline[..n] } else { &spilled };
+    let Some(first) = args.first() else {
+        return Err(Error::Validation("empty command".into()));
+    };
+    let word = resilient_redis_pool::CommandName::of(first);
+    if let Some(why) = word.shared_refusal(cmd) {
+        return Err(Error::Validation(why));
+    }
+    let name = word.as_slice();
+    if simple && let Some(plan) = Memory::plan(name, &args[1..]) {
+        return plan.map(Route::Memory);
+    }
+    let kind = if simple {
+        kind_of(name, args)
+    } else {
+        Kind::NonIdempotentWrite
+    };
+    Ok(Route::Call(static_name(name), kind))
+}
+
 impl RedisManager {
     /// Runs a command the fallback store can answer through the whole stack; Redis's answer
     /// and memory's are decoded alike (and a reply that does not decode is recorded as the
@@ -486,55 +538,21 @@ impl RedisManager {
     /// See [`crate::Error`]; [`Error::Validation`] for a command that needs an exclusive
     /// connection (transactions, `SELECT`, subscriptions, blocking commands).
     pub async fn command(&self, cmd: &Cmd) -> Result<Value, Error> {
-        // Most commands have a few arguments: they are looked at on the stack, no allocation.
-        const INLINE: usize = 8;
-        let mut inline: [&[u8]; INLINE] = [&[]; INLINE];
-        let mut spilled: Vec<&[u8]> = Vec::new();
-        let mut n = 0;
-        let mut simple = true;
-        for a in cmd.args_iter() {
-            match a {
-                Arg::Simple(b) => {
-                    if n < INLINE {
-                        inline[n] = b;
-                    } else {
-                        if spilled.is_empty() {
-                            spilled.extend_from_slice(&inline);
-                        }
-                        spilled.push(b);
-                    }
-                    n += 1;
-                }
-                _ => simple = false,
+        match route(cmd)? {
+            Route::Memory(plan) => self.memory_call(&plan, cmd, Ok).await,
+            Route::Call(name, kind) => {
+                self.call(
+                    name,
+                    kind,
+                    Scope::All,
+                    Request::Cmd(cmd),
+                    Ok,
+                    None,
+                    |_, _| {},
+                )
+                .await
             }
         }
-        let args: &[&[u8]] = if n <= INLINE { &inline[..n] } else { &spilled };
-        let Some(first) = args.first() else {
-            return Err(Error::Validation("empty command".into()));
-        };
-        let word = resilient_redis_pool::CommandName::of(first);
-        if let Some(why) = word.shared_refusal(cmd) {
-            return Err(Error::Validation(why));
-        }
-        let name = word.as_slice();
-        if simple && let Some(plan) = Memory::plan(name, &args[1..]) {
-            return self.memory_call(&plan?, cmd, Ok).await;
-        }
-        let kind = if simple {
-            kind_of(name, args)
-        } else {
-            Kind::NonIdempotentWrite
-        };
-        self.call(
-            static_name(name),
-            kind,
-            Scope::All,
-            Request::Cmd(cmd),
-            Ok,
-            None,
-            |_, _| {},
-        )
-        .await
     }
 
     /// Runs `count` replies' worth of `pipeline` from `offset`, as redis-rs asks a connection

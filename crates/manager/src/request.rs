@@ -227,17 +227,21 @@ impl RedisManager {
             let mut delay = cfg.retry_delay;
             let mut attempts = 0;
             loop {
-                // In a cluster, only reads go through the client that resends by itself.
-                let shared = if inner.slots.is_some() && kind != Kind::Read {
-                    inner.pool.shared_at_most_once()
-                } else {
-                    inner.pool.shared()
-                };
-                let (err, sent) = match shared {
-                    Err(e) => (e, false),
+                let (err, sent) = 'attempt: {
+                    // In a cluster, only reads go through the client that resends by itself.
+                    // (The pool's answer is a temporary of this statement only: it takes no room
+                    // in the request's state beside the connection.)
+                    let mut conn = match if inner.slots.is_some() && kind != Kind::Read {
+                        inner.pool.shared_at_most_once()
+                    } else {
+                        inner.pool.shared()
+                    } {
+                        Ok(conn) => conn,
+                        Err(e) => break 'attempt (e, false),
+                    };
                     // Awaited here, not through a helper `async fn`: each async layer is one
                     // more copy of the request's state on every call.
-                    Ok(mut conn) => match match cmd {
+                    match match cmd {
                         Request::Cmd(cmd) => conn.query::<Value>(cmd).await,
                         Request::Pipeline(p, offset, count) => {
                             use redis::aio::ConnectionLike;
@@ -255,7 +259,7 @@ impl RedisManager {
                             let sent = e.outcome_unknown();
                             (e, sent)
                         }
-                    },
+                    }
                 };
                 let err_kind = effective_kind(&err);
                 attempts += 1;
