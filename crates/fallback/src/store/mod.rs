@@ -14,6 +14,7 @@ use validate::{invalid, validate};
 use values::{apply_local, dead_bytes, entry_bytes};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -116,6 +117,9 @@ struct State {
 /// optional journal file appended before each write is acknowledged.
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// `pinned + settled` as of the last time the state was unlocked: what a shadow copy, stored
+    /// without the lock, has to leave room for.
+    held: AtomicU64,
     shadow: Option<moka::sync::Cache<Vec<u8>, Arc<Shadow>>>,
     replaying: tokio_free::Flag,
     clock: Arc<dyn Clock>,
@@ -302,8 +306,11 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            state: self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            held: &self.held,
+        }
     }
 
     /// Bytes the shadow copies hold, after the cache has settled its pending evictions.
@@ -326,5 +333,34 @@ impl MemoryStore {
                 ttl.as_millis()
             ))
         })
+    }
+}
+
+/// The store's state, locked; on unlock it publishes `pinned + settled` for the shadow copies
+/// stored without the lock.
+struct Locked<'a> {
+    state: MutexGuard<'a, State>,
+    held: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.held.store(
+            self.state.pinned.saturating_add(self.state.settled),
+            Ordering::Relaxed,
+        );
     }
 }

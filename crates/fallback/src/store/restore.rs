@@ -79,6 +79,7 @@ impl MemoryStore {
             state.file = Some(file);
         }
         let store = Self {
+            held: std::sync::atomic::AtomicU64::new(state.pinned + state.settled),
             state: Mutex::new(state),
             shadow,
             replaying: tokio_free::Flag::default(),

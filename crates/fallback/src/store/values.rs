@@ -16,6 +16,26 @@ pub(super) fn dead_bytes(d: &DeadLetter) -> u64 {
     entry_bytes(&d.entry.op) + d.reason.len() as u64
 }
 
+/// At most the bytes the written value `op` leaves takes (`local_bytes` of it): a counter's
+/// digits, a hash's fields with their overhead.
+pub(super) fn value_bound(op: &Op) -> u64 {
+    let of_key = |k: &[u8]| k.len() as u64 + VALUE_OVERHEAD;
+    match op {
+        Op::Set { key, value, .. } => of_key(key) + value.len() as u64,
+        Op::Del { keys } => keys.iter().map(|k| of_key(k)).sum(),
+        Op::ExpireAt { key, .. } | Op::HDel { key, .. } => of_key(key),
+        // i64::MIN is 20 characters.
+        Op::IncrBy { key, .. } => of_key(key) + 20,
+        Op::HSet { key, fields } => {
+            of_key(key)
+                + fields
+                    .iter()
+                    .map(|(f, v)| (f.len() + v.len() + 64) as u64)
+                    .sum::<u64>()
+        }
+    }
+}
+
 pub(super) fn local_bytes(key: &[u8], value: &Local) -> u64 {
     let v = match value {
         Local::Str(s) => s.len(),
@@ -193,22 +213,15 @@ impl MemoryStore {
                 op,
             })
             .collect();
-        // The entry, and the written value it leaves (its bytes again, plus a map slot per key).
+        // An upper bound of what the write adds: its entries and the values they leave. (A
+        // shadow copy it carries into a written value leaves the cache, which held it for more.)
         let needed: u64 = entries
             .iter()
-            .map(|e| {
-                entry_bytes(&e.op)
-                    + e.op.heap_bytes()
-                    + e.op
-                        .keys()
-                        .iter()
-                        .map(|k| k.len() as u64 + VALUE_OVERHEAD)
-                        .sum::<u64>()
-            })
+            .map(|e| entry_bytes(&e.op) + value_bound(&e.op))
             .sum();
         let limit = self.config.max_memory_size;
         // The shadow cache holds at most half the bound, so below half nothing needs checking.
-        if state.pinned + needed > limit / 2
+        if state.pinned + state.settled + needed > limit / 2
             && state.pinned + state.settled + needed + self.shadow_bytes() > limit
         {
             // Shadow copies and values already replayed give way to writes.
@@ -245,6 +258,7 @@ impl MemoryStore {
 
     /// A key written now that the store knows only as a live shadow copy: its value becomes a
     /// written value (so local INCRBY/PEXPIREAT start from it); Redis still gets the op alone.
+    /// The shadow copy goes: the written value answers for the key from now on.
     pub(super) fn carry_shadow(&self, state: &mut State, key: &[u8], seq: u64) {
         if state.written.contains_key(key) {
             return;
@@ -253,6 +267,9 @@ impl MemoryStore {
         let Some(copy) = self.shadow.as_ref().and_then(|c| c.get(key)) else {
             return;
         };
+        if let Some(shadow) = &self.shadow {
+            shadow.invalidate(key);
+        }
         let (Some(value), true) = (&copy.value, copy.expire_at.is_none_or(|d| d > now)) else {
             return;
         };
@@ -462,6 +479,12 @@ impl FallbackStore for MemoryStore {
 
     fn observe(&self, key: &[u8], value: Option<Vec<u8>>, ttl: Option<Duration>) {
         let Some(shadow) = &self.shadow else { return };
+        // The cache may fill half the bound; past that, pending writes and the values already
+        // replayed use it, and a copy (only ever a convenience) is not kept.
+        if self.held.load(std::sync::atomic::Ordering::Relaxed) > self.config.max_memory_size / 2 {
+            shadow.invalidate(key);
+            return;
+        }
         let Ok(expire_at) = ttl.map(|t| self.deadline(t)).transpose() else {
             return;
         };
