@@ -486,7 +486,7 @@ const FIELDS: &[Field] = &[
         path: "fallback.shadow",
         kind: Kind::Plain,
         env: &["REDIS_FALLBACK__SHADOW"],
-        help: "keep evictable copies of values seen in normal operation (at most half of `max_memory_size`) so an outage can answer reads of them; costs throughput (docs/performance.md)",
+        help: "keep evictable copies of values seen in normal operation (at most half of `max_memory_size`, and none are kept while pending writes, dead letters and replayed values hold more than half) so an outage can answer reads of them; costs throughput (docs/performance.md)",
     },
     Field {
         path: "fallback.journal_path",

@@ -93,3 +93,60 @@ proptest! {
         }
     }
 }
+
+fn shadowing(clock: &Arc<ManualClock>) -> MemoryStore {
+    let mut config = FallbackConfig::default();
+    config.max_memory_size = LIMIT;
+    config.shadow = true;
+    MemoryStore::builder(&config)
+        .clock(Arc::clone(clock) as Arc<dyn Clock>)
+        .build()
+        .unwrap()
+}
+
+/// Found by review: a write that had to make room answered from a copy that making room then
+/// threw away (INCRBY answered 101 while memory kept "1"). The write's own keys keep theirs.
+#[test]
+fn a_write_that_makes_room_keeps_the_values_it_answers_from() {
+    let clock = ManualClock::new(T0);
+    let store = shadowing(&clock);
+    store.observe(b"c", Some(b"100".to_vec()), None);
+    // Other copies, which the write below must evict to fit.
+    for i in 0..5 {
+        store.observe(format!("o{i}").as_bytes(), Some(vec![b'o'; 400]), None);
+    }
+    // Pending writes up to where the next one (each takes 328 bytes at most) no longer fits
+    // beside the copies; nothing was evicted so far.
+    let mut i = 0;
+    while {
+        let m = store.memory();
+        m.pinned + 328 + m.shadow <= m.limit
+    } {
+        store
+            .set(format!("k{i:02}").as_bytes(), b"v", None)
+            .unwrap();
+        i += 1;
+    }
+    assert!(store.knows(b"c") && store.knows(b"o0"), "evicted too early");
+    assert_eq!(store.incr_by(b"c", 1).unwrap(), 101, "the base Redis gave");
+    assert_eq!(store.get(b"c").unwrap(), Some(b"101".to_vec()));
+    assert!(!store.knows(b"o0"), "the other copies made room");
+    let m = store.memory();
+    assert!(m.pinned + m.shadow <= m.limit, "{m:?}");
+}
+
+/// Found by review: a write that changes nothing (PEXPIRE of a key Redis said does not exist)
+/// dropped the copy that says so, and the key became unknown.
+#[test]
+fn a_write_that_changes_nothing_keeps_what_memory_knew() {
+    let clock = ManualClock::new(T0);
+    let store = shadowing(&clock);
+    store.observe(b"gone", None, None);
+    assert!(store.knows(b"gone"));
+    assert!(!store.expire(b"gone", Duration::from_secs(5)).unwrap());
+    assert!(
+        store.knows(b"gone"),
+        "memory forgot that the key does not exist"
+    );
+    assert_eq!(store.get(b"gone").unwrap(), None);
+}

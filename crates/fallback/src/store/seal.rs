@@ -51,14 +51,6 @@ pub(super) fn seal_ends<'a>(
     .collect()
 }
 
-/// Keeps dead letters in memory (the journal file already holds them).
-pub(super) fn keep_dead(state: &mut State, buried: Vec<DeadLetter>) {
-    for letter in buried {
-        state.pinned += dead_bytes(&letter);
-        state.dead.push(letter);
-    }
-}
-
 /// The records that reproduce `state`'s journal: dead letters, pending entries, and the replay
 /// in progress.
 pub(super) fn records_of(state: &State) -> Vec<Record> {
@@ -103,6 +95,23 @@ pub(super) fn finish_seal(state: &mut State) {
 }
 
 impl MemoryStore {
+    /// Keeps dead letters in memory (the journal file already holds them). They are never
+    /// dropped: past the bound, shadow copies and values already replayed give way to them,
+    /// and if that is not enough the store holds more than its bound until an operator
+    /// discards them.
+    pub(super) fn keep_dead(&self, state: &mut State, buried: Vec<DeadLetter>) {
+        if buried.is_empty() {
+            return;
+        }
+        for letter in buried {
+            state.pinned += dead_bytes(&letter);
+            state.dead.push(letter);
+        }
+        if state.pinned + state.settled + self.shadow_bytes() > self.config.max_memory_size {
+            self.make_room(state, &[]);
+        }
+    }
+
     /// The sealed entries are all replayed: the journal file records it first (with the
     /// batch's new dead letters), then they leave the journal; their values stay readable while
     /// fallback mode is on. A drained journal starts a new instance, so batch ids never repeat,
@@ -133,7 +142,7 @@ impl MemoryStore {
             };
             result.map_err(|e| journal_error(file.path(), e))?;
         }
-        keep_dead(state, buried);
+        self.keep_dead(state, buried);
         // Values this seal settled stay readable until `settle` (fallback mode ended): the
         // manager may still be answering from memory (writes queued behind the seal, a new
         // outage). They are no longer pinned, so they give way under memory pressure.
@@ -260,7 +269,7 @@ impl Journal for MemoryStore {
                     file.append(&records)
                         .map_err(|e| journal_error(file.path(), e))?;
                 }
-                keep_dead(&mut state, buried);
+                self.keep_dead(&mut state, buried);
                 if let Some(seal) = &mut state.seal {
                     seal.done = done;
                 }

@@ -45,23 +45,30 @@ pub(super) fn local_bytes(key: &[u8], value: &Local) -> u64 {
     (key.len() + v) as u64 + VALUE_OVERHEAD
 }
 
-/// Drops every shadow-like written value (already replayed) to make room.
+/// Drops every shadow-like written value (already replayed) to make room, but those of `keep`.
 pub(super) fn evict_settled(
     state: &mut State,
     shadow: Option<&moka::sync::Cache<Vec<u8>, Arc<Shadow>>>,
+    keep: &[&[u8]],
 ) {
     if state.settled == 0 {
         return;
     }
+    let mut kept = 0;
     state.written.retain(|key, w| {
-        if w.settled
-            && let Some(cache) = shadow
-        {
+        if !w.settled {
+            return true;
+        }
+        if keep.contains(&key.as_slice()) {
+            kept += w.bytes;
+            return true;
+        }
+        if let Some(cache) = shadow {
             cache.invalidate(key);
         }
-        !w.settled
+        false
     });
-    state.settled = 0;
+    state.settled = kept;
 }
 
 /// Applies a journaled write to the written values (no journaling, no checks).
@@ -199,10 +206,6 @@ impl MemoryStore {
         if state.closed {
             return Err(FallbackError::Closed);
         }
-        let answer = {
-            let st = &*state;
-            inspect(&|k: &[u8]| self.read_key(st, k).0)?
-        };
         let at = self.clock.now_ms();
         let entries: Vec<Entry> = ops
             .into_iter()
@@ -220,16 +223,19 @@ impl MemoryStore {
             .map(|e| entry_bytes(&e.op) + value_bound(&e.op))
             .sum();
         let limit = self.config.max_memory_size;
+        // Shadow copies stored meanwhile (without the lock) see what this write may take, and
+        // give way (published again, as it is, when the lock is released).
+        self.held.store(
+            state.pinned + state.settled + needed,
+            std::sync::atomic::Ordering::SeqCst,
+        );
         // The shadow cache holds at most half the bound, so below half nothing needs checking.
         if state.pinned + state.settled + needed > limit / 2
             && state.pinned + state.settled + needed + self.shadow_bytes() > limit
         {
             // Shadow copies and values already replayed give way to writes.
-            if let Some(shadow) = &self.shadow {
-                shadow.invalidate_all();
-                shadow.run_pending_tasks();
-            }
-            evict_settled(&mut state, self.shadow.as_ref());
+            let keys: Vec<&[u8]> = entries.iter().flat_map(|e| e.op.keys()).collect();
+            self.make_room(&mut state, &keys);
             if state.pinned + needed + self.shadow_bytes() > limit {
                 return Err(FallbackError::Full {
                     needed,
@@ -238,6 +244,11 @@ impl MemoryStore {
                 });
             }
         }
+        // Read after making room: the answer comes from the values the write is applied to.
+        let answer = {
+            let st = &*state;
+            inspect(&|k: &[u8]| self.read_key(st, k).0)?
+        };
         if let Some(file) = &mut state.file {
             let records: Vec<Record> = entries.iter().cloned().map(Record::Entry).collect();
             file.append(&records)
@@ -256,6 +267,26 @@ impl MemoryStore {
         Ok(answer)
     }
 
+    /// Drops every shadow copy and every value already replayed, but those of `keep` (the keys
+    /// of the write being made, which answers from them): room for what must be kept.
+    pub(super) fn make_room(&self, state: &mut State, keep: &[&[u8]]) {
+        if let Some(shadow) = &self.shadow {
+            if keep.is_empty() {
+                shadow.invalidate_all();
+            } else {
+                // One by one (only on the way to the bound): a copy put back after
+                // `invalidate_all` in the same clock tick would count as invalidated too.
+                for (key, _) in shadow.iter() {
+                    if !keep.contains(&key.as_slice()) {
+                        shadow.invalidate(key.as_slice());
+                    }
+                }
+            }
+            shadow.run_pending_tasks();
+        }
+        evict_settled(state, self.shadow.as_ref(), keep);
+    }
+
     /// A key written now that the store knows only as a live shadow copy: its value becomes a
     /// written value (so local INCRBY/PEXPIREAT start from it); Redis still gets the op alone.
     /// The shadow copy goes: the written value answers for the key from now on.
@@ -267,12 +298,12 @@ impl MemoryStore {
         let Some(copy) = self.shadow.as_ref().and_then(|c| c.get(key)) else {
             return;
         };
-        if let Some(shadow) = &self.shadow {
-            shadow.invalidate(key);
-        }
         let (Some(value), true) = (&copy.value, copy.expire_at.is_none_or(|d| d > now)) else {
             return;
         };
+        if let Some(shadow) = &self.shadow {
+            shadow.invalidate(key);
+        }
         let local = Local::Str(value.clone());
         let bytes = local_bytes(key, &local);
         state.pinned += bytes;
@@ -297,20 +328,23 @@ impl MemoryStore {
         }
         let now = self.clock.now_ms();
         let shadow = self.shadow.as_ref();
+        // Copies only while what stays pinned leaves the cache its half of the bound.
+        let copies = state.pinned <= self.config.max_memory_size / 2;
         state.written.retain(|key, w| {
             if !w.settled {
                 return true;
             }
             if let Some(cache) = shadow {
                 match &w.value {
-                    Local::Str(v) if w.expire_at.is_none_or(|d| d > now) => cache.insert(
+                    Local::Str(v) if copies && w.expire_at.is_none_or(|d| d > now) => cache.insert(
                         key.clone(),
                         Arc::new(Shadow {
                             value: Some(v.clone()),
                             expire_at: w.expire_at,
                         }),
                     ),
-                    // A delete, an expiry or a hash: an older copy must not answer for it.
+                    // A delete, an expiry or a hash (or no room): an older copy must not
+                    // answer for it.
                     _ => cache.invalidate(key),
                 }
             }
@@ -479,9 +513,10 @@ impl FallbackStore for MemoryStore {
 
     fn observe(&self, key: &[u8], value: Option<Vec<u8>>, ttl: Option<Duration>) {
         let Some(shadow) = &self.shadow else { return };
-        // The cache may fill half the bound; past that, pending writes and the values already
-        // replayed use it, and a copy (only ever a convenience) is not kept.
-        if self.held.load(std::sync::atomic::Ordering::Relaxed) > self.config.max_memory_size / 2 {
+        // The cache may fill half the bound; past that, pending writes, dead letters and the
+        // values already replayed use it, and a copy (only ever a convenience) is not kept.
+        let half = self.config.max_memory_size / 2;
+        if self.held.load(std::sync::atomic::Ordering::SeqCst) > half {
             shadow.invalidate(key);
             return;
         }
@@ -489,6 +524,11 @@ impl FallbackStore for MemoryStore {
             return;
         };
         shadow.insert(key.to_vec(), Arc::new(Shadow { value, expire_at }));
+        // A write that took the room meanwhile (it publishes what it may take before it counts
+        // the cache): this copy goes again.
+        if self.held.load(std::sync::atomic::Ordering::SeqCst) > half {
+            shadow.invalidate(key);
+        }
     }
 
     fn settle(&self) {
