@@ -43,19 +43,32 @@ pub(crate) fn run(_args: &[String]) -> bool {
             ]))
     });
     step("tests", &mut || {
+        // The `ring-provider` feature's install path: no workspace member enables the feature,
+        // so its test is compiled only when asked for.
+        let ring = [
+            "-p",
+            "resilient-redis-pool",
+            "--features",
+            "ring-provider",
+            "--locked",
+            "--test",
+            "no_crypto_provider",
+        ];
         if has_cargo_tool("nextest") {
-            status(cargo().args([
+            let workspace = status(cargo().args([
                 "nextest",
                 "run",
                 "--workspace",
                 "--locked",
                 "--no-fail-fast",
-            ]))
+            ]));
+            let feature = status(cargo().args(["nextest", "run"]).args(ring));
+            workspace && feature
         } else {
             eprintln!(
                 "(cargo-nextest not installed: using cargo test; `cargo install --locked cargo-nextest` is faster)"
             );
-            status(cargo().args([
+            let workspace = status(cargo().args([
                 "test",
                 "--workspace",
                 "--locked",
@@ -63,7 +76,9 @@ pub(crate) fn run(_args: &[String]) -> bool {
                 "--lib",
                 "--bins",
                 "--tests",
-            ]))
+            ]));
+            let feature = status(cargo().arg("test").args(ring));
+            workspace && feature
         }
     });
     step("doctests", &mut || {
