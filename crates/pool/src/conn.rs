@@ -47,8 +47,6 @@ fn to_pool_error(e: RedisError) -> PoolError {
 /// One of the shared multiplexed connections: what ordinary commands run on.
 pub(crate) struct Lane {
     pub(crate) mux: MultiplexedConnection,
-    /// Handles on `mux` that calls have finished with, for the next calls.
-    pub(crate) spare: crossbeam_queue::ArrayQueue<MultiplexedConnection>,
     pub(crate) broken: Arc<AtomicBool>,
     pub(crate) created: tokio::time::Instant,
     pub(crate) wake: Arc<Notify>,
@@ -79,52 +77,11 @@ pub struct SharedConnection(SharedKind);
 
 #[derive(Clone)]
 enum SharedKind {
-    Lane(LaneConn),
+    Lane {
+        mux: MultiplexedConnection,
+        lane: Arc<Lane>,
+    },
     Custom(Box<dyn CustomConnection>),
-}
-
-/// Most handles kept per lane for reuse (one per call in flight is the most that is ever
-/// needed; past this, a handle is made and dropped per call).
-pub(crate) const LANE_SPARES: usize = 256;
-
-/// A handle on a lane's multiplexed connection. redis-rs sends only through a `&mut` handle,
-/// so each call needs one of its own; making one (a clone) and dropping it is several atomic
-/// counts shared by every thread, which is why used handles are kept in the lane for the next
-/// call rather than dropped.
-struct LaneConn {
-    /// `None` only while being dropped.
-    mux: Option<MultiplexedConnection>,
-    lane: Arc<Lane>,
-}
-
-impl LaneConn {
-    fn new(lane: Arc<Lane>) -> Self {
-        let mux = lane.spare.pop().unwrap_or_else(|| lane.mux.clone());
-        Self {
-            mux: Some(mux),
-            lane,
-        }
-    }
-
-    fn parts(&mut self) -> (&mut MultiplexedConnection, &Lane) {
-        let lane = &*self.lane;
-        (self.mux.get_or_insert_with(|| lane.mux.clone()), lane)
-    }
-}
-
-impl Clone for LaneConn {
-    fn clone(&self) -> Self {
-        Self::new(Arc::clone(&self.lane))
-    }
-}
-
-impl Drop for LaneConn {
-    fn drop(&mut self) {
-        if let Some(mux) = self.mux.take() {
-            // Full: this one is dropped.
-            let _ = self.lane.spare.push(mux);
-        }
-    }
 }
 
 /// A connection from outside the crate, cloneable behind a box.
@@ -146,7 +103,10 @@ impl Clone for Box<dyn CustomConnection> {
 
 impl SharedConnection {
     pub(crate) fn new(lane: Arc<Lane>) -> Self {
-        Self(SharedKind::Lane(LaneConn::new(lane)))
+        Self(SharedKind::Lane {
+            mux: lane.mux.clone(),
+            lane,
+        })
     }
 
     /// A handle on a connection of a pool written outside this crate: any redis-rs
@@ -165,14 +125,11 @@ impl SharedConnection {
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
         // The pool's own connections are awaited in place: no boxed future on the hot path.
         let reply = match &mut self.0 {
-            SharedKind::Lane(conn) => {
-                let (mux, lane) = conn.parts();
-                guard(
-                    mux.send_packed_command(cmd).await,
-                    &lane.broken,
-                    Some(&lane.wake),
-                )
-            }
+            SharedKind::Lane { mux, lane } => guard(
+                mux.send_packed_command(cmd).await,
+                &lane.broken,
+                Some(&lane.wake),
+            ),
             SharedKind::Custom(conn) => conn.req_packed_command(cmd).await,
         };
         let value = reply
@@ -194,8 +151,7 @@ impl std::fmt::Debug for SharedConnection {
 impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
-            SharedKind::Lane(conn) => Box::pin(async move {
-                let (mux, lane) = conn.parts();
+            SharedKind::Lane { mux, lane } => Box::pin(async move {
                 guard(
                     mux.send_packed_command(cmd).await,
                     &lane.broken,
@@ -213,8 +169,7 @@ impl ConnectionLike for SharedConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
-            SharedKind::Lane(conn) => Box::pin(async move {
-                let (mux, lane) = conn.parts();
+            SharedKind::Lane { mux, lane } => Box::pin(async move {
                 guard(
                     mux.send_packed_commands(pipeline, offset, count).await,
                     &lane.broken,
@@ -227,7 +182,7 @@ impl ConnectionLike for SharedConnection {
 
     fn get_db(&self) -> i64 {
         match &self.0 {
-            SharedKind::Lane(conn) => conn.lane.mux.get_db(),
+            SharedKind::Lane { mux, .. } => mux.get_db(),
             SharedKind::Custom(conn) => conn.get_db(),
         }
     }

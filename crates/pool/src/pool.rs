@@ -638,7 +638,6 @@ impl Inner {
         Ok(Lane {
             identity: conn.identity.clone(),
             mux: conn.mux.clone(),
-            spare: crossbeam_queue::ArrayQueue::new(crate::conn::LANE_SPARES),
             broken: Arc::clone(&conn.broken),
             created: conn.created,
             wake: Arc::clone(&self.wake_keeper),
