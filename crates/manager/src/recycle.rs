@@ -32,8 +32,7 @@ impl<F: Future> Future for Recycled<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         match &mut self.get_mut().0 {
             Some(f) => f.as_mut().poll(cx),
-            // Only ever empty while being dropped.
-            None => Poll::Pending,
+            None => unreachable!("only ever empty while being dropped"),
         }
     }
 }

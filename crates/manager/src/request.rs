@@ -286,7 +286,8 @@ impl RedisManager {
             .timeout
             .and_then(|t| started.checked_add(t).map(|u| (t, u)))
         {
-            Some((t, until)) => match tokio::time::timeout_at(until, attempts).await {
+            // The timer is boxed: only calls with a deadline of their own pay for its room.
+            Some((t, until)) => match Box::pin(tokio::time::timeout_at(until, attempts)).await {
                 Ok(attempted) => attempted,
                 Err(_) => {
                     timing.retries = retries.load(Ordering::Relaxed);

@@ -40,6 +40,8 @@ pub const REPLAY_BATCH_BYTES: u64 = 16 * 1024 * 1024;
 /// (key `Vec`, value struct) plus the hash table's control byte and spare capacity.
 /// Checked against a counting allocator in `tests/memory.rs`.
 pub(crate) const VALUE_OVERHEAD: u64 = 192;
+/// Bytes one hash field costs in a written value beyond its field and value bytes.
+pub(crate) const FIELD_OVERHEAD: u64 = 64;
 /// Bytes one journal entry costs beyond the bytes it carries.
 pub(crate) const ENTRY_OVERHEAD: u64 = 128;
 /// Bytes one shadow copy costs in the cache beyond its key and value bytes.

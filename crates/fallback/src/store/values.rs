@@ -21,6 +21,7 @@ pub(super) fn dead_bytes(d: &DeadLetter) -> u64 {
 pub(super) fn value_bound(op: &Op) -> u64 {
     let of_key = |k: &[u8]| k.len() as u64 + VALUE_OVERHEAD;
     match op {
+        // As `local_bytes` of the string, without building it.
         Op::Set { key, value, .. } => of_key(key) + value.len() as u64,
         Op::Del { keys } => keys.iter().map(|k| of_key(k)).sum(),
         Op::ExpireAt { key, .. } | Op::HDel { key, .. } => of_key(key),
@@ -30,7 +31,7 @@ pub(super) fn value_bound(op: &Op) -> u64 {
             of_key(key)
                 + fields
                     .iter()
-                    .map(|(f, v)| (f.len() + v.len() + 64) as u64)
+                    .map(|(f, v)| (f.len() + v.len()) as u64 + FIELD_OVERHEAD)
                     .sum::<u64>()
         }
     }
@@ -39,7 +40,10 @@ pub(super) fn value_bound(op: &Op) -> u64 {
 pub(super) fn local_bytes(key: &[u8], value: &Local) -> u64 {
     let v = match value {
         Local::Str(s) => s.len(),
-        Local::Hash(m) => m.iter().map(|(f, v)| f.len() + v.len() + 64).sum(),
+        Local::Hash(m) => m
+            .iter()
+            .map(|(f, v)| (f.len() + v.len()) as u64 + FIELD_OVERHEAD)
+            .sum::<u64>() as usize,
         Local::Gone => 0,
     };
     (key.len() + v) as u64 + VALUE_OVERHEAD
@@ -236,7 +240,8 @@ impl MemoryStore {
             // Shadow copies and values already replayed give way to writes.
             let keys: Vec<&[u8]> = entries.iter().flat_map(|e| e.op.keys()).collect();
             self.make_room(&mut state, &keys);
-            if state.pinned + needed + self.shadow_bytes() > limit {
+            // (Values the write's own keys kept, replayed or not, still count.)
+            if state.pinned + state.settled + needed + self.shadow_bytes() > limit {
                 return Err(FallbackError::Full {
                     needed,
                     used: state.pinned,
