@@ -10,7 +10,8 @@
 //! `POOL_BENCH_TASKS=64,256` picks the concurrency levels (default 1,16,64,256).
 //! `POOL_BENCH_ONLY=manager` keeps the contenders whose name contains it (and the raw baseline),
 //! for profiling one path.
-//! Contenders: the raw connection, our pool's shared connection, the manager's typed `get`/`set`,
+//! Contenders: the raw connection (redis-rs's defaults, so a 500 ms response timeout on every
+//! request), the same without a response timeout (no bound on a request), our pool's shared connection, the manager's typed `get`/`set`,
 //! the manager through redis-rs (`redis_connection()`, `AsyncCommands`-style `query_async`),
 //! deadpool-redis and bb8-redis.
 
@@ -45,6 +46,8 @@ fn median(mut runs: Vec<Run>) -> Run {
 #[derive(Clone)]
 enum Contender {
     Raw(MultiplexedConnection),
+    /// The same without redis-rs's response timeout: requests may wait for ever.
+    RawUntimed(MultiplexedConnection),
     Ours(RedisPool),
     Deadpool(deadpool_redis::Pool),
     Bb8(bb8::Pool<bb8_redis::RedisConnectionManager>),
@@ -56,6 +59,7 @@ impl Contender {
     fn name(&self) -> &'static str {
         match self {
             Contender::Raw(_) => "raw redis-rs multiplexed",
+            Contender::RawUntimed(_) => "raw redis-rs, no timeout",
             Contender::Ours(_) => "resilient-redis shared",
             Contender::Deadpool(_) => "deadpool-redis",
             Contender::Bb8(_) => "bb8-redis",
@@ -67,7 +71,7 @@ impl Contender {
     async fn get(&mut self, cmd: &redis::Cmd) -> Vec<u8> {
         let set = is_set();
         match self {
-            Contender::Raw(conn) if set => {
+            Contender::Raw(conn) | Contender::RawUntimed(conn) if set => {
                 let () = cmd.query_async(conn).await.expect("raw SET");
                 VALUE.to_vec()
             }
@@ -100,7 +104,9 @@ impl Contender {
                 let () = cmd.query_async(&mut *conn).await.expect("bb8 SET");
                 VALUE.to_vec()
             }
-            Contender::Raw(conn) => cmd.query_async(conn).await.expect("raw GET"),
+            Contender::Raw(conn) | Contender::RawUntimed(conn) => {
+                cmd.query_async(conn).await.expect("raw GET")
+            }
             Contender::Managed(conn) => cmd.query_async(conn).await.expect("managed GET"),
             Contender::Ours(pool) => pool
                 .shared()
@@ -212,6 +218,13 @@ fn main() {
             .await
             .expect("SET");
 
+        let untimed = client
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+            )
+            .await
+            .expect("raw connection without a timeout");
+
         let mut config = resilient_redis_config::RedisConfig::default();
         config.url = resilient_redis_config::RedisUrl::new(url.as_str());
         config.pool.max_size = POOL_SIZE;
@@ -244,6 +257,7 @@ fn main() {
         let only = std::env::var("POOL_BENCH_ONLY").ok();
         let contenders: Vec<Contender> = [
             Contender::Raw(raw),
+            Contender::RawUntimed(untimed),
             Contender::Ours(ours),
             Contender::Managed(manager.redis_connection()),
             Contender::Manager(manager),

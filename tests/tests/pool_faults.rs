@@ -72,6 +72,60 @@ async fn a_blackholed_server_makes_calls_time_out_and_stuck_connections_are_disc
     );
 }
 
+/// A shared connection has no timer per request: its watchdog fails every waiting request once
+/// none has had a reply for `socket_timeout`. Callers that give up meanwhile (here four
+/// callers that each give up after 1 ms, again and again) must not make the hung connection look alive to it.
+#[tokio::test]
+async fn a_hung_shared_connection_fails_every_waiting_request_while_other_callers_give_up() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let pool = RedisPool::new(&common::config(&proxy.url())).await.unwrap();
+    assert_eq!(common::ping(&pool).await.unwrap(), "PONG");
+    let patient: Vec<_> = (0..8).map(|_| pool.shared().unwrap()).collect();
+
+    proxy.set(Fault::Blackhole);
+    // They hold their handles, so they go on using the connection after the keeper's own
+    // probe has taken it out of service.
+    let mut quitters = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut c = pool.shared().unwrap();
+        quitters.spawn(async move {
+            loop {
+                let ping = redis::cmd("PING");
+                let _ = timeout(Duration::from_millis(1), c.query::<String>(&ping)).await;
+                // Once the connection is stopped a request fails at once: let others run.
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    let mut waiting = tokio::task::JoinSet::new();
+    for mut c in patient {
+        waiting.spawn(async move { c.query::<String>(&redis::cmd("PING")).await });
+    }
+    let results = timeout(HANG, waiting.join_all())
+        .await
+        .expect("every waiting request is answered while other callers give up");
+    quitters.abort_all();
+    for r in results {
+        let err = r.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.outcome_unknown(), "{err}");
+    }
+    assert!(
+        pool.shared().is_err(),
+        "the hung connection is out of service"
+    );
+
+    proxy.set(Fault::Pass);
+    timeout(HANG, async {
+        while common::ping(&pool).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a new shared connection serves once the blackhole lifts");
+}
+
 #[tokio::test]
 async fn a_timed_out_exclusive_connection_is_closed_not_returned() {
     let server = RedisServer::start();

@@ -14,9 +14,10 @@ use crate::manager::RedisManager;
 use crate::session::{self, Session};
 
 /// Classifies a request's failure: a timeout or I/O failure marks the connection broken. The
-/// deadline itself is redis-rs's response timeout, set to `socket_timeout` on every connection:
-/// on a plain multiplexed connection (which never reconnects on its own) it bounds the whole
-/// request, queueing included, and costs no second timer.
+/// deadline itself is not set here. On an exclusive connection (and on a shared one over TLS)
+/// it is redis-rs's response timeout, `socket_timeout`, which bounds the whole request,
+/// queueing included. On a shared connection the pool opened itself it is the connection's
+/// watchdog (see `watch.rs`), which costs no timer per request.
 ///
 /// A function over the result, not a wrapper future: an `async fn` taking the request future
 /// as an argument would hold it twice in its state (the argument and the awaited copy), which
@@ -54,6 +55,28 @@ pub(crate) struct Lane {
     pub(crate) held: std::sync::Mutex<Option<mobc::Connection<RedisManager>>>,
     /// Who it is to the server (for fencing, should a request on it time out).
     pub(crate) identity: Option<crate::fence::Identity>,
+    /// For a connection the pool opened itself: `mux` has no per-request timer, and this counts
+    /// what its watchdog needs to bound replies by `socket_timeout` instead.
+    pub(crate) watch: Option<crate::watch::Watch>,
+    pub(crate) socket_timeout: std::time::Duration,
+}
+
+impl Lane {
+    /// The end of a request on this lane: its ticket settled, the failure of a request that
+    /// was waiting when the watchdog stopped the connection reported as the timeout it was, and
+    /// the lane marked broken on a timeout or I/O failure.
+    fn settle<T>(
+        &self,
+        ticket: Option<crate::watch::Ticket<'_>>,
+        result: Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        let timed_out = ticket.is_some_and(crate::watch::Ticket::answered);
+        let result = match result {
+            Err(_) if timed_out => Err(crate::watch::timed_out(self.socket_timeout)),
+            other => other,
+        };
+        guard(result, &self.broken, Some(&self.wake))
+    }
 }
 
 impl Drop for Lane {
@@ -66,9 +89,11 @@ impl Drop for Lane {
 
 /// A handle on a shared multiplexed connection, for ordinary commands. Cheap to get
 /// ([`crate::ConnectionPool::shared`] takes no lock and does no I/O) and to clone; many callers
-/// use the same connection at once. Every request runs under the socket timeout (redis-rs's
-/// response timeout); one that times out or hits an I/O error takes the connection out of
-/// service and the pool replaces it in the background.
+/// use the same connection at once. Every request runs under the socket timeout: when
+/// requests have waited that long with no reply, the connection is stopped and every request
+/// waiting on it fails with a timeout (over TLS, each request has redis-rs's response timeout
+/// instead). A request that times out or hits an I/O error takes the connection out of service
+/// and the pool replaces it in the background.
 ///
 /// A pool written outside this crate (a mock, a proxy, another client) hands out its own
 /// connection with [`SharedConnection::from_connection`].
@@ -125,11 +150,11 @@ impl SharedConnection {
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, PoolError> {
         // The pool's own connections are awaited in place: no boxed future on the hot path.
         let reply = match &mut self.0 {
-            SharedKind::Lane { mux, lane } => guard(
-                mux.send_packed_command(cmd).await,
-                &lane.broken,
-                Some(&lane.wake),
-            ),
+            SharedKind::Lane { mux, lane } => {
+                let ticket = lane.watch.as_ref().map(crate::watch::Watch::start);
+                let result = mux.send_packed_command(cmd).await;
+                lane.settle(ticket, result)
+            }
             SharedKind::Custom(conn) => conn.req_packed_command(cmd).await,
         };
         let value = reply
@@ -152,11 +177,9 @@ impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             SharedKind::Lane { mux, lane } => Box::pin(async move {
-                guard(
-                    mux.send_packed_command(cmd).await,
-                    &lane.broken,
-                    Some(&lane.wake),
-                )
+                let ticket = lane.watch.as_ref().map(crate::watch::Watch::start);
+                let result = mux.send_packed_command(cmd).await;
+                lane.settle(ticket, result)
             }),
             SharedKind::Custom(conn) => conn.req_packed_command(cmd),
         }
@@ -170,11 +193,9 @@ impl ConnectionLike for SharedConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
             SharedKind::Lane { mux, lane } => Box::pin(async move {
-                guard(
-                    mux.send_packed_commands(pipeline, offset, count).await,
-                    &lane.broken,
-                    Some(&lane.wake),
-                )
+                let ticket = lane.watch.as_ref().map(crate::watch::Watch::start);
+                let result = mux.send_packed_commands(pipeline, offset, count).await;
+                lane.settle(ticket, result)
             }),
             SharedKind::Custom(conn) => conn.req_packed_commands(pipeline, offset, count),
         }

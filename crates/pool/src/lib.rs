@@ -9,6 +9,7 @@ mod fence;
 mod manager;
 mod pool;
 mod session;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

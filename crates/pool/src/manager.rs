@@ -38,7 +38,26 @@ pub(crate) struct RawConn {
     pub(crate) socket_timeout: Duration,
     /// Who it is to the server, so that it can be fenced if a request on it times out.
     pub(crate) identity: Option<crate::fence::Identity>,
+    /// For a connection the pool opened itself (plain TCP, Unix socket): a handle without
+    /// redis-rs's per-request timer, for use as a shared connection under a watchdog.
+    pub(crate) untimed: Option<MultiplexedConnection>,
+    /// That connection's driver task, stopped when this is dropped.
+    pub(crate) driver: Option<crate::watch::Driver>,
     counters: Arc<Counters>,
+}
+
+impl RawConn {
+    /// The driver task of a connection the pool opened itself.
+    pub(crate) fn driver(&self) -> Option<tokio::task::AbortHandle> {
+        self.driver.as_ref().map(crate::watch::Driver::handle)
+    }
+}
+
+/// A new connection: the handle with redis-rs's response timeout, and for a connection the
+/// pool opened itself the untimed handle and its driver.
+pub(crate) struct Connected {
+    mux: MultiplexedConnection,
+    untimed: Option<(MultiplexedConnection, crate::watch::Driver)>,
 }
 
 impl Drop for RawConn {
@@ -128,7 +147,7 @@ pub(crate) struct RedisManager {
 }
 
 impl RedisManager {
-    async fn connect_once(&self) -> Result<MultiplexedConnection, PoolError> {
+    async fn connect_once(&self) -> Result<Connected, PoolError> {
         let result = if self.tls {
             // A TLS handshake against a plain-text server hangs (the server waits for a command
             // line). Shortly after starting it, ask in plain text whether that is the case, so
@@ -188,15 +207,29 @@ impl RedisManager {
         }
     }
 
-    async fn connect_attempt(&self) -> Result<MultiplexedConnection, PoolError> {
+    async fn connect_attempt(&self) -> Result<Connected, PoolError> {
         let attempt = async {
-            self.client()
-                .await?
-                .get_multiplexed_async_connection_with_config(&self.connection_config)
-                .await
+            let client = self.client().await?;
+            let owned = crate::watch::open(
+                &client,
+                &self.connection_config,
+                self.socket_timeout,
+                self.dial_host.as_deref(),
+            )
+            .await?;
+            match owned {
+                Some(o) => Ok(Connected {
+                    mux: o.mux,
+                    untimed: Some((o.untimed, o.driver)),
+                }),
+                None => client
+                    .get_multiplexed_async_connection_with_config(&self.connection_config)
+                    .await
+                    .map(|mux| Connected { mux, untimed: None }),
+            }
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
-            Ok(Ok(mux)) => Ok(mux),
+            Ok(Ok(connected)) => Ok(connected),
             Ok(Err(e)) => {
                 let mut kind = classify(&e);
                 let mut message = e.to_string();
@@ -333,9 +366,9 @@ impl mobc::Manager for RedisManager {
         let mut attempt = 1;
         loop {
             let connected = match self.connect_once().await {
-                Ok(mut mux) => crate::fence::identify(&mut mux, self.socket_timeout)
+                Ok(mut c) => crate::fence::identify(&mut c.mux, self.socket_timeout)
                     .await
-                    .map(|identity| (mux, identity))
+                    .map(|identity| (c, identity))
                     .map_err(|e| match e {
                         PoolError::Connect { kind, message, .. } => PoolError::Connect {
                             kind,
@@ -347,12 +380,15 @@ impl mobc::Manager for RedisManager {
                 Err(e) => Err(e),
             };
             match connected {
-                Ok((mux, identity)) => {
+                Ok((Connected { mux, untimed }, identity)) => {
                     self.counters.created.fetch_add(1, Ordering::Relaxed);
                     self.last_error.clear();
                     let now = Instant::now();
+                    let (untimed, driver) = untimed.unzip();
                     return Ok(RawConn {
                         mux,
+                        untimed,
+                        driver,
                         broken: Arc::new(AtomicBool::new(false)),
                         created: now,
                         last_used: now,

@@ -624,7 +624,7 @@ impl Inner {
         }
     }
 
-    async fn open_lane(&self) -> Result<Lane, PoolError> {
+    async fn open_lane(&self) -> Result<Arc<Lane>, PoolError> {
         let conn = self.mobc.get().await.map_err(|e| self.map_mobc(e))?;
         if !self.shared.fence.is_empty() {
             // Nothing may run on the new connection before the old ones whose requests may
@@ -635,21 +635,40 @@ impl Inner {
                 return Err(e);
             }
         }
-        Ok(Lane {
+        // A connection the pool opened itself serves without redis-rs's per-request timer;
+        // its watchdog bounds the replies instead.
+        let driver = conn.driver();
+        let (mux, watch) = match (&conn.untimed, &driver) {
+            (Some(untimed), Some(_)) => (untimed.clone(), Some(crate::watch::Watch::default())),
+            _ => (conn.mux.clone(), None),
+        };
+        let lane = Arc::new(Lane {
             identity: conn.identity.clone(),
-            mux: conn.mux.clone(),
+            mux,
             broken: Arc::clone(&conn.broken),
             created: conn.created,
             wake: Arc::clone(&self.wake_keeper),
             held: std::sync::Mutex::new(Some(conn)),
-        })
+            watch,
+            socket_timeout: self.socket_timeout,
+        });
+        if lane.watch.is_some()
+            && let Some(driver) = driver
+        {
+            tokio::spawn(crate::watch::watchdog(
+                Arc::downgrade(&lane),
+                driver,
+                self.socket_timeout,
+            ));
+        }
+        Ok(lane)
     }
 
     async fn fill_lanes(&self) {
         for slot in &*self.lanes {
             if slot.load().is_none() {
                 match self.open_lane().await {
-                    Ok(lane) => slot.store(Some(Arc::new(lane))),
+                    Ok(lane) => slot.store(Some(lane)),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot open a shared connection");
                         return;
@@ -714,7 +733,7 @@ impl Inner {
             match self.open_lane().await {
                 Ok(lane) => {
                     tracing::debug!("shared connection (re)opened");
-                    slot.store(Some(Arc::new(lane)));
+                    slot.store(Some(lane));
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot reopen a shared connection yet"),
             }
