@@ -126,6 +126,51 @@ async fn a_hung_shared_connection_fails_every_waiting_request_while_other_caller
     .expect("a new shared connection serves once the blackhole lifts");
 }
 
+/// Replies that keep coming, each within the socket timeout of the one before, do not excuse a
+/// request queued behind them: it fails once it has itself waited the socket timeout, as it
+/// would with a timer of its own.
+#[tokio::test]
+async fn a_request_queued_behind_slow_replies_times_out_at_the_socket_timeout() {
+    let server = RedisServer::start();
+    let pool = RedisPool::new(&common::config(&server.url()))
+        .await
+        .unwrap();
+    assert_eq!(common::ping(&pool).await.unwrap(), "PONG");
+    // `WAIT 1 250` with no replica blocks this connection for 250 ms, then answers; Redis
+    // takes the connection's next command only then. So the replies come one every 250 ms
+    // (under the 300 ms socket timeout) and the PING's after a second. (The manager refuses
+    // WAIT on a shared connection; the pool's handle sends what it is given.) `join!` sends
+    // them in this order.
+    let wait = || {
+        let mut c = pool.shared().unwrap();
+        async move {
+            let mut cmd = redis::cmd("WAIT");
+            cmd.arg(1).arg(250);
+            c.query::<i64>(&cmd).await
+        }
+    };
+    let mut ping = pool.shared().unwrap();
+    let ping_cmd = redis::cmd("PING");
+    let (first, second, third, fourth, ping) = timeout(HANG, async {
+        tokio::join!(
+            wait(),
+            wait(),
+            wait(),
+            wait(),
+            ping.query::<String>(&ping_cmd)
+        )
+    })
+    .await
+    .expect("bounded");
+    assert_eq!(first.unwrap(), 0, "answered within the socket timeout");
+    for late in [second, third, fourth] {
+        let err = late.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    }
+    let err = ping.expect_err("the PING waited a second for its reply");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+}
+
 #[tokio::test]
 async fn a_timed_out_exclusive_connection_is_closed_not_returned() {
     let server = RedisServer::start();

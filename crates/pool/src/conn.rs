@@ -62,6 +62,15 @@ pub(crate) struct Lane {
 }
 
 impl Lane {
+    /// What the watchdog counts for `cmd`: nothing for a command sent without waiting for a
+    /// reply (redis-rs answers it once it is queued: nobody waits on it).
+    fn ticket(&self, cmd: &Cmd) -> Option<crate::watch::Ticket<'_>> {
+        if cmd.is_no_response() {
+            return None;
+        }
+        self.watch.as_ref().map(crate::watch::Watch::start)
+    }
+
     /// The end of a request on this lane: its ticket settled, the failure of a request that
     /// was waiting when the watchdog stopped the connection reported as the timeout it was, and
     /// the lane marked broken on a timeout or I/O failure.
@@ -151,7 +160,7 @@ impl SharedConnection {
         // The pool's own connections are awaited in place: no boxed future on the hot path.
         let reply = match &mut self.0 {
             SharedKind::Lane { mux, lane } => {
-                let ticket = lane.watch.as_ref().map(crate::watch::Watch::start);
+                let ticket = lane.ticket(cmd);
                 let result = mux.send_packed_command(cmd).await;
                 lane.settle(ticket, result)
             }
@@ -177,7 +186,7 @@ impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             SharedKind::Lane { mux, lane } => Box::pin(async move {
-                let ticket = lane.watch.as_ref().map(crate::watch::Watch::start);
+                let ticket = lane.ticket(cmd);
                 let result = mux.send_packed_command(cmd).await;
                 lane.settle(ticket, result)
             }),

@@ -2,38 +2,33 @@
 //!
 //! redis-rs bounds each request on a multiplexed connection with its response timeout: a timer
 //! put into tokio's timer wheel and taken out again on every call. On a busy shared connection
-//! that was the largest single cost of a request (measured in `docs/performance.md`). Redis
-//! answers one connection's requests in order, so "a request waited longer than the socket
-//! timeout" is the same fault as "requests were waiting and no reply came for the socket
-//! timeout". The pool opens plain TCP and Unix-socket connections itself, spawns their driver
-//! task (the one that writes requests and reads replies), and gives each shared connection a
-//! watchdog that checks that second condition a few times per socket timeout. When it holds,
-//! the watchdog stops the driver, which fails every waiting request at once; those requests
-//! report a timeout, and the connection is replaced as after any timeout.
+//! that was the largest single cost of a request (measured in `docs/performance.md`). Instead,
+//! the pool opens plain TCP and Unix-socket connections itself and spawns their driver task (the
+//! one that writes requests and reads replies). Each shared connection counts its waiting
+//! requests by when they started, in steps of a twentieth of the socket timeout, and a watchdog
+//! takes one step per twentieth. When a request has waited a whole socket timeout (at most a
+//! twentieth more), the watchdog stops the driver, which fails every waiting request at once;
+//! those requests report a timeout, and the connection is replaced as after any timeout. A
+//! request is judged by its own age, as a timer of its own would: replies to newer requests do
+//! not excuse it, and a caller that gives up takes its request out of the count.
 //!
 //! TLS connections are opened by redis-rs (it builds their TLS configuration), so they keep its
 //! per-request timer.
 
 use std::sync::Weak;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, RedisConnectionInfo, RedisError, RedisResult};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::AbortHandle;
-use tokio::time::Instant;
 
 use crate::conn::Lane;
 
 /// How many times per socket timeout the watchdog looks: a hung connection's requests fail
 /// between one socket timeout and 1 + 1/`CHECKS` of it after they were sent.
 const CHECKS: u32 = 20;
-
-/// One waiting request, in the low half of [`Watch::state`].
-const WAITING: u64 = 1;
-/// One answered request, in the high half.
-const ANSWERED: u64 = 1 << 32;
 
 /// A connection's driver task, stopped when the connection is dropped (as redis-rs stops the
 /// tasks it spawns itself): requests still waiting on it fail.
@@ -75,8 +70,9 @@ pub(crate) async fn open(
     let config = config.clone().set_response_timeout(None);
     match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
-            let host = dial_host.unwrap_or(host);
-            let stream = tokio::net::TcpStream::connect((host, *port)).await?;
+            let stream = connect_tcp(dial_host.unwrap_or(host), *port).await?;
+            // The pool sets no other TCP option (keepalive, linger, user timeout): redis-rs's
+            // defaults leave them to the system, as here.
             stream.set_nodelay(info.tcp_settings().nodelay())?;
             start(info.redis_settings(), stream, config, socket_timeout)
                 .await
@@ -90,6 +86,37 @@ pub(crate) async fn open(
                 .map(Some)
         }
         _ => Ok(None),
+    }
+}
+
+/// Connects to every address `host` resolves to at once and keeps the first to answer, as
+/// redis-rs does (a name with an address that drops packets still connects by another).
+async fn connect_tcp(host: &str, port: u16) -> RedisResult<tokio::net::TcpStream> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    match addrs.as_slice() {
+        [] => Err(RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "No address found for host",
+        ))),
+        [one] => Ok(tokio::net::TcpStream::connect(one).await?),
+        _ => {
+            let mut tries = tokio::task::JoinSet::new();
+            for addr in addrs {
+                tries.spawn(tokio::net::TcpStream::connect(addr));
+            }
+            let mut last = None;
+            while let Some(tried) = tries.join_next().await {
+                match tried {
+                    Ok(Ok(stream)) => return Ok(stream),
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {}
+                }
+            }
+            Err(last.map_or_else(
+                || RedisError::from((redis::ErrorKind::Io, "no address could be tried")),
+                RedisError::from,
+            ))
+        }
     }
 }
 
@@ -113,21 +140,38 @@ where
     })
 }
 
-/// What a shared connection's watchdog reads: requests waiting and replies so far.
-#[derive(Default)]
+/// Slots in [`Watch::waiting`]: more than the `CHECKS + 1` looks a request may wait.
+const SLOTS: usize = 32;
+
+/// What a shared connection's watchdog reads: how many requests wait, by when they started.
 pub(crate) struct Watch {
-    /// Low half: requests sent and not yet answered. High half: answers so far (wrapping).
-    state: AtomicU64,
-    /// Set by the watchdog when it stopped the connection: its failed requests timed out.
+    /// The watchdog's looks so far: a request started after look `e` is counted in slot
+    /// `e % SLOTS` until it ends.
+    looks: AtomicU32,
+    /// Requests waiting, by the look they started after.
+    waiting: [AtomicU32; SLOTS],
+    /// Set by the watchdog when it stopped the connection: its waiting requests timed out.
     hung: AtomicBool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self {
+            looks: AtomicU32::new(0),
+            waiting: std::array::from_fn(|_| AtomicU32::new(0)),
+            hung: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Watch {
     /// A request is about to be sent.
     pub(crate) fn start(&self) -> Ticket<'_> {
-        self.state.fetch_add(WAITING, Ordering::Relaxed);
+        let look = self.looks.load(Ordering::Acquire);
+        self.slot(look).fetch_add(1, Ordering::Relaxed);
         Ticket {
             watch: self,
+            look,
             late: self.hung(),
         }
     }
@@ -136,13 +180,28 @@ impl Watch {
     pub(crate) fn hung(&self) -> bool {
         self.hung.load(Ordering::Acquire)
     }
+
+    fn slot(&self, look: u32) -> &AtomicU32 {
+        &self.waiting[look as usize % SLOTS]
+    }
+
+    /// The watchdog's next look: whether a request that started more than `CHECKS` looks ago
+    /// (so at least a socket timeout ago, and at most `1 + 1/CHECKS` of it) still waits.
+    /// Each look judges the requests of one earlier look, so every request is judged once,
+    /// when it is old enough: a reply to a newer one does not make an older one young.
+    fn look(&self) -> bool {
+        let now = self.looks.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        let judged = now.wrapping_sub(CHECKS + 1);
+        // The first looks have nothing old enough to judge (`judged` wrapped round).
+        now > CHECKS && self.slot(judged).load(Ordering::Acquire) > 0
+    }
 }
 
-/// A request waiting on a shared connection. [`Ticket::answered`] when it has its reply;
-/// dropped without that (its caller gave up), it stops counting as waiting but is no answer:
-/// callers that give up must not make a hung connection look alive.
+/// A request waiting on a shared connection, counted until it ends: with its reply
+/// ([`Ticket::answered`]) or because its caller gave up (dropped).
 pub(crate) struct Ticket<'a> {
     watch: &'a Watch,
+    look: u32,
     /// Started after the watchdog stopped the connection: never sent, so its failure is no
     /// timeout.
     late: bool,
@@ -152,64 +211,21 @@ impl Ticket<'_> {
     /// The request has its reply (or its error). Whether it failed because the watchdog
     /// stopped the connection while it waited (it may have been applied: a timeout).
     pub(crate) fn answered(self) -> bool {
-        // One more answer, one fewer waiting: the low half is at least 1, so the carry moves
-        // exactly one into the high half.
-        self.watch
-            .state
-            .fetch_add(ANSWERED - WAITING, Ordering::Relaxed);
-        let timed_out = !self.late && self.watch.hung();
-        std::mem::forget(self);
-        timed_out
+        !self.late && self.watch.hung()
     }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        self.watch.state.fetch_sub(WAITING, Ordering::Relaxed);
-    }
-}
-
-/// The watchdog's judgement, apart from its clock and its task.
-#[derive(Debug, Default)]
-struct Judge {
-    /// Answers counted at the last look.
-    answers: u32,
-    /// Since when requests have waited with no answer, as far as the looks saw.
-    since: Option<Instant>,
-}
-
-impl Judge {
-    /// Whether the connection is hung: requests have waited `timeout` with no reply.
-    fn hung(&mut self, state: u64, now: Instant, timeout: Duration) -> bool {
-        let waiting = state & (ANSWERED - 1);
-        #[allow(
-            clippy::cast_possible_truncation,
-            reason = "the high half of a u64 fits a u32"
-        )]
-        let answers = (state >> 32) as u32;
-        let progressed = answers != self.answers;
-        self.answers = answers;
-        if waiting == 0 {
-            self.since = None;
-            return false;
-        }
-        match self.since {
-            Some(since) if !progressed => now.duration_since(since) >= timeout,
-            _ => {
-                // The first look that sees these requests waiting: they were sent before it.
-                self.since = Some(now);
-                false
-            }
-        }
+        self.watch.slot(self.look).fetch_sub(1, Ordering::Release);
     }
 }
 
 /// Looks at `lane` `CHECKS` times per `timeout` until it is gone or its driver has ended; when
-/// its requests have waited `timeout` with no reply, marks it broken and hung, stops its driver
-/// (every waiting request fails at once) and wakes the keeper to replace it.
+/// a request has waited `timeout` with no reply, marks the lane broken and hung, stops its
+/// driver (every waiting request fails at once) and wakes the keeper to replace it.
 pub(crate) async fn watchdog(lane: Weak<Lane>, driver: AbortHandle, timeout: Duration) {
     let every = (timeout / CHECKS).max(Duration::from_millis(1));
-    let mut judge = Judge::default();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -223,7 +239,7 @@ pub(crate) async fn watchdog(lane: Weak<Lane>, driver: AbortHandle, timeout: Dur
         let Some(watch) = &lane.watch else {
             return;
         };
-        if judge.hung(watch.state.load(Ordering::Acquire), Instant::now(), timeout) {
+        if watch.look() {
             tracing::warn!(
                 ?timeout,
                 "no reply on a shared connection within socket_timeout: closing it"
@@ -250,56 +266,51 @@ pub(crate) fn timed_out(timeout: Duration) -> RedisError {
 mod tests {
     use super::*;
 
-    const T: Duration = Duration::from_millis(100);
-
-    fn state(waiting: u64, answers: u64) -> u64 {
-        answers << 32 | waiting
+    /// Looks until the watchdog would stop the connection; how many it took (at most 100).
+    fn looks_until_hung(watch: &Watch) -> u32 {
+        (1..=100).find(|_| watch.look()).unwrap_or(u32::MAX)
     }
 
     #[test]
-    fn a_connection_is_hung_only_after_a_whole_timeout_of_waiting_without_a_reply() {
-        let t0 = Instant::now();
-        let mut judge = Judge::default();
-        assert!(!judge.hung(state(0, 0), t0, T), "nothing waits");
-        // Requests are first seen waiting at t0 + 10 ms: the timeout counts from there.
-        assert!(!judge.hung(state(3, 0), t0 + T / 10, T));
-        assert!(
-            !judge.hung(state(3, 0), t0 + T, T),
-            "only 90 ms of waiting seen"
-        );
-        assert!(judge.hung(state(3, 0), t0 + T + T / 10, T));
-    }
-
-    #[test]
-    fn a_reply_restarts_the_count_and_an_idle_connection_is_never_hung() {
-        let t0 = Instant::now();
-        let mut judge = Judge::default();
-        assert!(!judge.hung(state(2, 5), t0, T));
-        // One reply came in between: progress, though requests still wait.
-        assert!(!judge.hung(state(2, 6), t0 + T, T));
-        assert!(!judge.hung(state(2, 6), t0 + T + T / 2, T));
-        assert!(judge.hung(state(2, 6), t0 + 2 * T, T));
-        // Idle for ever: never hung.
-        let mut idle = Judge::default();
-        for i in 0..50 {
-            assert!(!idle.hung(state(0, 9), t0 + T * i, T));
-        }
-    }
-
-    #[test]
-    fn callers_who_give_up_neither_keep_a_request_waiting_nor_count_as_a_reply() {
+    fn a_request_is_judged_hung_once_it_has_waited_a_whole_timeout() {
         let watch = Watch::default();
-        let a = watch.start();
-        let b = watch.start();
-        assert_eq!(watch.state.load(Ordering::Relaxed), state(2, 0));
-        assert!(!a.answered(), "no hang, no timeout");
-        assert_eq!(watch.state.load(Ordering::Relaxed), state(1, 1));
-        drop(b);
-        assert_eq!(
-            watch.state.load(Ordering::Relaxed),
-            state(0, 1),
-            "a dropped request is no answer"
-        );
+        for _ in 0..5 {
+            assert!(!watch.look(), "nothing waits");
+        }
+        let ticket = watch.start();
+        // Started after look 5: older than CHECKS looks at look 5 + CHECKS + 1.
+        assert_eq!(looks_until_hung(&watch), CHECKS + 1);
+        drop(ticket);
+    }
+
+    #[test]
+    fn replies_to_newer_requests_do_not_make_an_older_one_young() {
+        let watch = Watch::default();
+        let old = watch.start();
+        // A newer request answered at every look: the old one is still judged on time.
+        let hung_at = (1..=100).find(|_| {
+            let newer = watch.start();
+            assert!(!newer.answered());
+            watch.look()
+        });
+        assert_eq!(hung_at, Some(CHECKS + 1));
+        drop(old);
+    }
+
+    #[test]
+    fn requests_that_end_in_time_or_are_given_up_never_make_a_hang() {
+        let watch = Watch::default();
+        for _ in 0..200 {
+            let answered = watch.start();
+            let given_up = watch.start();
+            assert!(!answered.answered(), "no hang, no timeout");
+            drop(given_up);
+            assert!(!watch.look());
+        }
+        // The idle connection goes on being fine, past every slot's wrap.
+        for _ in 0..100 {
+            assert!(!watch.look());
+        }
     }
 
     #[test]
@@ -313,16 +324,5 @@ mod tests {
             !late.answered(),
             "never sent: a plain failure, not a timeout"
         );
-    }
-
-    #[test]
-    fn the_answer_count_wraps_without_touching_the_waiting_count() {
-        let watch = Watch::default();
-        watch
-            .state
-            .store(state(1, u64::from(u32::MAX)), Ordering::Relaxed);
-        let t = watch.start();
-        assert!(!t.answered());
-        assert_eq!(watch.state.load(Ordering::Relaxed), state(1, 0));
     }
 }
