@@ -73,8 +73,8 @@ async fn a_blackholed_server_makes_calls_time_out_and_stuck_connections_are_disc
 }
 
 /// A shared connection has no timer per request: its watchdog fails every waiting request once
-/// none has had a reply for `socket_timeout`. Callers that give up meanwhile (here four
-/// callers that each give up after 1 ms, again and again) must not make the hung connection look alive to it.
+/// one has waited `socket_timeout`. Callers that give up meanwhile (here four callers that each
+/// give up after 1 ms, again and again) must not hide the patient ones from it.
 #[tokio::test]
 async fn a_hung_shared_connection_fails_every_waiting_request_while_other_callers_give_up() {
     let server = RedisServer::start();
@@ -131,21 +131,22 @@ async fn a_hung_shared_connection_fails_every_waiting_request_while_other_caller
 /// would with a timer of its own.
 #[tokio::test]
 async fn a_request_queued_behind_slow_replies_times_out_at_the_socket_timeout() {
-    let server = RedisServer::start();
+    // `hz 100`: Redis notices a blocked command's timeout within 10 ms, not 100.
+    let server = RedisServer::builder().config("hz", "100").start();
     let pool = RedisPool::new(&common::config(&server.url()))
         .await
         .unwrap();
     assert_eq!(common::ping(&pool).await.unwrap(), "PONG");
-    // `WAIT 1 250` with no replica blocks this connection for 250 ms, then answers; Redis
-    // takes the connection's next command only then. So the replies come one every 250 ms
-    // (under the 300 ms socket timeout) and the PING's after a second. (The manager refuses
+    // `WAIT 1 200` with no replica blocks this connection for 200 ms, then answers; Redis
+    // takes the connection's next command only then. So the replies come about one every
+    // 200 ms (under the 300 ms socket timeout) and the PING's after 800 ms. (The manager refuses
     // WAIT on a shared connection; the pool's handle sends what it is given.) `join!` sends
     // them in this order.
     let wait = || {
         let mut c = pool.shared().unwrap();
         async move {
             let mut cmd = redis::cmd("WAIT");
-            cmd.arg(1).arg(250);
+            cmd.arg(1).arg(200);
             c.query::<i64>(&cmd).await
         }
     };
@@ -167,7 +168,7 @@ async fn a_request_queued_behind_slow_replies_times_out_at_the_socket_timeout() 
         let err = late.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     }
-    let err = ping.expect_err("the PING waited a second for its reply");
+    let err = ping.expect_err("the PING would have waited 800 ms for its reply");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
 }
 

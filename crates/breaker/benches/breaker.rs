@@ -13,7 +13,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use resilient_redis_breaker::{Breaker, BreakerState, CircuitBreaker, CircuitBreakerControl};
+use resilient_redis_breaker::{
+    Breaker, BreakerState, CircuitBreaker, CircuitBreakerControl, PermitGuard,
+};
 
 const ELAPSED: Duration = Duration::from_micros(150);
 
@@ -34,6 +36,14 @@ fn closed_path(c: &mut Criterion) {
         b.iter(|| {
             let permit = breaker.try_acquire().expect("closed");
             breaker.on_success(black_box(permit), ELAPSED);
+        });
+    });
+    // The same through the guard the request path holds across its awaits (a call dropped
+    // mid-way hands its permit back): what cancel safety costs a call that completes.
+    group.bench_function("resilient_redis_guarded", |b| {
+        b.iter(|| {
+            let permit = breaker.try_acquire().expect("closed");
+            PermitGuard::new(&breaker, black_box(permit)).success(ELAPSED);
         });
     });
     let dyn_breaker: Arc<dyn CircuitBreaker> = Arc::new(ours());

@@ -58,17 +58,29 @@ pub(crate) struct Lane {
     /// For a connection the pool opened itself: `mux` has no per-request timer, and this counts
     /// what its watchdog needs to bound replies by `socket_timeout` instead.
     pub(crate) watch: Option<crate::watch::Watch>,
+    /// That connection's driver task.
+    pub(crate) driver: Option<tokio::task::AbortHandle>,
     pub(crate) socket_timeout: std::time::Duration,
 }
 
 impl Lane {
-    /// What the watchdog counts for `cmd`: nothing for a command sent without waiting for a
-    /// reply (redis-rs answers it once it is queued: nobody waits on it).
-    fn ticket(&self, cmd: &Cmd) -> Option<crate::watch::Ticket<'_>> {
-        if cmd.is_no_response() {
-            return None;
-        }
+    /// Counts a request for the watchdog. A command sent without waiting for a reply counts
+    /// too, until redis-rs has queued it (a stuck connection may keep it from the queue).
+    fn ticket(&self) -> Option<crate::watch::Ticket<'_>> {
         self.watch.as_ref().map(crate::watch::Watch::start)
+    }
+
+    /// Stops a lane found hung (a request waited `socket_timeout` with no reply): requests
+    /// waiting on it fail at once with a timeout, and the keeper replaces it.
+    pub(crate) fn stop_hung(&self) {
+        if let Some(watch) = &self.watch {
+            watch.set_hung();
+        }
+        self.broken.store(true, Ordering::Release);
+        if let Some(driver) = &self.driver {
+            driver.abort();
+        }
+        self.wake.notify_one();
     }
 
     /// The end of a request on this lane: its ticket settled, the failure of a request that
@@ -160,7 +172,7 @@ impl SharedConnection {
         // The pool's own connections are awaited in place: no boxed future on the hot path.
         let reply = match &mut self.0 {
             SharedKind::Lane { mux, lane } => {
-                let ticket = lane.ticket(cmd);
+                let ticket = lane.ticket();
                 let result = mux.send_packed_command(cmd).await;
                 lane.settle(ticket, result)
             }
@@ -186,7 +198,7 @@ impl ConnectionLike for SharedConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             SharedKind::Lane { mux, lane } => Box::pin(async move {
-                let ticket = lane.ticket(cmd);
+                let ticket = lane.ticket();
                 let result = mux.send_packed_command(cmd).await;
                 lane.settle(ticket, result)
             }),
@@ -202,7 +214,7 @@ impl ConnectionLike for SharedConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.0 {
             SharedKind::Lane { mux, lane } => Box::pin(async move {
-                let ticket = lane.watch.as_ref().map(crate::watch::Watch::start);
+                let ticket = lane.ticket();
                 let result = mux.send_packed_commands(pipeline, offset, count).await;
                 lane.settle(ticket, result)
             }),

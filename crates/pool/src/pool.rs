@@ -637,10 +637,13 @@ impl Inner {
         }
         // A connection the pool opened itself serves without redis-rs's per-request timer;
         // its watchdog bounds the replies instead.
-        let driver = conn.driver();
-        let (mux, watch) = match (&conn.untimed, &driver) {
-            (Some(untimed), Some(_)) => (untimed.clone(), Some(crate::watch::Watch::default())),
-            _ => (conn.mux.clone(), None),
+        let (mux, watch, driver) = match (&conn.untimed, conn.driver()) {
+            (Some(untimed), Some(driver)) => (
+                untimed.clone(),
+                Some(crate::watch::Watch::default()),
+                Some(driver),
+            ),
+            _ => (conn.mux.clone(), None, None),
         };
         let lane = Arc::new(Lane {
             identity: conn.identity.clone(),
@@ -650,11 +653,10 @@ impl Inner {
             wake: Arc::clone(&self.wake_keeper),
             held: std::sync::Mutex::new(Some(conn)),
             watch,
+            driver: driver.clone(),
             socket_timeout: self.socket_timeout,
         });
-        if lane.watch.is_some()
-            && let Some(driver) = driver
-        {
+        if let Some(driver) = driver {
             tokio::spawn(crate::watch::watchdog(
                 Arc::downgrade(&lane),
                 driver,
@@ -704,11 +706,16 @@ impl Inner {
                 Some(lane) if lane.created.elapsed() >= self.config.max_lifetime => true,
                 Some(lane) => {
                     let mut mux = lane.mux.clone();
-                    if ping(&mut mux, self.socket_timeout).await.is_err() {
+                    if let Err(e) = ping(&mut mux, self.socket_timeout).await {
                         self.shared
                             .counters
                             .validation_failures
                             .fetch_add(1, Ordering::Relaxed);
+                        if matches!(e, PoolError::CommandTimeout(_)) {
+                            // Hung: requests waiting on it time out now, not as the
+                            // connection errors the fence's kill would give them.
+                            lane.stop_hung();
+                        }
                         lane.broken.store(true, Ordering::Release);
                         true
                     } else {

@@ -16,13 +16,15 @@
 //! per-request timer.
 
 use std::sync::Weak;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, RedisConnectionInfo, RedisError, RedisResult};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::conn::Lane;
 
@@ -140,24 +142,25 @@ where
     })
 }
 
-/// Slots in [`Watch::waiting`]: more than the `CHECKS + 1` looks a request may wait.
-const SLOTS: usize = 32;
+/// Slots in [`Watch::waiting`]: well above the `CHECKS + 2` looks that can pass before a
+/// request is judged (tokio's interval keeps its schedule, so looks do not bunch up).
+const SLOTS: usize = 64;
 
 /// What a shared connection's watchdog reads: how many requests wait, by when they started.
 pub(crate) struct Watch {
-    /// The watchdog's looks so far: a request started after look `e` is counted in slot
-    /// `e % SLOTS` until it ends.
-    looks: AtomicU32,
+    /// The watchdog's looks so far: a request started after look `j` (and before look `j + 1`)
+    /// is counted in slot `j % SLOTS` until it ends.
+    looks: AtomicU64,
     /// Requests waiting, by the look they started after.
     waiting: [AtomicU32; SLOTS],
-    /// Set by the watchdog when it stopped the connection: its waiting requests timed out.
+    /// Set when the connection was stopped as hung: its waiting requests timed out.
     hung: AtomicBool,
 }
 
 impl Default for Watch {
     fn default() -> Self {
         Self {
-            looks: AtomicU32::new(0),
+            looks: AtomicU64::new(0),
             waiting: std::array::from_fn(|_| AtomicU32::new(0)),
             hung: AtomicBool::new(false),
         }
@@ -176,24 +179,22 @@ impl Watch {
         }
     }
 
-    /// Whether the watchdog stopped the connection.
+    /// Whether the connection was stopped as hung.
     pub(crate) fn hung(&self) -> bool {
         self.hung.load(Ordering::Acquire)
     }
 
-    fn slot(&self, look: u32) -> &AtomicU32 {
-        &self.waiting[look as usize % SLOTS]
+    /// Marks the connection hung: requests waiting on it when it stops report a timeout.
+    pub(crate) fn set_hung(&self) {
+        self.hung.store(true, Ordering::Release);
     }
 
-    /// The watchdog's next look: whether a request that started more than `CHECKS` looks ago
-    /// (so at least a socket timeout ago, and at most `1 + 1/CHECKS` of it) still waits.
-    /// Each look judges the requests of one earlier look, so every request is judged once,
-    /// when it is old enough: a reply to a newer one does not make an older one young.
-    fn look(&self) -> bool {
-        let now = self.looks.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-        let judged = now.wrapping_sub(CHECKS + 1);
-        // The first looks have nothing old enough to judge (`judged` wrapped round).
-        now > CHECKS && self.slot(judged).load(Ordering::Acquire) > 0
+    fn slot(&self, look: u64) -> &AtomicU32 {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the remainder is below SLOTS"
+        )]
+        &self.waiting[(look % SLOTS as u64) as usize]
     }
 }
 
@@ -201,15 +202,14 @@ impl Watch {
 /// ([`Ticket::answered`]) or because its caller gave up (dropped).
 pub(crate) struct Ticket<'a> {
     watch: &'a Watch,
-    look: u32,
-    /// Started after the watchdog stopped the connection: never sent, so its failure is no
-    /// timeout.
+    look: u64,
+    /// Started after the connection was stopped: never sent, so its failure is no timeout.
     late: bool,
 }
 
 impl Ticket<'_> {
-    /// The request has its reply (or its error). Whether it failed because the watchdog
-    /// stopped the connection while it waited (it may have been applied: a timeout).
+    /// The request has its reply (or its error). Whether it failed because the connection was
+    /// stopped as hung while it waited (it may have been applied: a timeout).
     pub(crate) fn answered(self) -> bool {
         !self.late && self.watch.hung()
     }
@@ -221,13 +221,60 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// The watchdog's memory: when its recent looks happened, and the first look whose requests
+/// are not judged yet.
+struct Judge {
+    times: [Option<Instant>; SLOTS],
+    next: u64,
+}
+
+impl Judge {
+    fn new() -> Self {
+        Self {
+            times: [None; SLOTS],
+            next: 0,
+        }
+    }
+
+    /// Takes the next look at `watch`, at `now`: whether a request still waits that started
+    /// at least `timeout` ago. Requests counted after look `j` started before look `j + 1`, so
+    /// they are judged once `timeout` has passed since look `j + 1` (never early, whatever
+    /// the looks' spacing), each look's requests once: a reply to a newer request does not
+    /// make an older one young.
+    fn look(&mut self, watch: &Watch, now: Instant, timeout: Duration) -> bool {
+        let n = watch.looks.fetch_add(1, Ordering::AcqRel) + 1;
+        self.times[Self::index(n)] = Some(now);
+        while self.next < n {
+            let Some(after) = self.times[Self::index(self.next + 1)] else {
+                break;
+            };
+            if now.duration_since(after) < timeout {
+                break;
+            }
+            if watch.slot(self.next).load(Ordering::Acquire) > 0 {
+                return true;
+            }
+            self.next += 1;
+        }
+        false
+    }
+
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the remainder is below SLOTS"
+    )]
+    fn index(look: u64) -> usize {
+        (look % SLOTS as u64) as usize
+    }
+}
+
 /// Looks at `lane` `CHECKS` times per `timeout` until it is gone or its driver has ended; when
-/// a request has waited `timeout` with no reply, marks the lane broken and hung, stops its
-/// driver (every waiting request fails at once) and wakes the keeper to replace it.
+/// a request has waited `timeout` with no reply, stops the lane ([`Lane::stop_hung`]).
 pub(crate) async fn watchdog(lane: Weak<Lane>, driver: AbortHandle, timeout: Duration) {
     let every = (timeout / CHECKS).max(Duration::from_millis(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut judge = Judge::new();
     loop {
         tick.tick().await;
         if driver.is_finished() {
@@ -239,15 +286,12 @@ pub(crate) async fn watchdog(lane: Weak<Lane>, driver: AbortHandle, timeout: Dur
         let Some(watch) = &lane.watch else {
             return;
         };
-        if watch.look() {
+        if judge.look(watch, Instant::now(), timeout) {
             tracing::warn!(
                 ?timeout,
                 "no reply on a shared connection within socket_timeout: closing it"
             );
-            watch.hung.store(true, Ordering::Release);
-            lane.broken.store(true, Ordering::Release);
-            driver.abort();
-            lane.wake.notify_one();
+            lane.stop_hung();
             return;
         }
     }
@@ -266,50 +310,79 @@ pub(crate) fn timed_out(timeout: Duration) -> RedisError {
 mod tests {
     use super::*;
 
-    /// Looks until the watchdog would stop the connection; how many it took (at most 100).
-    fn looks_until_hung(watch: &Watch) -> u32 {
-        (1..=100).find(|_| watch.look()).unwrap_or(u32::MAX)
+    const T: Duration = Duration::from_millis(100);
+    const STEP: Duration = Duration::from_millis(5);
+
+    /// Looks every `STEP` from `t0` until the judge says hung; the time of that look.
+    fn hung_at(judge: &mut Judge, watch: &Watch, t0: Instant, mut step: impl FnMut()) -> Duration {
+        for i in 1..200 {
+            step();
+            if judge.look(watch, t0 + STEP * i, T) {
+                return STEP * i;
+            }
+        }
+        Duration::MAX
     }
 
     #[test]
-    fn a_request_is_judged_hung_once_it_has_waited_a_whole_timeout() {
-        let watch = Watch::default();
-        for _ in 0..5 {
-            assert!(!watch.look(), "nothing waits");
+    fn a_request_is_judged_hung_once_it_has_waited_a_whole_timeout_never_before() {
+        let (watch, mut judge, t0) = (Watch::default(), Judge::new(), Instant::now());
+        for i in 1..=5 {
+            assert!(!judge.look(&watch, t0 + STEP * i, T), "nothing waits");
         }
+        // Started between the looks at 25 ms and 30 ms: judged at the first look at least
+        // 100 ms after 30 ms.
         let ticket = watch.start();
-        // Started after look 5: older than CHECKS looks at look 5 + CHECKS + 1.
-        assert_eq!(looks_until_hung(&watch), CHECKS + 1);
+        let mut i = 5;
+        let at = loop {
+            i += 1;
+            if judge.look(&watch, t0 + STEP * i, T) {
+                break STEP * i;
+            }
+        };
+        assert_eq!(at, Duration::from_millis(130));
+        drop(ticket);
+    }
+
+    #[test]
+    fn looks_that_bunch_up_do_not_judge_early() {
+        let (watch, mut judge, t0) = (Watch::default(), Judge::new(), Instant::now());
+        assert!(!judge.look(&watch, t0, T));
+        let ticket = watch.start();
+        // Ten looks in a burst 1 ms apart, then every 50 ms.
+        for i in 1..=10 {
+            assert!(!judge.look(&watch, t0 + Duration::from_millis(i), T));
+        }
+        assert!(!judge.look(&watch, t0 + Duration::from_millis(60), T));
+        assert!(
+            judge.look(&watch, t0 + Duration::from_millis(101), T),
+            "100 ms after the look that followed its start"
+        );
         drop(ticket);
     }
 
     #[test]
     fn replies_to_newer_requests_do_not_make_an_older_one_young() {
-        let watch = Watch::default();
+        let (watch, mut judge, t0) = (Watch::default(), Judge::new(), Instant::now());
         let old = watch.start();
-        // A newer request answered at every look: the old one is still judged on time.
-        let hung_at = (1..=100).find(|_| {
+        // A newer request answered before every look: the old one is still judged on time.
+        let at = hung_at(&mut judge, &watch, t0, || {
             let newer = watch.start();
             assert!(!newer.answered());
-            watch.look()
         });
-        assert_eq!(hung_at, Some(CHECKS + 1));
+        assert_eq!(at, Duration::from_millis(105));
         drop(old);
     }
 
     #[test]
     fn requests_that_end_in_time_or_are_given_up_never_make_a_hang() {
-        let watch = Watch::default();
-        for _ in 0..200 {
+        let (watch, mut judge, t0) = (Watch::default(), Judge::new(), Instant::now());
+        for i in 1..400 {
             let answered = watch.start();
             let given_up = watch.start();
             assert!(!answered.answered(), "no hang, no timeout");
             drop(given_up);
-            assert!(!watch.look());
-        }
-        // The idle connection goes on being fine, past every slot's wrap.
-        for _ in 0..100 {
-            assert!(!watch.look());
+            assert!(!judge.look(&watch, t0 + STEP * i, T));
         }
     }
 
@@ -317,7 +390,7 @@ mod tests {
     fn only_requests_waiting_when_the_connection_was_stopped_timed_out() {
         let watch = Watch::default();
         let waiting = watch.start();
-        watch.hung.store(true, Ordering::Release);
+        watch.set_hung();
         let late = watch.start();
         assert!(waiting.answered(), "it waited on the hung connection");
         assert!(
