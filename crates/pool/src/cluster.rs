@@ -297,14 +297,12 @@ impl ClusterPool {
         // the client's own view of the cluster, which it refreshes by itself), the first
         // answer wins: one hung node cannot hide the map, and a cluster whose primaries all
         // moved (a failover of every shard, new addresses) is found again.
+        let last = self.last_primaries();
         let mut routes = vec![SingleNodeRoutingInfo::Random; 2];
-        if let Some(last) = self.last_primaries() {
+        if let Some(last) = &last {
             routes.extend(last.iter().filter_map(|p| {
-                let (host, port) = p.address.rsplit_once(':')?;
-                Some(SingleNodeRoutingInfo::ByAddress {
-                    host: host.to_owned(),
-                    port: port.parse().ok()?,
-                })
+                let (host, port) = host_port(&p.address)?;
+                Some(SingleNodeRoutingInfo::ByAddress { host, port })
             }));
         }
         let mut asks = tokio::task::JoinSet::new();
@@ -338,68 +336,30 @@ impl ClusterPool {
             }
         }
         asks.abort_all();
-        let mut primaries: Vec<PrimaryStatus> = Vec::new();
-        let map = match map {
-            Ok(map) => map,
+        let mut primaries = match map {
+            Ok(map) => primaries_of(&map),
             // No node gave the map in time (every node slow, or some hung and the rest
             // refusing): the primaries of the last map are asked to PING all the same, so that
             // a slow answer is not taken for the outage of the whole cluster, nor one hung
             // primary for all of them.
-            Err(e) => match self.last_primaries() {
-                Some(last) if !last.is_empty() => {
-                    primaries = last
-                        .iter()
-                        .map(|p| PrimaryStatus {
-                            error: None,
-                            ..p.clone()
-                        })
-                        .collect();
-                    Value::Nil
-                }
+            Err(e) => match &last {
+                Some(last) if !last.is_empty() => last
+                    .iter()
+                    .map(|p| PrimaryStatus {
+                        error: None,
+                        ..p.clone()
+                    })
+                    .collect(),
                 _ => {
                     self.inner.primaries.store(None);
                     return Err(e);
                 }
             },
         };
-        if let Value::Array(ranges) = map {
-            for range in ranges {
-                let Value::Array(items) = range else { continue };
-                let (Some(Value::Int(from)), Some(Value::Int(to)), Some(Value::Array(node))) =
-                    (items.first(), items.get(1), items.get(2))
-                else {
-                    continue;
-                };
-                let host = match node.first() {
-                    Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
-                    Some(Value::SimpleString(h)) => h.clone(),
-                    _ => continue,
-                };
-                let Some(Value::Int(port)) = node.get(1) else {
-                    continue;
-                };
-                let address = format!("{host}:{port}");
-                let (Ok(from), Ok(to)) = (u16::try_from(*from), u16::try_from(*to)) else {
-                    continue;
-                };
-                match primaries.iter_mut().find(|p| p.address == address) {
-                    Some(p) => p.slots.push((from, to)),
-                    None => primaries.push(PrimaryStatus {
-                        address,
-                        slots: vec![(from, to)],
-                        error: None,
-                    }),
-                }
-            }
-        }
         let mut pings = tokio::task::JoinSet::new();
         for (i, p) in primaries.iter().enumerate() {
             let mut c = ClusterConnection::clone(&conn);
-            let (host, port) = p
-                .address
-                .rsplit_once(':')
-                .map(|(h, port)| (h.to_owned(), port.parse().unwrap_or(0)))
-                .unwrap_or_default();
+            let (host, port) = host_port(&p.address).unwrap_or_default();
             pings.spawn(async move {
                 let answer = tokio::time::timeout_at(
                     deadline,
@@ -454,6 +414,51 @@ impl ClusterPool {
     pub fn last_primaries(&self) -> Option<Arc<Vec<PrimaryStatus>>> {
         self.inner.primaries.load_full()
     }
+}
+
+/// `host:port` as its two parts (the host may be an IPv6 address: the port is after the last
+/// colon).
+fn host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+/// The primaries a `CLUSTER SLOTS` reply names, each with its slot ranges (in the reply's
+/// order); entries that do not read as a range and a primary are skipped.
+fn primaries_of(map: &Value) -> Vec<PrimaryStatus> {
+    let mut primaries: Vec<PrimaryStatus> = Vec::new();
+    let Value::Array(ranges) = map else {
+        return primaries;
+    };
+    for range in ranges {
+        let Value::Array(items) = range else { continue };
+        let (Some(Value::Int(from)), Some(Value::Int(to)), Some(Value::Array(node))) =
+            (items.first(), items.get(1), items.get(2))
+        else {
+            continue;
+        };
+        let host = match node.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = node.get(1) else {
+            continue;
+        };
+        let address = format!("{host}:{port}");
+        let (Ok(from), Ok(to)) = (u16::try_from(*from), u16::try_from(*to)) else {
+            continue;
+        };
+        match primaries.iter_mut().find(|p| p.address == address) {
+            Some(p) => p.slots.push((from, to)),
+            None => primaries.push(PrimaryStatus {
+                address,
+                slots: vec![(from, to)],
+                error: None,
+            }),
+        }
+    }
+    primaries
 }
 
 impl Inner {
@@ -723,6 +728,44 @@ impl Drop for ClusterPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn range(from: i64, to: i64, host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::Int(from),
+            Value::Int(to),
+            Value::Array(vec![Value::BulkString(host.into()), Value::Int(port)]),
+        ])
+    }
+
+    #[test]
+    fn a_slot_map_reads_as_its_primaries_with_every_range_and_skips_what_does_not_read() {
+        let map = Value::Array(vec![
+            range(0, 5460, "10.0.0.1", 7000),
+            range(5461, 10922, "::1", 7001),
+            Value::Int(3),
+            range(10923, 16383, "10.0.0.1", 7000),
+            range(70_000, 70_001, "10.0.0.9", 7009),
+        ]);
+        let primaries = primaries_of(&map);
+        let read: Vec<(&str, &[(u16, u16)])> = primaries
+            .iter()
+            .map(|p| (p.address.as_str(), p.slots.as_slice()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("10.0.0.1:7000", &[(0, 5460), (10923, 16383)][..]),
+                ("::1:7001", &[(5461, 10922)][..]),
+            ]
+        );
+        assert!(primaries.iter().all(|p| p.error.is_none()));
+        assert_eq!(
+            host_port("::1:7001"),
+            Some(("::1".to_owned(), 7001)),
+            "an IPv6 host keeps its colons"
+        );
+        assert!(primaries_of(&Value::Nil).is_empty());
+    }
 
     #[test]
     fn slots_match_the_cluster_specification() {

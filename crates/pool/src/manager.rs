@@ -92,6 +92,31 @@ pub(crate) struct SentinelRecipe {
 }
 
 impl SentinelRecipe {
+    /// A client for the sentinel at `addr` itself (not the primary it names), with the
+    /// sentinels' credentials and certificates, as [`SentinelRecipe::client`] reaches them.
+    pub(crate) fn sentinel_client(
+        &self,
+        addr: &redis::ConnectionAddr,
+    ) -> redis::RedisResult<redis::Client> {
+        let info = redis::IntoConnectionInfo::into_connection_info(addr.clone())?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &self.sentinel_auth.0 {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.sentinel_auth.1 {
+            settings = settings.set_password(password);
+        }
+        let info = info.set_redis_settings(settings);
+        match (&self.certificates, addr) {
+            (Some(certs), redis::ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, certs.clone())
+            }
+            _ => redis::Client::open(info),
+        }
+    }
+
+    /// A sentinel client for the primary named `name`: every sentinel, their credentials and
+    /// certificates, and the primary's own.
     pub(crate) fn client(&self) -> redis::RedisResult<redis::sentinel::SentinelClient> {
         let mut b = redis::sentinel::SentinelClientBuilder::new(
             self.sentinels.iter().cloned(),

@@ -119,22 +119,10 @@ pub async fn sentinel_names(config: &RedisConfig) -> Result<Vec<String>, PoolErr
     let mut last = String::from("no sentinel is configured");
     for addr in &recipe.sentinels {
         let asked = async {
-            let info = redis::IntoConnectionInfo::into_connection_info(addr.clone())?;
-            let mut settings = info.redis_settings().clone();
-            if let Some(user) = &recipe.sentinel_auth.0 {
-                settings = settings.set_username(user);
-            }
-            if let Some(password) = &recipe.sentinel_auth.1 {
-                settings = settings.set_password(password);
-            }
-            let info = info.set_redis_settings(settings);
-            let client = match (&recipe.certificates, addr) {
-                (Some(certs), redis::ConnectionAddr::TcpTls { .. }) => {
-                    redis::Client::build_with_tls(info, certs.clone())?
-                }
-                _ => redis::Client::open(info)?,
-            };
-            let mut conn = client.get_multiplexed_async_connection().await?;
+            let mut conn = recipe
+                .sentinel_client(addr)?
+                .get_multiplexed_async_connection()
+                .await?;
             redis::cmd("SENTINEL")
                 .arg("MASTERS")
                 .query_async::<Vec<std::collections::HashMap<String, String>>>(&mut conn)
