@@ -84,6 +84,43 @@ impl Findings {
     }
 }
 
+/// The primary the sentinels named, as the report shows it.
+fn sentinel_primary(
+    client: &redis::Client,
+    config: &resilient_redis_config::RedisConfig,
+) -> String {
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(h, p)
+        | redis::ConnectionAddr::TcpTls {
+            host: h, port: p, ..
+        } => format!(
+            "{h}:{p} (the primary {} sentinels name `{}`)",
+            config.sentinels.len(),
+            config.master_name.as_deref().unwrap_or("")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The problem with `master_name` when no sentinel monitors `wanted`: the names they do monitor.
+fn unmonitored(names: &[String], wanted: &str) -> Option<String> {
+    if names.iter().any(|n| n == wanted) {
+        return None;
+    }
+    let monitored = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "master_name: no sentinel monitors a primary named `{wanted}`; they monitor {monitored}"
+    ))
+}
+
 /// The exit code and name of a connection failure.
 fn classify(e: &PoolError) -> (u8, &'static str) {
     match e.kind() {
@@ -129,52 +166,28 @@ async fn check(url: Option<String>) -> Findings {
     };
     f.server = config.url.to_string();
     if config.mode == resilient_redis_config::Mode::Sentinel {
-        // The URL names no server in sentinel mode: say which primary the sentinels name.
-        f.server = match resilient_redis_pool::primary_client(&config).await {
-            Ok(client) => match client.get_connection_info().addr() {
-                redis::ConnectionAddr::Tcp(h, p)
-                | redis::ConnectionAddr::TcpTls {
-                    host: h, port: p, ..
-                } => {
-                    format!(
-                        "{h}:{p} (the primary {} sentinels name `{}`)",
-                        config.sentinels.len(),
-                        config.master_name.as_deref().unwrap_or("")
-                    )
-                }
-                other => other.to_string(),
-            },
+        // The URL names no server in sentinel mode: say which primary the sentinels name. The
+        // names they monitor are asked at the same time (with the sentinels down, the check
+        // waits one connect timeout, not two).
+        let (primary, names) = tokio::join!(
+            resilient_redis_pool::primary_client(&config),
+            resilient_redis_pool::sentinel_names(&config)
+        );
+        match primary {
+            Ok(client) => f.server = sentinel_primary(&client, &config),
             Err(e) => {
                 // A name no sentinel monitors is the configuration's mistake: say which names
                 // they do monitor.
-                if let Ok(names) = resilient_redis_pool::sentinel_names(&config).await {
-                    let wanted = config.master_name.as_deref().unwrap_or("");
-                    if !names.iter().any(|n| n == wanted) {
-                        f.fail(
-                            exit::CONFIG,
-                            "config",
-                            format!(
-                                "master_name: no sentinel monitors a primary named `{wanted}`; they \
-                                 monitor {}",
-                                if names.is_empty() {
-                                    "none".to_owned()
-                                } else {
-                                    names
-                                        .iter()
-                                        .map(|n| format!("`{n}`"))
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                }
-                            ),
-                        );
-                        return f;
-                    }
+                let wanted = config.master_name.as_deref().unwrap_or("");
+                if let Some(problem) = names.ok().and_then(|n| unmonitored(&n, wanted)) {
+                    f.fail(exit::CONFIG, "config", problem);
+                } else {
+                    let (code, name) = classify(&e);
+                    f.fail(code, name, e.to_string());
                 }
-                let (code, name) = classify(&e);
-                f.fail(code, name, e.to_string());
                 return f;
             }
-        };
+        }
     }
     let cluster = config.mode == resilient_redis_config::Mode::Cluster;
     f.cluster_configured = cluster;
