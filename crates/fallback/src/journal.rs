@@ -463,7 +463,7 @@ mod tests {
             seq,
             1,
             Op::Set {
-                key: format!("k{seq}").into_bytes(),
+                key: format!("journal-test-key-{seq}").into_bytes(),
                 value: vec![7; 40],
                 expire_at: None,
             },
@@ -561,7 +561,10 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert!(bytes.starts_with(MAGIC_SEALED));
         assert!(
-            !bytes.windows(2).any(|w| w == b"k2") && !bytes.windows(8).any(|w| w == [7; 8]),
+            // Markers long enough that random ciphertext cannot hold them by chance (the
+            // two-byte key "k2" it held once in a few hundred runs).
+            !bytes.windows(17).any(|w| w == b"journal-test-key-")
+                && !bytes.windows(16).any(|w| w == [7; 16]),
             "no key or value in clear"
         );
         let contents = decode_file(&path, &bytes, Some(&key)).unwrap().unwrap();
