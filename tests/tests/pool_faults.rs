@@ -133,20 +133,20 @@ async fn a_hung_shared_connection_fails_every_waiting_request_while_other_caller
 async fn a_request_queued_behind_slow_replies_times_out_at_the_socket_timeout() {
     // `hz 100`: Redis notices a blocked command's timeout within 10 ms, not 100.
     let server = RedisServer::builder().config("hz", "100").start();
-    let pool = RedisPool::new(&common::config(&server.url()))
-        .await
-        .unwrap();
+    let mut config = common::config(&server.url());
+    config.socket_timeout = Duration::from_millis(600);
+    let pool = RedisPool::new(&config).await.unwrap();
     assert_eq!(common::ping(&pool).await.unwrap(), "PONG");
-    // `WAIT 1 200` with no replica blocks this connection for 200 ms, then answers; Redis
+    // `WAIT 1 400` with no replica blocks this connection for 400 ms, then answers; Redis
     // takes the connection's next command only then. So the replies come about one every
-    // 200 ms (under the 300 ms socket timeout) and the PING's after 800 ms. (The manager refuses
+    // 400 ms (under the 600 ms socket timeout) and the PING's after 1.6 s. (The manager refuses
     // WAIT on a shared connection; the pool's handle sends what it is given.) `join!` sends
     // them in this order.
     let wait = || {
         let mut c = pool.shared().unwrap();
         async move {
             let mut cmd = redis::cmd("WAIT");
-            cmd.arg(1).arg(200);
+            cmd.arg(1).arg(400);
             c.query::<i64>(&cmd).await
         }
     };
@@ -168,7 +168,7 @@ async fn a_request_queued_behind_slow_replies_times_out_at_the_socket_timeout() 
         let err = late.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     }
-    let err = ping.expect_err("the PING would have waited 800 ms for its reply");
+    let err = ping.expect_err("the PING would have waited 1.6 s for its reply");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
 }
 

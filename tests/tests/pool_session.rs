@@ -79,7 +79,9 @@ async fn a_connection_dropped_inside_a_transaction_is_closed_not_reused() {
 /// the socket timeout.
 #[tokio::test]
 async fn a_blocking_command_waits_its_block_time_not_the_socket_timeout() {
-    let server = RedisServer::start();
+    // `hz 100`: Redis ends a blocked command within 10 ms of its block time (at the default
+    // `hz 10`, up to 100 ms late, which ate into the 200 ms of slack below).
+    let server = RedisServer::builder().config("hz", "100").start();
     let mut config = common::config(&server.url());
     config.socket_timeout = std::time::Duration::from_millis(200);
     let pool = RedisPool::new(&config).await.unwrap();

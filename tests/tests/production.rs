@@ -34,6 +34,10 @@ async fn a_command_or_key_the_user_may_not_touch_is_no_permission_not_an_outage(
     config.password = Some(Secret::new("app-secret"));
     config.circuit_breaker.failure_threshold = 2;
     config.circuit_breaker.minimum_calls = 2;
+    // No outage here: one PING slower than the outage config's 100 ms on a loaded machine must
+    // not count as one (the test asserts the breaker never tripped).
+    config.health.timeout = Duration::from_millis(500);
+    config.health.check_interval = Duration::from_millis(500);
     let metrics = Arc::new(Collector::builder(&config.metrics).no_export().build());
     let m = RedisManager::builder(config)
         .metrics(Arc::clone(&metrics) as Arc<dyn MetricsCollector>)

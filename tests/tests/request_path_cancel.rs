@@ -98,8 +98,9 @@ async fn a_call_timeout_bounds_the_whole_call() {
     let started = std::time::Instant::now();
     let err = quick.get(b"k").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // Well under the 2 s socket timeout it would otherwise wait (not a speed check).
     assert!(
-        started.elapsed() < Duration::from_millis(400),
+        started.elapsed() < Duration::from_secs(1),
         "{:?}",
         started.elapsed()
     );
