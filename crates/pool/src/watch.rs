@@ -241,8 +241,15 @@ impl Judge {
     /// they are judged once `timeout` has passed since look `j + 1` (never early, whatever
     /// the looks' spacing), each look's requests once: a reply to a newer request does not
     /// make an older one young.
-    fn look(&mut self, watch: &Watch, now: Instant, timeout: Duration) -> bool {
+    fn look(&mut self, watch: &Watch, timeout: Duration) -> bool {
+        self.look_at(watch, Instant::now, timeout)
+    }
+
+    /// [`Judge::look`] with the clock `now`, read after the look is counted: a request that
+    /// still saw the previous look started before this time.
+    fn look_at(&mut self, watch: &Watch, now: impl FnOnce() -> Instant, timeout: Duration) -> bool {
         let n = watch.looks.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = now();
         self.times[Self::index(n)] = Some(now);
         while self.next < n {
             let Some(after) = self.times[Self::index(self.next + 1)] else {
@@ -286,7 +293,7 @@ pub(crate) async fn watchdog(lane: Weak<Lane>, driver: AbortHandle, timeout: Dur
         let Some(watch) = &lane.watch else {
             return;
         };
-        if judge.look(watch, Instant::now(), timeout) {
+        if judge.look(watch, timeout) {
             tracing::warn!(
                 ?timeout,
                 "no reply on a shared connection within socket_timeout: closing it"
@@ -317,7 +324,7 @@ mod tests {
     fn hung_at(judge: &mut Judge, watch: &Watch, t0: Instant, mut step: impl FnMut()) -> Duration {
         for i in 1..200 {
             step();
-            if judge.look(watch, t0 + STEP * i, T) {
+            if judge.look_at(watch, || t0 + STEP * i, T) {
                 return STEP * i;
             }
         }
@@ -328,7 +335,7 @@ mod tests {
     fn a_request_is_judged_hung_once_it_has_waited_a_whole_timeout_never_before() {
         let (watch, mut judge, t0) = (Watch::default(), Judge::new(), Instant::now());
         for i in 1..=5 {
-            assert!(!judge.look(&watch, t0 + STEP * i, T), "nothing waits");
+            assert!(!judge.look_at(&watch, || t0 + STEP * i, T), "nothing waits");
         }
         // Started between the looks at 25 ms and 30 ms: judged at the first look at least
         // 100 ms after 30 ms.
@@ -336,7 +343,7 @@ mod tests {
         let mut i = 5;
         let at = loop {
             i += 1;
-            if judge.look(&watch, t0 + STEP * i, T) {
+            if judge.look_at(&watch, || t0 + STEP * i, T) {
                 break STEP * i;
             }
         };
@@ -347,15 +354,15 @@ mod tests {
     #[test]
     fn looks_that_bunch_up_do_not_judge_early() {
         let (watch, mut judge, t0) = (Watch::default(), Judge::new(), Instant::now());
-        assert!(!judge.look(&watch, t0, T));
+        assert!(!judge.look_at(&watch, || t0, T));
         let ticket = watch.start();
         // Ten looks in a burst 1 ms apart, then every 50 ms.
         for i in 1..=10 {
-            assert!(!judge.look(&watch, t0 + Duration::from_millis(i), T));
+            assert!(!judge.look_at(&watch, || t0 + Duration::from_millis(i), T));
         }
-        assert!(!judge.look(&watch, t0 + Duration::from_millis(60), T));
+        assert!(!judge.look_at(&watch, || t0 + Duration::from_millis(60), T));
         assert!(
-            judge.look(&watch, t0 + Duration::from_millis(101), T),
+            judge.look_at(&watch, || t0 + Duration::from_millis(101), T),
             "100 ms after the look that followed its start"
         );
         drop(ticket);
@@ -382,7 +389,7 @@ mod tests {
             let given_up = watch.start();
             assert!(!answered.answered(), "no hang, no timeout");
             drop(given_up);
-            assert!(!judge.look(&watch, t0 + STEP * i, T));
+            assert!(!judge.look_at(&watch, || t0 + STEP * i, T));
         }
     }
 
