@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::PoolError;
 use crate::error::classify;
+use crate::watch::{Connected, Untimed};
 
 /// Counters shared by the pool, its manager and its connections.
 #[derive(Debug, Default)]
@@ -39,25 +40,10 @@ pub(crate) struct RawConn {
     /// Who it is to the server, so that it can be fenced if a request on it times out.
     pub(crate) identity: Option<crate::fence::Identity>,
     /// For a connection the pool opened itself (plain TCP, Unix socket): a handle without
-    /// redis-rs's per-request timer, for use as a shared connection under a watchdog.
-    pub(crate) untimed: Option<MultiplexedConnection>,
-    /// That connection's driver task, stopped when this is dropped.
-    pub(crate) driver: Option<crate::watch::Driver>,
+    /// redis-rs's per-request timer, for use as a shared connection under a watchdog, and the
+    /// driver task (stopped when this is dropped).
+    pub(crate) untimed: Option<Untimed>,
     counters: Arc<Counters>,
-}
-
-impl RawConn {
-    /// The driver task of a connection the pool opened itself.
-    pub(crate) fn driver(&self) -> Option<tokio::task::AbortHandle> {
-        self.driver.as_ref().map(crate::watch::Driver::handle)
-    }
-}
-
-/// A new connection: the handle with redis-rs's response timeout, and for a connection the
-/// pool opened itself the untimed handle and its driver.
-pub(crate) struct Connected {
-    mux: MultiplexedConnection,
-    untimed: Option<(MultiplexedConnection, crate::watch::Driver)>,
 }
 
 impl Drop for RawConn {
@@ -243,10 +229,7 @@ impl RedisManager {
             )
             .await?;
             match owned {
-                Some(o) => Ok(Connected {
-                    mux: o.mux,
-                    untimed: Some((o.untimed, o.driver)),
-                }),
+                Some(connected) => Ok(connected),
                 None => client
                     .get_multiplexed_async_connection_with_config(&self.connection_config)
                     .await
@@ -409,11 +392,9 @@ impl mobc::Manager for RedisManager {
                     self.counters.created.fetch_add(1, Ordering::Relaxed);
                     self.last_error.clear();
                     let now = Instant::now();
-                    let (untimed, driver) = untimed.unzip();
                     return Ok(RawConn {
                         mux,
                         untimed,
-                        driver,
                         broken: Arc::new(AtomicBool::new(false)),
                         created: now,
                         last_used: now,

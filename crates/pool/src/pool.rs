@@ -625,13 +625,13 @@ impl Inner {
         }
         // A connection the pool opened itself serves without redis-rs's per-request timer;
         // its watchdog bounds the replies instead.
-        let (mux, watch, driver) = match (&conn.untimed, conn.driver()) {
-            (Some(untimed), Some(driver)) => (
-                untimed.clone(),
+        let (mux, watch, driver) = match &conn.untimed {
+            Some(u) => (
+                u.mux.clone(),
                 Some(crate::watch::Watch::default()),
-                Some(driver),
+                Some(u.driver.handle()),
             ),
-            _ => (conn.mux.clone(), None, None),
+            None => (conn.mux.clone(), None, None),
         };
         let lane = Arc::new(Lane {
             identity: conn.identity.clone(),
@@ -641,13 +641,12 @@ impl Inner {
             wake: Arc::clone(&self.wake_keeper),
             held: std::sync::Mutex::new(Some(conn)),
             watch,
-            driver: driver.clone(),
+            driver,
             socket_timeout: self.socket_timeout,
         });
-        if let Some(driver) = driver {
+        if lane.watch.is_some() {
             tokio::spawn(crate::watch::watchdog(
                 Arc::downgrade(&lane),
-                driver,
                 self.socket_timeout,
             ));
         }

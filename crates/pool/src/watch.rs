@@ -49,13 +49,19 @@ impl Drop for Driver {
     }
 }
 
-/// A connection opened by the pool, with its driver task.
-pub(crate) struct Owned {
-    /// With redis-rs's response timeout: for exclusive use (one request at a time, blocking
-    /// commands with their own deadline) and for the pool's own probes.
+/// A connection as the pool opened it. `mux` has redis-rs's response timeout: for exclusive use
+/// (one request at a time, blocking commands with their own deadline) and for the pool's own
+/// probes.
+pub(crate) struct Connected {
     pub(crate) mux: MultiplexedConnection,
-    /// Without it: for a shared connection, whose watchdog bounds its replies.
-    pub(crate) untimed: MultiplexedConnection,
+    /// For a connection the pool opened itself (plain TCP, Unix socket).
+    pub(crate) untimed: Option<Untimed>,
+}
+
+/// A handle without redis-rs's per-request timer, for a shared connection whose watchdog
+/// bounds its replies, and the connection's driver task.
+pub(crate) struct Untimed {
+    pub(crate) mux: MultiplexedConnection,
     pub(crate) driver: Driver,
 }
 
@@ -67,7 +73,7 @@ pub(crate) async fn open(
     config: &AsyncConnectionConfig,
     socket_timeout: Duration,
     dial_host: Option<&str>,
-) -> RedisResult<Option<Owned>> {
+) -> RedisResult<Option<Connected>> {
     let info = client.get_connection_info();
     let config = config.clone().set_response_timeout(None);
     match info.addr() {
@@ -127,7 +133,7 @@ async fn start<S>(
     stream: S,
     config: AsyncConnectionConfig,
     socket_timeout: Duration,
-) -> RedisResult<Owned>
+) -> RedisResult<Connected>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -135,10 +141,12 @@ where
     let driver = Driver(tokio::spawn(driver).abort_handle());
     let mut mux = untimed.clone();
     mux.set_response_timeout(socket_timeout);
-    Ok(Owned {
+    Ok(Connected {
         mux,
-        untimed,
-        driver,
+        untimed: Some(Untimed {
+            mux: untimed,
+            driver,
+        }),
     })
 }
 
@@ -277,22 +285,22 @@ impl Judge {
 
 /// Looks at `lane` `CHECKS` times per `timeout` until it is gone or its driver has ended; when
 /// a request has waited `timeout` with no reply, stops the lane ([`Lane::stop_hung`]).
-pub(crate) async fn watchdog(lane: Weak<Lane>, driver: AbortHandle, timeout: Duration) {
+pub(crate) async fn watchdog(lane: Weak<Lane>, timeout: Duration) {
     let every = (timeout / CHECKS).max(Duration::from_millis(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut judge = Judge::new();
     loop {
         tick.tick().await;
-        if driver.is_finished() {
-            return;
-        }
         let Some(lane) = lane.upgrade() else {
             return;
         };
-        let Some(watch) = &lane.watch else {
+        let (Some(watch), Some(driver)) = (&lane.watch, &lane.driver) else {
             return;
         };
+        if driver.is_finished() {
+            return;
+        }
         if judge.look(watch, timeout) {
             tracing::warn!(
                 ?timeout,
